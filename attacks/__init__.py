@@ -1,0 +1,31 @@
+"""Privacy attacks on recorded federated runs: gender inference and membership inference.
+
+Importable without the CLI:
+
+    from attacks import run_attacks, write_report
+    observed, results = run_attacks("runs/plain")          # gender + membership
+    write_report("runs/plain/attacks", observed, results)     # attack.json + roc.png
+
+Threat model and measured results: docs/attacks.md.
+"""
+
+from attacks.gender import GenderAttackConfig, gender_attack
+from attacks.membership import MembershipAttackConfig, membership_attack
+from attacks.observe import ObservedRun
+from attacks.report import render_table, write_report
+from attacks.result import AttackResult, AttackRow
+from attacks.suite import ATTACKS, run_attacks
+
+__all__ = [
+    "ATTACKS",
+    "AttackResult",
+    "AttackRow",
+    "GenderAttackConfig",
+    "MembershipAttackConfig",
+    "ObservedRun",
+    "gender_attack",
+    "membership_attack",
+    "render_table",
+    "run_attacks",
+    "write_report",
+]

@@ -1,0 +1,224 @@
+"""The `privfl` command line: parse, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from privfl.config import (
+    ACCOUNTANTS,
+    DATASETS,
+    FLAG_FIELDS,
+    MODELS,
+    MODES,
+    PARTITIONS,
+    SECURE_SCHEMES,
+    SPLITS,
+    ExperimentConfig,
+)
+from privfl.errors import PrivflError
+
+
+class PrivflGroup(click.Group):
+    """Turns any PrivflError into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PrivflError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=PrivflGroup)
+@click.version_option(package_name="privfl")
+@click.option("-v", "--verbose", is_flag=True, help="Log diagnostics to stderr.")
+def main(verbose: bool) -> None:
+    """privfl: federated speech emotion recognition with differential privacy, secure
+    aggregation and privacy attacks. Start with `privfl train --mode fedavg`."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _train_options(f):
+    """The `privfl train` flags; each maps onto one config field (privfl.config.FLAG_FIELDS)."""
+    opts = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="TOML config (e.g. a run's config.toml); flags override it."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                     help="Run directory to create [default: runs/<mode>-<model>-<dataset>-s<seed>-<time>]."),
+        click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+                     help="Continue a stopped run from its last checkpoint (its config unless --config)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run directory."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Set any config field, e.g. --set data.speakers=32 (TOML value syntax)."),
+        click.option("--seed", type=int, help="Seed for everything (split, init, sampling, shuffling, noise)."),
+        click.option("--mode", type=click.Choice(MODES),
+                     help="central (one client, all data), fedavg (the paper), dp (record-level DP-SGD "
+                          "on clients), user-dp (DP-FedAvg)."),
+        click.option("--dataset", type=click.Choice(DATASETS), help="Corpus [default: synthetic, built in]."),
+        click.option("--data-dir", type=str, help="Root of a real corpus on disk."),
+        click.option("--speakers", type=int, help="Speakers of the built-in synthetic corpus [24]."),
+        click.option("--split", type=click.Choice(SPLITS), help="Speaker split protocol [auto]."),
+        click.option("--strict", is_flag=True, default=None, help="Fail on unreadable files instead of skipping."),
+        click.option("--partition", type=click.Choice(PARTITIONS),
+                     help="iid (paper: classes dealt evenly), by-speaker, dirichlet."),
+        click.option("--dirichlet-alpha", type=float, help="Label-skew concentration for --partition dirichlet."),
+        click.option("--model", type=click.Choice(MODELS), help="Paper CNN or LSTM [cnn]."),
+        click.option("--engine", type=click.Choice(["builtin", "flower-sim"]), help="Federation engine."),
+        click.option("--clients", type=int, help="K, number of clients [5]."),
+        click.option("--fraction", type=float, help="C, fraction of clients per round [1.0]."),
+        click.option("--rounds", type=int, help="Communication rounds."),
+        click.option("--batch-size", type=int, help="B, local minibatch size [10]."),
+        click.option("--local-epochs", type=int, help="E, local epochs per round [1]."),
+        click.option("--lr", type=float, help="eta, local SGD learning rate [0.01]."),
+        click.option("--momentum", type=float, help="Local SGD momentum [0]."),
+        click.option("--eval-every", type=int, help="Evaluate on val/test every N rounds [1]."),
+        click.option("--record-updates", is_flag=True, default=None,
+                     help="Keep every client's update per round (for privfl attack)."),
+        click.option("--noise-multiplier", type=float, help="DP: Gaussian noise multiplier sigma."),
+        click.option("--target-epsilon", type=float, help="DP: solve sigma to reach this epsilon."),
+        click.option("--delta", type=float, help="DP: delta [below 1/n]."),
+        click.option("--max-grad-norm", type=float, help="dp: per-sample clipping bound C [1.0]."),
+        click.option("--clip-norm", type=float, help="user-dp: per-update clipping bound S [1.0]."),
+        click.option("--accountant", type=click.Choice(ACCOUNTANTS), help="DP accountant [rdp]."),
+        click.option("--secure-agg", type=click.Choice(SECURE_SCHEMES), help="Encrypt client updates (ckks)."),
+        click.option("--insecure-he", is_flag=True, default=None,
+                     help="Allow CKKS parameters below 128-bit security (testing only)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def resolve_config(config_path: Path | None, resume: Path | None, sets: tuple[str, ...], flags: dict) -> ExperimentConfig:
+    """Config file (or the resumed run's), then --set, then explicit flags."""
+    import tomllib
+
+    from privfl.errors import ConfigError
+
+    if config_path is not None:
+        cfg = ExperimentConfig.from_toml(config_path)
+    elif resume is not None:
+        from privfl.runs import RunDir
+
+        cfg = RunDir.open(resume).config()
+    else:
+        cfg = ExperimentConfig()
+    dotted: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; e.g. --set data.speakers=32")
+        try:
+            dotted[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            dotted[key.strip()] = value  # a bare string
+    for name, value in flags.items():
+        if value is not None:
+            dotted[FLAG_FIELDS[name]] = value
+    return cfg.override(dotted) if dotted else cfg
+
+
+@main.command()
+@_train_options
+def train(config_path, out, resume, overwrite, sets, **flags) -> None:
+    """Train a federated SER model and write a run directory.
+
+    \b
+    privfl train --mode fedavg                      # built-in corpus, paper CNN, K=5
+    privfl train --mode fedavg --model lstm --clients 10 --rounds 200 --batch-size 10 --local-epochs 1 --lr 0.01
+    privfl train --resume runs/x                    # continue a stopped run
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from privfl.experiment import train as run_training
+
+    cfg = resolve_config(config_path, resume, sets, flags).validate()
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        stages: dict[str, int] = {}
+
+        def on_stage(stage: str, done: int, total: int) -> None:
+            if stage not in stages:
+                stages[stage] = progress.add_task(stage, total=total, info="")
+            progress.update(stages[stage], completed=done)
+
+        rounds = progress.add_task("rounds", total=cfg.train.rounds, info="", start=False)
+
+        def on_round(row: dict) -> None:
+            progress.start_task(rounds)
+            info = f"val UAR {row['val_uar']:.3f}" if "val_uar" in row else ""
+            if "epsilon" in row:
+                info += f"  eps {row['epsilon']:.2f}"
+            progress.update(rounds, completed=row["round"], info=info)
+
+        summary = run_training(cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage)
+    click.echo(
+        f"{summary['mode']} {summary['model']} on {summary['dataset']}: "
+        f"test UAR {summary['test_uar_at_best_val']:.3f} at best-val round {summary['best_round']} "
+        f"(val UAR {summary['best_val_uar']:.3f}); final test UAR {summary['final_test_uar']:.3f}"
+    )
+    if "privacy" in summary:
+        p = summary["privacy"]
+        click.echo(f"privacy: ({p['epsilon']:.3g}, {p['delta']:.3g})-DP for {p['unit']}, accountant {p['accountant']}")
+    click.echo(f"run directory: {summary['run_dir']}")
+
+
+@main.group()
+def data() -> None:
+    """Corpora: write the built-in synthetic corpus, check a real one."""
+
+
+@data.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write.")
+@click.option("--speakers", default=24, show_default=True, help="Number of speakers (half female).")
+@click.option("--utterances-per-emotion", default=10, show_default=True, help="Per speaker and emotion.")
+@click.option("--seed", default=0, show_default=True)
+def synth(out: Path, speakers: int, utterances_per_emotion: int, seed: int) -> None:
+    """Write the built-in synthetic emotional speech corpus as 16 kHz WAV + metadata.csv."""
+    from rich.progress import Progress
+
+    from privfl.data.synthetic import SynthConfig, generate_corpus
+
+    cfg = SynthConfig(speakers=speakers, utterances_per_emotion=utterances_per_emotion, seed=seed)
+    cfg.validate()
+    with Progress(transient=True) as progress:
+        task = progress.add_task("synthesising", total=None)
+        generate_corpus(out, cfg, progress=lambda done, total: progress.update(task, completed=done, total=total))
+    click.echo(f"wrote {speakers * utterances_per_emotion * 4} utterances to {out}")
+
+
+@data.command()
+@click.option("--dataset", required=True, type=click.Choice(DATASETS))
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Corpus root (not needed for synthetic).")
+@click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True)
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable file or label line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(dataset: str, data_dir: Path | None, split: str, strict: bool, as_json: bool) -> None:
+    """Count utterances per emotion/speaker/gender/split and list problems found."""
+    from rich.console import Console
+
+    from privfl.data.check import corpus_report, render_report
+    from privfl.data.dataset import load_corpus_for, split_for
+
+    cfg = ExperimentConfig().override(
+        {"data.dataset": dataset, "data.data_dir": str(data_dir or ""), "data.split": split, "data.strict": strict}
+    ).validate()
+    corpus = load_corpus_for(cfg.data)
+    report = corpus_report(corpus, split_for(corpus, cfg.data, cfg.seed))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        render_report(report, Console())
+
+
+if __name__ == "__main__":
+    main()

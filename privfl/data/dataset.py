@@ -1,0 +1,160 @@
+"""Corpus -> speaker split -> features -> client shards: the tensors training runs on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from privfl.config import DataConfig, ExperimentConfig
+from privfl.data.features import FeatureConfig, extract
+from privfl.data.partition import partition
+from privfl.data.records import Corpus, Utterance
+from privfl.data.splits import Split
+from privfl.errors import DataError
+from privfl.fl.client import ClientData
+
+Stage = Callable[[str, int, int], None]  # (stage name, done, total)
+
+
+@dataclass(frozen=True)
+class SpeechSet:
+    """Features and labels of one split role. x: float32 [n, frames, n_mels]; lengths, y: int64 [n]."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    y: torch.Tensor
+    speakers: tuple[str, ...]
+    genders: tuple[str, ...]
+    ids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, idx: np.ndarray) -> "SpeechSet":
+        idx = np.asarray(idx, dtype=np.int64)
+        t = torch.from_numpy(idx)
+        pick = lambda seq: tuple(seq[i] for i in idx)  # noqa: E731
+        return SpeechSet(self.x[t], self.lengths[t], self.y[t], pick(self.speakers), pick(self.genders), pick(self.ids))
+
+    @staticmethod
+    def concat(parts: list["SpeechSet"]) -> "SpeechSet":
+        return SpeechSet(
+            torch.cat([p.x for p in parts]),
+            torch.cat([p.lengths for p in parts]),
+            torch.cat([p.y for p in parts]),
+            sum((p.speakers for p in parts), ()),
+            sum((p.genders for p in parts), ()),
+            sum((p.ids for p in parts), ()),
+        )
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Everything a run needs: the corpus, its split, per-role features and the client shards."""
+
+    corpus: Corpus
+    split: Split
+    train: SpeechSet
+    val: SpeechSet
+    test: SpeechSet
+    aux: SpeechSet
+    clients: list[ClientData]
+    n_mels: int
+
+
+def load_corpus_for(cfg: DataConfig, progress: Stage | None = None) -> Corpus:
+    """The configured corpus: the cached built-in synthetic one, or a real one read from data_dir."""
+    if cfg.dataset == "synthetic":
+        from privfl.data.corpora.synthetic import ensure_synthetic, load_synthetic
+        from privfl.data.synthetic import SynthConfig
+
+        synth = SynthConfig(
+            speakers=cfg.speakers, utterances_per_emotion=cfg.utterances_per_emotion, seed=cfg.corpus_seed
+        )
+        synth.validate()
+        cb = (lambda done, total: progress("synthesise corpus", done, total)) if progress else None
+        return load_synthetic(ensure_synthetic(synth, progress=cb))
+    from privfl.data.corpora import load_corpus
+
+    options: dict = {}
+    if cfg.dataset == "iemocap":
+        options["merge_excited"] = cfg.merge_excited
+    if cfg.dataset == "ravdess":
+        options["calm_as_neutral"] = cfg.calm_as_neutral
+    return load_corpus(cfg.dataset, Path(cfg.data_dir), strict=cfg.strict, **options)
+
+
+def split_for(corpus: Corpus, cfg: DataConfig, seed: int) -> Split:
+    """Speaker roles (train/val/test/aux) under the configured protocol."""
+    from privfl.data import splits
+
+    protocol = cfg.split
+    if protocol == "auto":
+        protocol = "iemocap-paper" if corpus.name == "iemocap" else "speaker"
+    if protocol in ("iemocap-paper", "loso") and corpus.name != "iemocap":
+        raise DataError(f"split {protocol!r} is IEMOCAP's session protocol; use --split speaker for {corpus.name}")
+    if protocol == "iemocap-paper":
+        return splits.iemocap_paper_split(corpus, test_speaker=cfg.test_speaker, n_aux=cfg.aux_speakers, seed=seed)
+    if protocol == "loso":
+        return splits.iemocap_loso_split(corpus, test_session=cfg.test_session, n_aux=cfg.aux_speakers, seed=seed)
+    return splits.speaker_split(
+        corpus, n_val=cfg.val_speakers, n_test=cfg.test_speakers, n_aux=cfg.aux_speakers, seed=seed
+    )
+
+
+def featurise(
+    utts: list[Utterance], cfg: DataConfig, speed: float = 1.0, progress: Stage | None = None, stage: str = ""
+) -> SpeechSet:
+    """Log-Mel features (cached) plus labels for a list of utterances."""
+    from privfl.data.corpora.synthetic import cache_root
+
+    fcfg = FeatureConfig(n_mels=cfg.n_mels, max_frames=cfg.max_frames)
+    cb = (lambda done, total: progress(stage, done, total)) if progress else None
+    feats = extract(utts, fcfg, speed=speed, cache_dir=cache_root() / "features", progress=cb)
+    suffix = "" if speed == 1.0 else f"@sp{speed:g}"
+    return SpeechSet(
+        torch.from_numpy(feats.x),
+        torch.from_numpy(feats.lengths),
+        torch.tensor([u.label for u in utts], dtype=torch.int64),
+        tuple(u.speaker for u in utts),
+        tuple(u.gender for u in utts),
+        tuple(u.id + suffix for u in utts),
+    )
+
+
+def prepare(cfg: ExperimentConfig, progress: Stage | None = None) -> PreparedData:
+    """Load, split, featurise and partition as the config says; deterministic in cfg.seed."""
+    d = cfg.data
+    corpus = load_corpus_for(d, progress)
+    split = split_for(corpus, d, cfg.seed)
+    by_role: dict[str, list[Utterance]] = {"train": [], "val": [], "test": [], "aux": []}
+    roles = split.roles()
+    for u in corpus.utterances:
+        role = roles.get(u.speaker)
+        if role in by_role:
+            by_role[role].append(u)
+    for role in ("train", "val", "test"):
+        if not by_role[role]:
+            raise DataError(f"the {role} split of {corpus.name} holds no utterances; check the split settings")
+    sets = {role: featurise(utts, d, progress=progress, stage=f"features ({role})") for role, utts in by_role.items()}
+    train = sets["train"]
+    copies = [featurise(by_role["train"], d, f, progress, f"features (speed {f:g})") for f in d.speed_perturb if f != 1.0]
+
+    n_clients = 1 if cfg.train.mode == "central" else cfg.train.clients
+    rng = np.random.default_rng([cfg.seed, 0xDA7A])
+    shards = partition(
+        d.partition, train.y.numpy(), train.speakers, train.genders, n_clients, rng, alpha=d.dirichlet_alpha
+    )
+    clients = []
+    for cid, idx in enumerate(shards):
+        part = SpeechSet.concat([train.take(idx)] + [c.take(idx) for c in copies])
+        speakers = tuple(sorted(set(part.speakers)))
+        gender_of = dict(zip(part.speakers, part.genders))
+        clients.append(
+            ClientData(cid, part.x, part.lengths, part.y, speakers, tuple(gender_of[s] for s in speakers))
+        )
+    return PreparedData(corpus, split, train, sets["val"], sets["test"], sets["aux"], clients, d.n_mels)

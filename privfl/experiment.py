@@ -1,0 +1,291 @@
+"""`privfl train` as a library call: config -> prepared data -> federation -> run directory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from privfl import __version__
+from privfl.config import ExperimentConfig
+from privfl.data.dataset import PreparedData, SpeechSet, Stage, prepare
+from privfl.errors import ConfigError
+from privfl.fl.aggregate import PlainSummation, Summation
+from privfl.fl.client import LocalConfig, LocalTrainer
+from privfl.fl.federation import Components, FedAvgPolicy, Federation, RoundOutcome, sample_clients
+from privfl.metrics import accuracy, confusion, uar
+from privfl.models import build_model, count_parameters, initial_weights, set_flat
+from privfl.plots import uar_curves
+from privfl.runs import RunDir
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict], None]
+
+
+class Evaluator:
+    """Scores flat global weights on a SpeechSet: UAR, accuracy, loss, confusion."""
+
+    def __init__(self, cfg: ExperimentConfig, n_mels: int, batch_size: int = 256) -> None:
+        self.model = build_model(cfg.model, n_mels)
+        self.batch_size = batch_size
+
+    def predict(self, weights: np.ndarray, data: SpeechSet) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [n, classes], per-sample cross-entropy [n]) under the given weights."""
+        set_flat(self.model, weights)
+        self.model.eval()
+        logits = []
+        with torch.inference_mode():
+            for s in range(0, len(data), self.batch_size):
+                logits.append(self.model(data.x[s : s + self.batch_size], data.lengths[s : s + self.batch_size]))
+        out = torch.cat(logits) if logits else torch.zeros(0, 4)
+        losses = nn.functional.cross_entropy(out, data.y, reduction="none")
+        return out.numpy(), losses.numpy()
+
+    def scores(self, weights: np.ndarray, data: SpeechSet) -> dict:
+        logits, losses = self.predict(weights, data)
+        y, pred = data.y.numpy(), logits.argmax(axis=1)
+        return {
+            "uar": uar(y, pred, logits.shape[1]),
+            "acc": accuracy(y, pred),
+            "loss": float(losses.mean()),
+            "confusion": confusion(y, pred, logits.shape[1]).tolist(),
+        }
+
+
+def build_components(cfg: ExperimentConfig, data: PreparedData) -> Components:
+    """Choose trainer, policy, summation and sampler from the mode and secure-aggregation settings."""
+    t = cfg.train
+    local = LocalConfig(t.local_epochs, t.batch_size, t.lr, t.momentum)
+    if t.mode in ("dp", "user-dp"):
+        from privfl.fl.dp import build_dp_components
+
+        return build_dp_components(cfg, data, local)
+    trainer = LocalTrainer(cfg.model, data.n_mels, local, cfg.seed)
+    n = len(data.clients)
+    fraction = t.fraction if t.mode != "central" else 1.0
+    return Components(
+        trainer=trainer,
+        policy=FedAvgPolicy(),
+        summation=make_summation(cfg),
+        sampler=lambda r: sample_clients(n, fraction, cfg.seed, r),
+    )
+
+
+def make_summation(cfg: ExperimentConfig) -> Summation:
+    """Plaintext sum, or CKKS-encrypted sum when secure.scheme is 'ckks'."""
+    if cfg.secure.scheme == "none":
+        return PlainSummation()
+    from privfl.fl.secure import CkksParams, CkksSummation
+
+    s = cfg.secure
+    params = CkksParams(
+        poly_modulus_degree=s.poly_modulus_degree,
+        coeff_mod_bit_sizes=tuple(s.coeff_mod_bit_sizes),
+        global_scale_bits=s.global_scale_bits,
+        insecure=s.insecure_he,
+    )
+    params.validate()
+    return CkksSummation(params, debug_check=s.debug_check, min_clients=s.min_clients)
+
+
+def default_out(cfg: ExperimentConfig) -> Path:
+    """runs/<mode>-<model>-<dataset>-s<seed>-<time>: a fresh, readable name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.train.mode}-{cfg.model.name}-{cfg.data.dataset}-s{cfg.seed}-{stamp}"
+
+
+def check_resumable(saved: ExperimentConfig, given: ExperimentConfig) -> None:
+    """A resumed run may only extend its rounds; anything else would mix two experiments."""
+    a, b = saved.to_dict(), given.to_dict()
+    a["train"].pop("rounds"), b["train"].pop("rounds")
+    diff = [k for k in sorted(set(_flatten(a)) | set(_flatten(b))) if _flatten(a).get(k) != _flatten(b).get(k)]
+    if diff:
+        raise ConfigError(
+            f"--resume: the given config differs from the run's config.toml in {', '.join(diff)}; "
+            "resume with the run's own config (only train.rounds may change)"
+        )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class Session:
+    """One run's bookkeeping, shared by every engine: data, components, run directory, and
+    what happens after each round (recording, evaluation, metrics, checkpoint) and at the end.
+
+    The built-in engine drives it with `Federation.run_round`; the Flower engine drives it from
+    its ServerApp. Either way the run directory and the numbers are the same.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out: Path | None = None,
+        *,
+        resume: Path | None = None,
+        overwrite: bool = False,
+        on_stage: Stage | None = None,
+    ) -> None:
+        cfg.validate()
+        if resume is not None:
+            run = RunDir.open(resume)
+            check_resumable(run.config(), cfg)
+        elif out is not None and Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
+            RunDir.create(out, cfg, overwrite=False)  # raises the clear "already exists" error
+        started = time.perf_counter()
+        self.cfg = cfg
+        self.data = prepare(cfg, on_stage)
+        self.components = build_components(cfg, self.data)
+        self.evaluator = Evaluator(cfg, self.data.n_mels)
+        self.state: dict = {
+            "best_val_uar": -1.0, "best_round": 0, "best_test": None, "bytes_up": 0, "elapsed_s": 0.0,
+        }
+        self.start_round = 1
+        self.weights = initial_weights(cfg.model, self.data.n_mels, cfg.seed)
+        if resume is not None:
+            ckpt = run.load_checkpoint()
+            if ckpt is not None:
+                self.start_round, self.weights = ckpt["round"] + 1, ckpt["weights"]
+                self.state.update(ckpt["state"]["loop"])
+                if self.components.privacy is not None:
+                    self.components.privacy.load_state(ckpt["state"]["privacy"])
+            run.truncate_metrics(self.start_round - 1)
+            cfg.to_toml(run.path / "config.toml")
+            (run.path / "summary.json").unlink(missing_ok=True)
+        else:
+            run = RunDir.create(out or default_out(cfg), cfg, overwrite=overwrite)
+        self.run = run
+        self.setup_s = time.perf_counter() - started
+        self._round_started = time.perf_counter()
+
+    def rounds(self) -> range:
+        """The rounds still to run."""
+        return range(self.start_round, self.cfg.train.rounds + 1)
+
+    def federation(self) -> Federation:
+        """The built-in in-process engine over this session's clients and components."""
+        c = self.components
+        return Federation(c.trainer, self.data.clients, c.sampler, c.policy, c.summation)
+
+    def begin_round(self) -> None:
+        self._round_started = time.perf_counter()
+
+    def end_round(self, r: int, outcome: RoundOutcome) -> dict:
+        """Record, evaluate, log and checkpoint round r; returns its metrics row."""
+        cfg, state = self.cfg, self.state
+        if cfg.train.record_updates:
+            self.run.record_updates(r, self.weights, outcome.updates, self.data.clients)
+        self.weights = outcome.weights
+        stats = dict(outcome.stats)
+        bytes_per_client = stats.pop("bytes_per_client", 4 * self.weights.shape[0] + 8)
+        state["bytes_up"] += int(bytes_per_client * len(outcome.selected))
+        n_total = sum(u.num_samples for u in outcome.updates) or 1
+        row = {
+            "round": r,
+            "train_loss": sum(u.train_loss * u.num_samples for u in outcome.updates) / n_total,
+            "clients": len(outcome.selected),
+            "bytes_up": int(bytes_per_client * len(outcome.selected)),
+            **{k: v for k, v in stats.items() if k != "clients"},
+        }
+        privacy = self.components.privacy
+        if privacy is not None:
+            row.update(privacy.round_report(r, outcome))
+        if r % cfg.train.eval_every == 0 or r == cfg.train.rounds:
+            val = self.evaluator.scores(self.weights, self.data.val)
+            test = self.evaluator.scores(self.weights, self.data.test)
+            row.update(val_uar=val["uar"], val_acc=val["acc"], val_loss=val["loss"])
+            row.update(test_uar=test["uar"], test_acc=test["acc"], test_loss=test["loss"])
+            if val["uar"] > state["best_val_uar"]:
+                state.update(best_val_uar=val["uar"], best_round=r, best_test=test)
+        row["seconds"] = time.perf_counter() - self._round_started
+        state["elapsed_s"] += row["seconds"]
+        self.run.append_metrics(row)
+        ckpt_state = {"loop": state}
+        if privacy is not None:
+            ckpt_state["privacy"] = privacy.state()
+        self.run.save_checkpoint(r, self.weights, ckpt_state)
+        return row
+
+    def finish(self) -> dict:
+        """Write model.pt, curves.png and (last) summary.json; returns the summary."""
+        cfg, state, run = self.cfg, self.state, self.run
+        model = build_model(cfg.model, self.data.n_mels)
+        set_flat(model, self.weights)
+        run.save_model(model.state_dict())
+        metrics = run.metrics()
+        uar_curves(metrics, run.path / "curves.png", f"{cfg.train.mode} {cfg.model.name} on {cfg.data.dataset}")
+        last_eval = next(m for m in reversed(metrics) if "test_uar" in m)
+        best = state["best_test"]
+        summary = {
+            "privfl_version": __version__,
+            "mode": cfg.train.mode,
+            "engine": cfg.train.engine,
+            "model": cfg.model.name,
+            "dataset": cfg.data.dataset,
+            "seed": cfg.seed,
+            "rounds": cfg.train.rounds,
+            "clients": len(self.data.clients),
+            "n_params": int(self.weights.shape[0]),
+            "train_utterances": len(self.data.train),
+            "val_utterances": len(self.data.val),
+            "test_utterances": len(self.data.test),
+            "best_round": state["best_round"],
+            "best_val_uar": state["best_val_uar"],
+            "test_uar_at_best_val": best["uar"],
+            "test_acc_at_best_val": best["acc"],
+            "test_confusion_at_best_val": best["confusion"],
+            "final_val_uar": last_eval["val_uar"],
+            "final_test_uar": last_eval["test_uar"],
+            "bytes_up_total": state["bytes_up"],
+            "train_seconds": state["elapsed_s"],
+            "setup_seconds": self.setup_s,
+            "secure_aggregation": cfg.secure.scheme,
+            "run_dir": str(run.path),
+        }
+        if self.components.privacy is not None:
+            summary["privacy"] = self.components.privacy.summary()
+        run.write_summary(summary)
+        return summary
+
+
+def train(
+    cfg: ExperimentConfig,
+    out: Path | None = None,
+    *,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    on_round: RoundCallback | None = None,
+    on_stage: Stage | None = None,
+) -> dict:
+    """Run (or resume) one experiment on the built-in engine; returns the summary (summary.json)."""
+    if cfg.train.engine != "builtin":
+        from privfl.fl.engines import run_engine
+
+        return run_engine(cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage)
+    session = Session(cfg, out, resume=resume, overwrite=overwrite, on_stage=on_stage)
+    federation = session.federation()
+    for r in session.rounds():
+        session.begin_round()
+        row = session.end_round(r, federation.run_round(r, session.weights))
+        if on_round is not None:
+            on_round(row)
+    return session.finish()
+
+
+def parameter_count(cfg: ExperimentConfig) -> int:
+    return count_parameters(build_model(cfg.model, cfg.data.n_mels))
+
+

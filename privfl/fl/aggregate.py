@@ -1,0 +1,110 @@
+"""Aggregation arithmetic (pure functions) and the plaintext summation policy.
+
+A client turns its update into a `Contribution`: a vector already multiplied by its weight
+(FedAvg: the sample count n_k; user-level DP: 1 after clipping and noising) and the weight itself.
+A summation policy adds contributions as they arrive (memory flat in the number of clients) and
+hands the sums to the round loop, which divides:
+
+    w_{t+1} = w_t + sum_k vector_k / denominator,   denominator = sum_k weight_k (FedAvg)
+
+The encrypted policy in `privfl.fl.secure` implements the same three methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What one client sends for aggregation, before any encryption.
+
+    vector: float64 [n_params], the client's update already multiplied by `weight`.
+    weight: the client's weight (FedAvg: number of local training samples).
+    """
+
+    client_id: int
+    vector: np.ndarray
+    weight: float
+
+
+@dataclass(frozen=True)
+class SumResult:
+    """The sums a summation policy returns at the end of a round."""
+
+    vector: np.ndarray
+    weight: float
+    count: int
+    stats: dict = field(default_factory=dict)
+
+
+class Summation(Protocol):
+    """A policy that sums contributions of one round; plaintext or encrypted."""
+
+    def begin_round(self, round_index: int, n_params: int) -> None: ...
+
+    def submit(self, contribution: Contribution) -> None: ...
+
+    def finish(self) -> SumResult: ...
+
+
+def weighted_mean(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """sum_k w_k v_k / sum_k w_k, in float64 (McMahan et al.'s FedAvg average)."""
+    if len(vectors) != len(weights) or not vectors:
+        raise ValueError(f"need as many weights as vectors (got {len(vectors)} and {len(weights)})")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"weights must sum to a positive number, got {total}")
+    out = np.zeros_like(vectors[0], dtype=np.float64)
+    for v, w in zip(vectors, weights):
+        out += float(w) * np.asarray(v, dtype=np.float64)
+    return out / total
+
+
+def clip_update(vector: np.ndarray, max_norm: float) -> tuple[np.ndarray, bool]:
+    """Scale `vector` so its L2 norm is at most max_norm; returns (vector, was_clipped)."""
+    norm = float(np.linalg.norm(vector))
+    if norm <= max_norm or norm == 0.0:
+        return vector, False
+    return vector * (max_norm / norm), True
+
+
+def gaussian_noise(n: int, std: float, rng: np.random.Generator) -> np.ndarray:
+    """n samples of N(0, std^2) drawn from rng (float64)."""
+    return rng.normal(0.0, std, size=n)
+
+
+class PlainSummation:
+    """Plaintext running sum: the server sees every contribution (the paper's FedAvg)."""
+
+    def __init__(self) -> None:
+        self._vector: np.ndarray | None = None
+        self._weight = 0.0
+        self._count = 0
+
+    def begin_round(self, round_index: int, n_params: int) -> None:
+        self._vector = np.zeros(n_params, dtype=np.float64)
+        self._weight = 0.0
+        self._count = 0
+
+    def submit(self, contribution: Contribution) -> None:
+        if self._vector is None:
+            raise RuntimeError("begin_round() must be called before submit()")
+        if contribution.vector.shape != self._vector.shape:
+            raise ValueError(
+                f"client {contribution.client_id} sent {contribution.vector.shape[0]} values, "
+                f"the model has {self._vector.shape[0]}"
+            )
+        self._vector += contribution.vector
+        self._weight += float(contribution.weight)
+        self._count += 1
+
+    def finish(self) -> SumResult:
+        if self._vector is None:
+            raise RuntimeError("begin_round() must be called before finish()")
+        result = SumResult(self._vector, self._weight, self._count, {})
+        self._vector = None
+        return result

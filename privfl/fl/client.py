@@ -1,0 +1,103 @@
+"""A client's data and its local training: E epochs of minibatch SGD from the global weights.
+
+The trainer returns an `Update` (the weight delta and the sample count); turning it into what is
+sent (weighting, clipping, noise, encryption) is the aggregation policy's job, not the client's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from privfl.config import ModelConfig
+from privfl.models import build_model, get_flat, set_flat
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's local training set. x: [n, frames, n_mels]; lengths, y: [n]."""
+
+    client_id: int
+    x: torch.Tensor
+    lengths: torch.Tensor
+    y: torch.Tensor
+    speakers: tuple[str, ...] = ()
+    genders: tuple[str, ...] = ()  # one per speaker
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Local SGD hyper-parameters: E, B, eta (and optional momentum)."""
+
+    epochs: int = 1
+    batch_size: int = 10
+    lr: float = 0.01
+    momentum: float = 0.0
+
+
+@dataclass
+class Update:
+    """What local training produced: delta = w_local - w_global (float32 [n_params])."""
+
+    client_id: int
+    round: int
+    delta: np.ndarray
+    num_samples: int
+    train_loss: float
+    stats: dict = field(default_factory=dict)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integer parts, e.g. (seed, round, client); stable across runs."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def sgd_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: ClientData,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+) -> tuple[float, int]:
+    """Run `epochs` shuffled passes of minibatch training; returns (mean loss, steps taken)."""
+    loss_fn = nn.CrossEntropyLoss()
+    total, steps = 0.0, 0
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(data.num_samples, generator=generator)
+        for start in range(0, data.num_samples, batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(data.x[idx], data.lengths[idx]), data.y[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+    return total / max(steps, 1), steps
+
+
+class LocalTrainer:
+    """Plain (non-private) local training; one model instance reused for every client."""
+
+    def __init__(self, model_cfg: ModelConfig, n_mels: int, local: LocalConfig, seed: int) -> None:
+        self.model = build_model(model_cfg, n_mels)
+        self.local = local
+        self.seed = seed
+
+    def train(self, data: ClientData, global_weights: np.ndarray, round_index: int) -> Update:
+        set_flat(self.model, global_weights)
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.local.lr, momentum=self.local.momentum)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, round_index, data.client_id))
+        loss, steps = sgd_epochs(
+            self.model, optimizer, data, self.local.epochs, self.local.batch_size, generator
+        )
+        delta = get_flat(self.model) - global_weights
+        return Update(data.client_id, round_index, delta, data.num_samples, loss, {"steps": steps})

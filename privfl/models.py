@@ -1,0 +1,142 @@
+"""The paper's two classifiers over log-Mel frames, and flat-vector access to their weights.
+
+The paper gives layer types but no sizes; the widths here are config fields (ModelConfig).
+Both models take x [batch, frames, n_mels] and lengths [batch] (true frame counts) and return
+logits [batch, n_classes]; the softmax of the paper lives in the cross-entropy loss. Neither has
+batch-norm or buffers, so the parameters are the whole state and Opacus can wrap both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from privfl.config import ModelConfig
+from privfl.data.records import EMOTIONS
+
+
+def _time_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """[batch, frames] bool, True on real (non-padding) frames."""
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class PaperCNN(nn.Module):
+    """One conv layer, one max-pool, two fully connected layers (Latif et al. 2020).
+
+    conv 5x5 (time x Mel) -> ReLU -> max-pool over all real frames and by 2 over Mel bands
+    -> FC(channels * n_mels/2, fc_hidden) -> ReLU -> FC(fc_hidden, n_classes).
+    Pooling over time makes the model length-independent; padding frames never win the max.
+    """
+
+    def __init__(self, n_mels: int = 40, channels: int = 32, fc_hidden: int = 128, n_classes: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, kernel_size=5, padding=2)
+        self.fc1 = nn.Linear(channels * (n_mels // 2), fc_hidden)
+        self.fc2 = nn.Linear(fc_hidden, n_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = x[:, : int(lengths.max())]  # frames that are padding for the whole batch change nothing
+        h = torch.relu(self.conv(x.unsqueeze(1)))  # [B, C, T, M]
+        b, c, t, m = h.shape
+        h = h[..., : (m // 2) * 2].reshape(b, c, t, m // 2, 2).amax(dim=-1)  # pool Mel by 2
+        mask = _time_mask(lengths, t)[:, None, :, None]
+        # ReLU output is >= 0, so zeroing padding frames keeps them from winning the max
+        h = (h * mask).amax(dim=2)  # [B, C, M/2]
+        return self.fc2(torch.relu(self.fc1(h.flatten(1))))
+
+
+class PaperLSTM(nn.Module):
+    """One LSTM layer, two fully connected layers (Latif et al. 2020).
+
+    LSTM(n_mels -> hidden) over the frames -> mean of the outputs over real frames
+    -> FC(hidden, fc_hidden) -> ReLU -> FC(fc_hidden, n_classes).
+    With dp=True the LSTM is opacus.layers.DPLSTM, whose state-dict keys equal nn.LSTM's.
+    """
+
+    def __init__(
+        self, n_mels: int = 40, hidden: int = 128, fc_hidden: int = 128, n_classes: int = 4, dp: bool = False
+    ):
+        super().__init__()
+        if dp:
+            from opacus.layers import DPLSTM
+
+            self.lstm = DPLSTM(n_mels, hidden, batch_first=True)
+        else:
+            self.lstm = nn.LSTM(n_mels, hidden, batch_first=True)
+        self.fc1 = nn.Linear(hidden, fc_hidden)
+        self.fc2 = nn.Linear(fc_hidden, n_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        t_max = int(lengths.max())  # skip frames that are padding for the whole batch
+        out, _ = self.lstm(x[:, :t_max])
+        mask = _time_mask(lengths, t_max).unsqueeze(-1).to(out.dtype)
+        pooled = (out * mask).sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(out.dtype)
+        return self.fc2(torch.relu(self.fc1(pooled)))
+
+
+def build_model(cfg: ModelConfig, n_mels: int = 40, dp: bool = False) -> nn.Module:
+    """The configured model with PyTorch's default initialisation (seed torch before calling)."""
+    if cfg.name == "cnn":
+        return PaperCNN(n_mels, cfg.conv_channels, cfg.fc_hidden, len(EMOTIONS))
+    return PaperLSTM(n_mels, cfg.lstm_hidden, cfg.fc_hidden, len(EMOTIONS), dp=dp)
+
+
+def initial_weights(cfg: ModelConfig, n_mels: int, seed: int) -> np.ndarray:
+    """w0 as a flat float32 vector, the same for every run with this seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_flat(build_model(cfg, n_mels))
+
+
+_LSTM_ORDER = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+
+
+def canonical_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) in one fixed order for nn.LSTM and DPLSTM models alike.
+
+    DPLSTM names its parameters like nn.LSTM but lists them in another order; flat vectors,
+    aggregation and recorded updates must not depend on which one a client used.
+    """
+    named = list(model.named_parameters())
+
+    def rank(item: tuple[str, nn.Parameter]) -> tuple[int, int]:
+        name = item[0]
+        module, _, leaf = name.rpartition(".")
+        first = next(i for i, (n, _) in enumerate(named) if n.rpartition(".")[0] == module)
+        return first, _LSTM_ORDER.index(leaf) if leaf in _LSTM_ORDER else 0
+
+    return sorted(named, key=rank)
+
+
+def get_flat(model: nn.Module) -> np.ndarray:
+    """All parameters in canonical order as one float32 vector [n_params]."""
+    return torch.cat([p.detach().reshape(-1) for _, p in canonical_parameters(model)]).cpu().numpy().copy()
+
+
+def set_flat(model: nn.Module, flat: np.ndarray) -> None:
+    """Load a flat vector produced by get_flat into the model, in place."""
+    params = canonical_parameters(model)
+    total = sum(p.numel() for _, p in params)
+    if flat.shape != (total,):
+        raise ValueError(f"weight vector has {flat.shape} values, the model needs ({total},)")
+    src = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+    offset = 0
+    with torch.no_grad():
+        for _, p in params:
+            n = p.numel()
+            p.copy_(src[offset : offset + n].view_as(p))
+            offset += n
+
+
+def layer_slices(model: nn.Module) -> dict[str, slice]:
+    """Parameter name -> its slice in the flat vector (attacks read single layers)."""
+    out, offset = {}, 0
+    for name, p in canonical_parameters(model):
+        out[name] = slice(offset, offset + p.numel())
+        offset += p.numel()
+    return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,34 @@
+"""Shared fixtures: a private cache per test session and a tiny synthetic configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from privfl.config import ExperimentConfig
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Keep corpora and feature caches of the test run out of the user's ~/.cache/privfl."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRIVFL_CACHE", str(tmp_path_factory.mktemp("privfl-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture()
+def tiny_config() -> ExperimentConfig:
+    """8 synthetic speakers x 2 utterances per emotion: 4 train, 1 val, 1 test, 2 aux speakers."""
+    return ExperimentConfig().override(
+        {
+            "data.speakers": 8,
+            "data.utterances_per_emotion": 2,
+            "data.val_speakers": 1,
+            "data.test_speakers": 1,
+            "data.aux_speakers": 2,
+            "data.max_frames": 200,
+            "train.clients": 2,
+            "train.rounds": 2,
+            "train.batch_size": 4,
+        }
+    )

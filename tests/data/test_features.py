@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from privfl.data.audio import read_audio
+from privfl.data.features import FeatureConfig, LogMel, extract, pad_or_crop
+from privfl.data.records import Utterance
+from privfl.errors import DataError
+
+
+def _tone(seconds=1.0, sr=16000, f=220.0, seed=0):
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * f * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_logmel_matches_torchaudio_reference_call():
+    wave = torch.from_numpy(_tone())
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=16000, n_fft=400, win_length=400, hop_length=160, window_fn=torch.hamming_window, n_mels=40
+    )(wave)
+    logmel = torch.log(mel + 1e-6).T
+    expected = (logmel - logmel.mean(0)) / (logmel.std(0, unbiased=False) + 1e-5)
+    got = LogMel(FeatureConfig())(wave)
+    assert got.shape == (101, 40)  # 1 s at a 10 ms hop, centred frames
+    torch.testing.assert_close(got, expected)
+
+
+def test_features_are_normalised_per_utterance():
+    got = LogMel()(torch.from_numpy(_tone(f=440.0) * 5)).numpy()
+    np.testing.assert_allclose(got.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(got.std(0), 1, atol=1e-2)
+
+
+def test_pad_or_crop():
+    a = np.ones((5, 3), dtype=np.float32)
+    out, n = pad_or_crop(a, 8)
+    assert n == 5 and out.shape == (8, 3) and out[5:].sum() == 0
+    out, n = pad_or_crop(np.arange(10)[:, None].astype(np.float32), 4)
+    assert n == 4 and out[:, 0].tolist() == [3, 4, 5, 6]
+
+
+def test_resampling_and_stereo_mixdown(tmp_path):
+    wave = _tone(sr=8000)
+    sf.write(tmp_path / "a.wav", np.stack([wave, wave], 1), 8000)
+    out = read_audio(tmp_path / "a.wav")
+    assert abs(out.size - 16000) <= 1
+
+
+def test_unreadable_audio_is_a_data_error(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00")
+    with pytest.raises(DataError, match="bad.wav"):
+        read_audio(bad)
+
+
+def test_extract_caches_by_listing(tmp_path):
+    utts = []
+    for i in range(3):
+        p = tmp_path / f"u{i}.wav"
+        sf.write(p, _tone(seconds=0.5 + i, seed=i), 16000)
+        utts.append(Utterance(f"u{i}", str(p), "s", "female", "neutral"))
+    cfg = FeatureConfig(max_frames=120)
+    a = extract(utts, cfg, cache_dir=tmp_path / "cache")
+    assert a.x.shape == (3, 120, 40) and a.lengths.tolist() == [51, 120, 120]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    b = extract(utts, cfg, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(a.x, b.x)
+    sf.write(utts[0].path, _tone(seconds=0.7, seed=9), 16000)  # corpus changed -> new key
+    extract(utts, cfg, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2

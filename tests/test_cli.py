@@ -1,0 +1,56 @@
+"""CLI behaviour a user sees: exit code 2 and one clear line for bad input."""
+
+import pytest
+from click.testing import CliRunner
+
+from privfl.cli import main
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode", "fedsgd"], "fedsgd"),
+        (["--model", "gru"], "gru"),
+        (["--dataset", "timit"], "timit"),
+        (["--lr", "0"], "train.lr must be > 0"),
+        (["--lr", "-1"], "train.lr must be > 0"),
+        (["--batch-size", "0"], "train.batch_size must be >= 1"),
+        (["--rounds", "0"], "train.rounds must be >= 1"),
+        (["--dataset", "iemocap"], "--data-dir"),
+        (["--set", "train.round=3"], "unknown config key 'train.round'"),
+        (["--set", "nonsense"], "KEY=VALUE"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_line(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    (tmp_path / "c.toml").write_text("[model]\nname = 'cnn'\ndepth = 3\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "c.toml")])
+    assert result.exit_code == 2
+    assert "unknown config key 'model.depth'" in result.output
+
+
+def test_train_then_refuse_existing_then_resume(tmp_path, tiny_config):
+    cfg_path = tmp_path / "tiny.toml"
+    tiny_config.to_toml(cfg_path)
+    out = tmp_path / "r"
+    first = CliRunner().invoke(main, ["train", "--config", str(cfg_path), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert "test UAR" in first.output
+    again = CliRunner().invoke(main, ["train", "--config", str(cfg_path), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    more = CliRunner().invoke(main, ["train", "--config", str(out / "config.toml"), "--resume", str(out), "--rounds", "3"])
+    assert more.exit_code == 0, more.output
+    assert (out / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_help_explains_the_main_options():
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--mode", "--clients", "--rounds", "--batch-size", "--local-epochs", "--lr", "--resume"):
+        assert flag in result.output

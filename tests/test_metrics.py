@@ -1,0 +1,16 @@
+import numpy as np
+
+from privfl.metrics import accuracy, confusion, uar
+
+
+def test_uar_is_mean_per_class_recall():
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 3])
+    p = np.array([0, 0, 0, 1, 1, 0, 2, 0])
+    # recalls: 3/4, 1/2, 1, 0 -> 0.5625 ; accuracy 5/8
+    assert uar(y, p, 4) == 0.5625
+    assert accuracy(y, p) == 0.625
+    assert confusion(y, p, 4)[0].tolist() == [3, 1, 0, 0]
+
+
+def test_uar_ignores_absent_classes():
+    assert uar(np.array([0, 1]), np.array([0, 1]), 4) == 1.0
