@@ -160,9 +160,11 @@ class SecureConfig:
     """Encrypted aggregation of client updates (TenSEAL CKKS)."""
 
     scheme: str = "none"
-    poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
-    global_scale_bits: int = 40
+    # addition only, so no rescaling primes: one 50-bit data prime + the special prime fit N=4096
+    # at 128-bit security and upload ~29 bytes per parameter (docs/secure-aggregation.md)
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = (50, 50)
+    global_scale_bits: int = 46
     insecure_he: bool = False  # allow parameters below 128-bit security (tests only)
     debug_check: bool = False  # log decrypted-vs-plaintext error (computed outside the aggregator)
     min_clients: int = 1

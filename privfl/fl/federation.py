@@ -123,7 +123,7 @@ class Federation:
         new_weights, step_stats = self.policy.server_step(weights, result, round_index)
         stats = {
             "train_s": train_s,
-            "aggregate_s": time.perf_counter() - t0,
+            "server_s": time.perf_counter() - t0,
             "clients": len(selected),
             **result.stats,
             **step_stats,
