@@ -220,5 +220,14 @@ def check(dataset: str, data_dir: Path | None, split: str, strict: bool, as_json
         render_report(report, Console())
 
 
+def _register_subcommands() -> None:
+    """Command groups that live beside the training CLI: attacks/ and privfl.bench."""
+    from attacks.cli import attack
+
+    main.add_command(attack)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()
