@@ -1,0 +1,599 @@
+"""Differentially private federated training: DP-SGD on every client, DP-FedAvg on the server.
+
+Record-level (`--mode dp`): `DPSGDTrainer` runs Abadi et al.'s DP-SGD on each client — Poisson
+batches at rate q_k = B / n_k, every per-sample gradient clipped to C, Gaussian noise of std
+sigma * C added to their sum — and composes each step into that client's accountant, which lives
+for the whole run (`privfl.privacy.RecordLevelPrivacy`). It returns the same flat weight layout as
+`LocalTrainer`, so FedAvg (plain or encrypted) does not care which clients were private.
+
+User-level (`--mode user-dp`): `UserDPPolicy` is McMahan et al.'s (2018) DP-FedAvg as a `Policy`:
+clients are Poisson-sampled at rate q, each update is clipped to L2 norm S and weighted 1, and
+the server adds N(0, sigma^2 S^2) to the sum and divides by the expected count qK. With CKKS
+aggregation the server never sees an un-noised sum: the k sampled clients each add a share
+N(0, sigma^2 S^2 / k) before encrypting, so the decrypted sum carries exactly the noise the
+analysis assumes (see docs/privacy.md for why k, and what dropouts would do).
+
+`build_dp_components(cfg, data, local)` checks everything it can before training starts and
+wires either mode into `privfl.experiment`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from privfl.config import ExperimentConfig, ModelConfig
+from privfl.errors import ConfigError, PrivacyError
+from privfl.fl.aggregate import Contribution, Summation, SumResult, clip_update, gaussian_noise
+from privfl.fl.client import ClientData, LocalConfig, LocalTrainer, Update, derive_seed
+from privfl.fl.federation import Components, FedAvgPolicy, sample_clients
+from privfl.models import PaperLSTM, build_model, canonical_parameters, get_flat, set_flat
+from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy, check_delta, default_delta
+
+log = logging.getLogger(__name__)
+
+GRAD_SAMPLE_MODES = ("auto", "microbatch", "hooks", "functorch", "ew", "ghost")
+"""How per-sample gradients are computed. microbatch: one forward/backward per sample through the
+ordinary model (TF Privacy's microbatches; for the paper LSTM only the recurrence runs per sample);
+the others are Opacus's engines on the DP model (hooks, functorch, ew = expanded weights, ghost =
+ghost clipping, which never forms per-sample gradients)."""
+
+AUTO_GRAD_SAMPLE_MODE = {"cnn": "microbatch", "lstm": "microbatch"}
+"""What grad_sample_mode = "auto" picks per model: the fastest in benchmarks/dp_overhead.py."""
+
+_NOISE_STREAM = 1  # derive_seed(base, _NOISE_STREAM) seeds DP-SGD noise; base itself seeds sampling
+_USER_SAMPLE_TAG = 0x05A3D  # user-dp client sampling: default_rng([seed, round, tag])
+_USER_SERVER_NOISE_TAG = 0x0DF5  # user-dp server noise: default_rng([seed, round, tag])
+_USER_CLIENT_NOISE_TAG = 0x0DFC  # user-dp noise share: default_rng([seed, round, client, tag])
+
+
+# --- checks ------------------------------------------------------------------------------------------
+def validate_dp_model(model: nn.Module) -> None:
+    """Raise PrivacyError listing every layer Opacus cannot give per-sample gradients for."""
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        listed = "; ".join(str(e) for e in errors)
+        raise PrivacyError(
+            f"model {type(model).__name__} has layers DP-SGD cannot train privately: {listed}. "
+            "Replace them (e.g. BatchNorm -> GroupNorm, nn.LSTM -> opacus.layers.DPLSTM), "
+            "or use opacus.validators.ModuleValidator.fix(model)"
+        )
+
+
+def resolve_grad_sample_mode(mode: str, model_name: str) -> str:
+    """The per-sample gradient engine for a model; 'auto' is the measured fastest."""
+    if mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(f"dp.grad_sample_mode {mode!r} is not one of {', '.join(GRAD_SAMPLE_MODES)}")
+    return AUTO_GRAD_SAMPLE_MODE.get(model_name, "hooks") if mode == "auto" else mode
+
+
+def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a Poisson batch: each of n records independently with probability sample_rate."""
+    return torch.nonzero(torch.rand(n, generator=generator) < sample_rate).flatten()
+
+
+@contextlib.contextmanager
+def _quiet_first_layer_hook() -> Iterator[None]:
+    # Opacus's hooks on the first layer fire with no input gradient (the features need none)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        yield
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- per-sample gradient engines ---------------------------------------------------------------------
+class _Microbatch:
+    """Exact per-sample gradients: one forward/backward per sample through the ordinary model.
+
+    Each sample runs alone at its own length, so fused kernels (nn.LSTM) do the work and no
+    padding is computed; on CPU this beats Opacus's engines for both paper models.
+    """
+
+    threads: int | None = 1  # batch-1 kernels do not parallelise; extra OpenMP threads only spin
+
+    def __init__(self, model: nn.Module) -> None:
+        self.module = model
+        self.params = _trainable(model)
+
+    def optimizer(self, base: torch.optim.Optimizer, **kwargs):
+        from opacus.optimizers import DPOptimizer
+
+        return DPOptimizer(base, **kwargs)
+
+    def backward(
+        self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
+    ) -> tuple[float, torch.Tensor]:
+        """Leave per-sample gradients in p.grad_sample; return (summed loss, per-sample norms [b])."""
+        per_param: list[list[torch.Tensor]] = [[] for _ in self.params]
+        total = 0.0
+        for i in range(int(y.shape[0])):
+            t = int(lengths[i])
+            loss = nn.functional.cross_entropy(
+                self.module(x[i : i + 1, :t], lengths[i : i + 1]), y[i : i + 1]
+            )
+            for slot, g in zip(per_param, torch.autograd.grad(loss, self.params), strict=True):
+                slot.append(g)
+            total += float(loss.detach())
+        for p, grads in zip(self.params, per_param, strict=True):
+            p.grad_sample = torch.stack(grads)
+        return total, _per_sample_norms(self.params)
+
+    def empty(self) -> None:
+        for p in self.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+
+
+class _LSTMMicrobatch:
+    """PaperLSTM: microbatching where it pays, batching where it does not.
+
+    Only the recurrence and its mean over frames run per sample (fused nn.LSTM at the sample's own
+    length, forward and backward); the head (fc1, ReLU, fc2, loss) runs once for the whole batch
+    and its per-sample gradients are outer products of activations and output gradients. It
+    mirrors PaperLSTM.forward; tests hold it to the model's own per-sample gradients.
+    """
+
+    threads: int | None = 1  # batch-1 kernels do not parallelise; extra OpenMP threads only spin
+
+    def __init__(self, model: nn.Module) -> None:
+        self.module = model
+        self.params = _trainable(model)
+        self.lstm_params = [p for name, p in canonical_parameters(model) if name.startswith("lstm.")]
+
+    def optimizer(self, base: torch.optim.Optimizer, **kwargs):
+        from opacus.optimizers import DPOptimizer
+
+        return DPOptimizer(base, **kwargs)
+
+    def backward(
+        self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
+    ) -> tuple[float, torch.Tensor]:
+        m = self.module
+        pooled_graphs = []
+        for i in range(int(y.shape[0])):
+            out, _ = m.lstm(x[i : i + 1, : int(lengths[i])])
+            pooled_graphs.append(out.mean(dim=1))  # [1, H]: the mean over this sample's real frames
+        pooled = torch.cat([p.detach() for p in pooled_graphs]).requires_grad_(True)
+        z1 = nn.functional.linear(pooled, m.fc1.weight, m.fc1.bias)
+        a1 = torch.relu(z1)
+        z2 = nn.functional.linear(a1, m.fc2.weight, m.fc2.bias)
+        losses = nn.functional.cross_entropy(z2, y, reduction="none")
+        d_pooled, d_z1, d_z2 = torch.autograd.grad(losses.sum(), [pooled, z1, z2])
+        per_sample = [
+            torch.autograd.grad(p, self.lstm_params, grad_outputs=d_pooled[i : i + 1])
+            for i, p in enumerate(pooled_graphs)
+        ]
+        grads = {name: torch.stack([g[j] for g in per_sample]) for j, name in enumerate(_LSTM_NAMES)}
+        grads["fc1.weight"] = d_z1.unsqueeze(2) * pooled.detach().unsqueeze(1)
+        grads["fc1.bias"] = d_z1
+        grads["fc2.weight"] = d_z2.unsqueeze(2) * a1.detach().unsqueeze(1)
+        grads["fc2.bias"] = d_z2
+        for name, p in canonical_parameters(m):
+            p.grad_sample = grads[name]
+        return float(losses.detach().sum()), _per_sample_norms(self.params)
+
+    def empty(self) -> None:
+        for p in self.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+
+
+_LSTM_NAMES = ("lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0")
+
+
+class _OpacusEngine:
+    """Opacus's per-sample gradients (hooks, functorch, ew) on the DP model, e.g. DPLSTM."""
+
+    threads: int | None = None
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        from opacus.grad_sample import prepare_module
+
+        self.module = model
+        self.wrapped = prepare_module(model, grad_sample_mode=mode, batch_first=True, loss_reduction="mean")
+        self.params = _trainable(model)
+
+    def optimizer(self, base: torch.optim.Optimizer, **kwargs):
+        from opacus.optimizers import DPOptimizer
+
+        return DPOptimizer(base, **kwargs)
+
+    def backward(
+        self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
+    ) -> tuple[float, torch.Tensor]:
+        losses = nn.functional.cross_entropy(self.wrapped(x, lengths), y, reduction="none")
+        with _quiet_first_layer_hook():
+            losses.mean().backward()
+        return float(losses.detach().sum()), _per_sample_norms(self.params)
+
+    def empty(self) -> None:
+        for p in self.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+
+
+class _GhostEngine:
+    """Opacus ghost clipping: per-sample norms without per-sample gradients, then a second backward."""
+
+    threads: int | None = None
+
+    def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+        self.module = model
+        self.wrapped = GradSampleModuleFastGradientClipping(
+            model,
+            batch_first=True,
+            loss_reduction="mean",
+            max_grad_norm=max_grad_norm,
+            use_ghost_clipping=True,
+        )
+        self.params = _trainable(model)
+
+    def optimizer(self, base: torch.optim.Optimizer, **kwargs):
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+
+        return DPOptimizerFastGradientClipping(base, **kwargs)
+
+    def backward(
+        self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
+    ) -> tuple[float, torch.Tensor]:
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        criterion = DPLossFastGradientClipping(self.wrapped, optimizer, nn.CrossEntropyLoss(), "mean")
+        loss = criterion(self.wrapped(x, lengths), y)
+        with _quiet_first_layer_hook():
+            loss.backward()  # both passes: norms, then the clipped sum into p.grad
+        return float(loss.loss_per_sample.detach().sum()), self.wrapped.per_sample_gradient_norms.detach()
+
+    def empty(self) -> None:
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters in the canonical flat order, so noise lands alike for every engine."""
+    return [p for _, p in canonical_parameters(model) if p.requires_grad]
+
+
+def _per_sample_norms(params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """L2 norm of each sample's whole gradient [b], from p.grad_sample [b, *p.shape]."""
+    per_param = [p.grad_sample.reshape(p.grad_sample.shape[0], -1).norm(2, dim=1) for p in params]
+    return torch.stack(per_param, dim=1).norm(2, dim=1)
+
+
+def _engine(model_cfg: ModelConfig, n_mels: int, mode: str, max_grad_norm: float):
+    if mode == "microbatch":
+        model = build_model(model_cfg, n_mels, dp=False)
+        return _LSTMMicrobatch(model) if isinstance(model, PaperLSTM) else _Microbatch(model)
+    model = build_model(model_cfg, n_mels, dp=True)  # DPLSTM: Opacus sees its per-step linears
+    if mode == "ghost":
+        return _GhostEngine(model, max_grad_norm)
+    return _OpacusEngine(model, mode)
+
+
+# --- record-level DP ---------------------------------------------------------------------------------
+class DPSGDTrainer:
+    """DP-SGD local training (Abadi et al. 2016) that spends each client's privacy in one accountant.
+
+    A Trainer: train(data, global_weights, round_index) -> Update. Sampling and noise are seeded
+    from derive_seed(seed, round, client); the optimizer is rebuilt every call (momentum restarts,
+    as in LocalTrainer), the accountants in `privacy` never are.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        n_mels: int,
+        local: LocalConfig,
+        seed: int,
+        privacy: RecordLevelPrivacy,
+        grad_sample_mode: str = "auto",
+    ) -> None:
+        self.local = local
+        self.seed = seed
+        self.privacy = privacy
+        self.grad_sample_mode = resolve_grad_sample_mode(grad_sample_mode, model_cfg.name)
+        validate_dp_model(build_model(model_cfg, n_mels, dp=True))
+        self.engine = _engine(model_cfg, n_mels, self.grad_sample_mode, privacy.max_grad_norm)
+        self.model = self.engine.module
+
+    def train(self, data: ClientData, global_weights: np.ndarray, round_index: int) -> Update:
+        cid = data.client_id
+        if cid not in self.privacy.sample_rates:
+            raise PrivacyError(f"client {cid} has no accountant; build the trainer with every client's data")
+        rate = self.privacy.sample_rates[cid]
+        steps = self.privacy.steps_per_round[cid]
+        if not math.isclose(rate, self.local.batch_size / data.num_samples):
+            raise PrivacyError(
+                f"client {cid} now holds {data.num_samples} utterances, its accountant was planned for "
+                f"{round(self.local.batch_size / rate)}; rebuild the components for the new data"
+            )
+        base = derive_seed(self.seed, round_index, cid)
+        sampling = torch.Generator().manual_seed(base)
+        noise = torch.Generator().manual_seed(derive_seed(base, _NOISE_STREAM))
+        batches = (poisson_batch(data.num_samples, rate, sampling) for _ in range(steps))
+        update = self._run(data, global_weights, round_index, batches, noise)
+        self.privacy.spend(cid, steps, rate, round_index)
+        return update
+
+    def _run(
+        self,
+        data: ClientData,
+        global_weights: np.ndarray,
+        round_index: int,
+        batches: Iterable[torch.Tensor],
+        noise: torch.Generator,
+    ) -> Update:
+        """DP-SGD over the given index batches; no accounting (tests feed fixed batches here)."""
+        set_flat(self.model, global_weights)
+        base = torch.optim.SGD(self.engine.params, lr=self.local.lr, momentum=self.local.momentum)
+        optimizer = self.engine.optimizer(
+            base,
+            noise_multiplier=self.privacy.noise_multiplier,
+            max_grad_norm=self.privacy.max_grad_norm,
+            expected_batch_size=self.local.batch_size,
+            loss_reduction="mean",
+            generator=noise,
+            secure_mode=False,
+        )
+        self.model.train()
+        loss_sum, seen, clipped, steps, empty = 0.0, 0, 0, 0, 0
+        with _intra_op_threads(self.engine.threads):
+            for idx in batches:
+                optimizer.zero_grad(set_to_none=True)
+                if idx.numel() == 0:
+                    self.engine.empty()  # the step still happens: noise only, and it is accounted
+                    empty += 1
+                else:
+                    batch_loss, norms = self.engine.backward(
+                        data.x[idx], data.lengths[idx], data.y[idx], optimizer
+                    )
+                    loss_sum += batch_loss
+                    seen += int(idx.numel())
+                    clipped += int((norms > self.privacy.max_grad_norm).sum())
+                optimizer.step()
+                steps += 1
+        optimizer.zero_grad(set_to_none=True)
+        delta = get_flat(self.model) - global_weights
+        stats = {"steps": steps, "per_sample_grads": seen, "clipped": clipped, "empty_batches": empty}
+        return Update(data.client_id, round_index, delta, data.num_samples, loss_sum / max(seen, 1), stats)
+
+
+# --- user-level DP -----------------------------------------------------------------------------------
+def poisson_clients(n_clients: int, rate: float, seed: int, round_index: int) -> list[int]:
+    """Each client independently with probability `rate`, seeded from [seed, round] (may be empty)."""
+    rng = np.random.default_rng([seed, round_index, _USER_SAMPLE_TAG])
+    return np.flatnonzero(rng.random(n_clients) < rate).tolist()
+
+
+class UserDPPolicy:
+    """DP-FedAvg (McMahan et al. 2018) as a Policy; `sample` is its client sampler.
+
+    contribution: clip the update to L2 norm S, weight 1 (plus this client's noise share when the
+    sum is encrypted). server_step: add N(0, sigma^2 S^2) unless the clients did, divide by the
+    expected count qK (a fixed denominator, so one client moves the result by at most S / qK),
+    and compose one round into the accountant.
+    """
+
+    def __init__(
+        self, n_clients: int, privacy: UserLevelPrivacy, seed: int, noise_on_clients: bool = False
+    ) -> None:
+        self.n_clients = n_clients
+        self.privacy = privacy
+        self.seed = seed
+        self.noise_on_clients = noise_on_clients
+        self._round: int | None = None
+        self._sampled = 0
+        self._clipped = 0
+
+    @property
+    def expected_clients(self) -> float:
+        return self.privacy.sample_rate * self.n_clients
+
+    def sample(self, round_index: int) -> list[int]:
+        chosen = poisson_clients(self.n_clients, self.privacy.sample_rate, self.seed, round_index)
+        self._round, self._sampled, self._clipped = round_index, len(chosen), 0
+        return chosen
+
+    def contribution(self, update: Update) -> Contribution:
+        if update.round != self._round:
+            raise RuntimeError(
+                f"UserDPPolicy.sample() was not called for round {update.round}; use it as the sampler"
+            )
+        vector, was_clipped = clip_update(update.delta.astype(np.float64), self.privacy.clip_norm)
+        self._clipped += int(was_clipped)
+        if self.noise_on_clients:
+            # k sampled clients each add variance sigma^2 S^2 / k: the decrypted sum has exactly
+            # the server noise of the analysis, whatever k the Poisson draw gave
+            std = self.privacy.noise_multiplier * self.privacy.clip_norm / math.sqrt(self._sampled)
+            rng = np.random.default_rng([self.seed, update.round, update.client_id, _USER_CLIENT_NOISE_TAG])
+            vector = vector + gaussian_noise(vector.shape[0], std, rng)
+        return Contribution(update.client_id, vector, 1.0)
+
+    def server_step(
+        self, weights: np.ndarray, result: SumResult, round_index: int
+    ) -> tuple[np.ndarray, dict]:
+        std = self.privacy.noise_multiplier * self.privacy.clip_norm
+        total = np.asarray(result.vector, dtype=np.float64) if result.count else np.zeros(weights.shape[0])
+        # share of the required variance sigma^2 S^2 the server must add itself: all of it without
+        # client noise or when nobody was sampled; the missing shares when an encrypted aggregator
+        # dropped contributions (the server then saw an under-noised sum: logged, not hidden)
+        if not self.noise_on_clients or result.count == 0:
+            missing = 1.0
+        else:
+            missing = max(self._sampled - result.count, 0) / self._sampled
+            if missing > 0:
+                log.warning(
+                    "round %d: %d of %d noise shares missing from the decrypted sum; the server adds them "
+                    "so the released model keeps its guarantee, but it saw a sum with less noise",
+                    round_index,
+                    self._sampled - result.count,
+                    self._sampled,
+                )
+        if missing > 0:
+            rng = np.random.default_rng([self.seed, round_index, _USER_SERVER_NOISE_TAG])
+            total = total + gaussian_noise(weights.shape[0], std * math.sqrt(missing), rng)
+        new = (weights.astype(np.float64) + total / self.expected_clients).astype(np.float32)
+        self.privacy.spend_round()
+        stats = {
+            "clipped_fraction": self._clipped / result.count if result.count else 0.0,
+            "noise_std": std / self.expected_clients,
+            "server_noise_share": missing,
+        }
+        return new, stats
+
+
+class SkipEmptyRounds:
+    """Summation wrapper: a round nobody was sampled for sums to zero without asking the inner one.
+
+    Poisson sampling can pick no client; an encrypted aggregator has nothing to decrypt then.
+    """
+
+    def __init__(self, inner: Summation) -> None:
+        self.inner = inner
+        self._n_params = 0
+        self._count = 0
+
+    def begin_round(self, round_index: int, n_params: int) -> None:
+        self._n_params, self._count = n_params, 0
+        self.inner.begin_round(round_index, n_params)
+
+    def submit(self, contribution: Contribution) -> None:
+        self._count += 1
+        self.inner.submit(contribution)
+
+    def finish(self) -> SumResult:
+        if self._count == 0:
+            return SumResult(np.zeros(self._n_params), 0.0, 0, {})
+        return self.inner.finish()
+
+
+# --- wiring ------------------------------------------------------------------------------------------
+def build_dp_components(cfg: ExperimentConfig, data, local: LocalConfig) -> Components:
+    """Trainer, policy, summation, sampler and privacy report for mode dp or user-dp.
+
+    Every check that can fail does so here, before the first round: sample rates, delta, the
+    noise multiplier for a target epsilon, the model's layers, secure-aggregation settings.
+    """
+    from privfl.experiment import make_summation  # experiment imports this module lazily too
+
+    mode = cfg.train.mode
+    if mode == "dp":
+        return _record_level(cfg, data.clients, data.n_mels, local, make_summation)
+    if mode == "user-dp":
+        return _user_level(cfg, data.clients, data.n_mels, local, make_summation)
+    raise ConfigError(f"build_dp_components handles modes dp and user-dp, got {mode!r}")
+
+
+def _record_level(
+    cfg: ExperimentConfig,
+    clients: Sequence[ClientData],
+    n_mels: int,
+    local: LocalConfig,
+    make_summation: Callable[[ExperimentConfig], Summation],
+) -> Components:
+    d, t = cfg.dp, cfg.train
+    resolve_grad_sample_mode(d.grad_sample_mode, cfg.model.name)  # a typo fails before sigma is solved
+    sizes = {c.client_id: c.num_samples for c in clients}
+    for cid, n in sizes.items():
+        if n < local.batch_size:
+            raise PrivacyError(
+                f"client {cid} holds {n} utterances, fewer than --batch-size {local.batch_size}: its "
+                f"Poisson sample rate B/n would exceed 1; use --batch-size {max(min(sizes.values()), 1)} "
+                "or fewer --clients"
+            )
+    n_max = max(sizes.values())
+    delta = d.delta if d.delta is not None else default_delta(n_max)
+    check_delta(delta, n_max, "the largest client's utterance count")
+    privacy = RecordLevelPrivacy(
+        noise_multiplier=d.noise_multiplier,
+        target_epsilon=d.target_epsilon,
+        max_grad_norm=d.max_grad_norm,
+        delta=delta,
+        accountant=d.accountant,
+        sample_rates={cid: local.batch_size / n for cid, n in sizes.items()},
+        steps_per_round={cid: local.epochs * -(-n // local.batch_size) for cid, n in sizes.items()},
+        rounds=t.rounds,
+    )
+    trainer = DPSGDTrainer(cfg.model, n_mels, local, cfg.seed, privacy, d.grad_sample_mode)
+    log.info(
+        "record-level DP: sigma=%.4g C=%g delta=%g accountant=%s grad_sample_mode=%s",
+        privacy.noise_multiplier,
+        privacy.max_grad_norm,
+        delta,
+        d.accountant,
+        trainer.grad_sample_mode,
+    )
+    n, fraction, seed = len(clients), t.fraction, cfg.seed
+    return Components(
+        trainer=trainer,
+        policy=FedAvgPolicy(),
+        summation=make_summation(cfg),
+        sampler=lambda r: sample_clients(n, fraction, seed, r),
+        privacy=privacy,
+    )
+
+
+def _user_level(
+    cfg: ExperimentConfig,
+    clients: Sequence[ClientData],
+    n_mels: int,
+    local: LocalConfig,
+    make_summation: Callable[[ExperimentConfig], Summation],
+) -> Components:
+    d, t = cfg.dp, cfg.train
+    k = len(clients)
+    delta = d.delta if d.delta is not None else default_delta(k)
+    check_delta(delta, k, "the number of clients")
+    encrypted = cfg.secure.scheme != "none"
+    if encrypted and cfg.secure.min_clients > 1:
+        raise PrivacyError(
+            f"secure.min_clients = {cfg.secure.min_clients} makes whether a round is aggregated depend on "
+            "who was sampled, which the DP-FedAvg accounting does not cover; use secure.min_clients = 1 "
+            "with --mode user-dp"
+        )
+    privacy = UserLevelPrivacy(
+        noise_multiplier=d.noise_multiplier,
+        target_epsilon=d.target_epsilon,
+        clip_norm=d.clip_norm,
+        delta=delta,
+        accountant=d.accountant,
+        sample_rate=t.fraction,
+        rounds=t.rounds,
+    )
+    policy = UserDPPolicy(k, privacy, cfg.seed, noise_on_clients=encrypted)
+    log.info(
+        "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s",
+        privacy.noise_multiplier,
+        privacy.clip_norm,
+        t.fraction,
+        delta,
+        d.accountant,
+        "clients" if encrypted else "server",
+    )
+    return Components(
+        trainer=LocalTrainer(cfg.model, n_mels, local, cfg.seed),
+        policy=policy,
+        summation=SkipEmptyRounds(make_summation(cfg)),
+        sampler=policy.sample,
+        privacy=privacy,
+    )

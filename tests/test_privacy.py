@@ -1,0 +1,230 @@
+"""Accounting: privfl's epsilons against Opacus's analysis, sigma calibration, delta, state round trips."""
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from privfl.errors import PrivacyError
+from privfl.privacy import (
+    UNIT_RECORD,
+    UNIT_USER,
+    RecordLevelPrivacy,
+    UserLevelPrivacy,
+    check_delta,
+    default_delta,
+    epsilon_of,
+    solve_noise_multiplier,
+)
+
+
+def opacus_rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    """Epsilon straight from Opacus's RDP analysis functions, with its accountant's default orders."""
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    eps, _ = get_privacy_spent(
+        orders=orders, rdp=compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders), delta=delta
+    )
+    return float(eps)
+
+
+def record_level(**overrides) -> RecordLevelPrivacy:
+    kwargs = dict(
+        noise_multiplier=1.1,
+        target_epsilon=None,
+        max_grad_norm=1.0,
+        delta=1e-3,
+        accountant="rdp",
+        sample_rates={0: 0.25, 1: 0.1},
+        steps_per_round={0: 4, 1: 10},
+        rounds=3,
+    )
+    kwargs.update(overrides)
+    return RecordLevelPrivacy(**kwargs)
+
+
+def user_level(**overrides) -> UserLevelPrivacy:
+    kwargs = dict(
+        noise_multiplier=1.0,
+        target_epsilon=None,
+        clip_norm=0.5,
+        delta=1e-2,
+        accountant="rdp",
+        sample_rate=0.3,
+        rounds=5,
+    )
+    kwargs.update(overrides)
+    return UserLevelPrivacy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "sigma,q,steps,delta", [(1.0, 0.25, 8, 1e-3), (0.7, 0.01, 1000, 1e-5), (4.0, 1.0, 3, 1e-2)]
+)
+def test_rdp_epsilon_equals_opacus_analysis(sigma, q, steps, delta):
+    assert epsilon_of([(sigma, q, steps)], delta, "rdp") == pytest.approx(
+        opacus_rdp_epsilon(sigma, q, steps, delta), rel=1e-12
+    )
+
+
+def test_prv_epsilon_equals_an_opacus_prv_accountant_and_is_below_rdp():
+    acc = PRVAccountant()
+    for _ in range(200):
+        acc.step(noise_multiplier=1.0, sample_rate=0.05)
+    assert epsilon_of([(1.0, 0.05, 200)], 1e-5, "prv") == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+    assert epsilon_of([(1.0, 0.05, 200)], 1e-5, "prv") < epsilon_of([(1.0, 0.05, 200)], 1e-5, "rdp")
+
+
+def test_epsilon_of_edge_cases():
+    assert epsilon_of([], 1e-5, "rdp") == 0.0
+    assert math.isinf(epsilon_of([(0.0, 0.5, 3)], 1e-5, "rdp"))
+
+
+@pytest.mark.parametrize("n,expected", [(1, 1e-1), (5, 1e-2), (20, 1e-3), (128, 1e-4), (5000, 1e-5)])
+def test_default_delta_is_a_power_of_ten_below_one_over_ten_n(n, expected):
+    assert default_delta(n) == pytest.approx(expected)
+
+
+@given(st.integers(min_value=1, max_value=10**8))
+def test_default_delta_is_always_below_one_over_n(n):
+    assert 0 < default_delta(n) <= 1 / (10 * n) * (1 + 1e-12)
+
+
+def test_check_delta_refuses_delta_not_below_one_over_n():
+    check_delta(1e-3, 20, "client 0")
+    with pytest.raises(PrivacyError, match=r"0\.1.*1/n = 0\.05.*--delta 0\.001"):
+        check_delta(0.1, 20, "client 0")
+    with pytest.raises(PrivacyError, match="must be in"):
+        check_delta(1.5, 20, "client 0")
+
+
+@pytest.mark.parametrize("target", [0.5, 2.0, 8.0, 30.0])
+def test_sigma_solved_for_a_target_reaches_it_within_one_percent(target):
+    sigma = solve_noise_multiplier(target, 1e-5, [(0.05, 600)], "rdp")
+    eps = opacus_rdp_epsilon(sigma, 0.05, 600, 1e-5)
+    assert target * 0.99 <= eps <= target
+
+
+def test_sigma_solved_for_several_schedules_protects_the_worst():
+    sigma = solve_noise_multiplier(4.0, 1e-4, [(0.1, 100), (0.25, 20), (0.1, 100)], "rdp")
+    eps = [opacus_rdp_epsilon(sigma, 0.1, 100, 1e-4), opacus_rdp_epsilon(sigma, 0.25, 20, 1e-4)]
+    assert max(eps) <= 4.0 and max(eps) >= 4.0 * 0.99
+
+
+def test_sigma_solved_with_prv_reaches_the_target():
+    sigma = solve_noise_multiplier(3.0, 1e-5, [(0.1, 100)], "prv")
+    assert 3.0 * 0.99 <= epsilon_of([(sigma, 0.1, 100)], 1e-5, "prv") <= 3.0
+
+
+def test_unreachable_target_epsilon_is_refused_naming_the_fix():
+    with pytest.raises(PrivacyError, match=r"target_epsilon = 1e-06.*above 1000.*--target-epsilon"):
+        solve_noise_multiplier(1e-6, 1e-5, [(1.0, 10_000)], "rdp")
+
+
+def test_record_level_epsilon_per_client_equals_opacus():
+    p = record_level()
+    p.spend(0, 4, 0.25, round_index=1)
+    p.spend(1, 10, 0.1, round_index=1)
+    p.spend(0, 4, 0.25, round_index=2)
+    eps = p.epsilons()
+    assert eps[0] == pytest.approx(opacus_rdp_epsilon(1.1, 0.25, 8, 1e-3), rel=1e-12)
+    assert eps[1] == pytest.approx(opacus_rdp_epsilon(1.1, 0.1, 10, 1e-3), rel=1e-12)
+    report = p.round_report(2, _Outcome([]))
+    assert report["epsilon"] == max(eps.values())
+    assert report["epsilon_mean"] == pytest.approx((eps[0] + eps[1]) / 2)
+    assert report["delta"] == 1e-3 and report["sigma"] == 1.1 and report["clip_norm"] == 1.0
+    s = p.summary()
+    assert s["unit"] == UNIT_RECORD and s["mode"] == "dp" and s["accountant"] == "rdp"
+    assert s["steps"] == {"0": 8, "1": 10}
+
+
+def test_record_level_target_epsilon_is_met_by_the_planned_run():
+    p = record_level(noise_multiplier=None, target_epsilon=2.0)
+    for r in range(1, 4):
+        p.spend(0, 4, 0.25, r)
+        p.spend(1, 10, 0.1, r)
+    assert 2.0 * 0.99 <= p.round_report(3, _Outcome([]))["epsilon"] <= 2.0
+
+
+def test_record_level_state_round_trip_gives_identical_epsilon():
+    a = record_level()
+    a.spend(0, 4, 0.25, 1)
+    a.spend(1, 10, 0.1, 1)
+    state = json.loads(json.dumps(a.state()))  # checkpoints must survive serialisation
+    b = record_level()
+    b.load_state(state)
+    assert b.epsilons() == a.epsilons()
+    a.spend(0, 4, 0.25, 2)
+    b.spend(0, 4, 0.25, 2)
+    assert b.epsilons() == a.epsilons()
+    assert b.summary() == a.summary()
+
+
+def test_resumed_target_run_with_more_rounds_resolves_sigma_and_stays_within_target():
+    a = record_level(noise_multiplier=None, target_epsilon=3.0, rounds=2)
+    for r in (1, 2):
+        a.spend(0, 4, 0.25, r)
+        a.spend(1, 10, 0.1, r)
+    b = record_level(noise_multiplier=None, target_epsilon=3.0, rounds=4)
+    b.load_state(a.state())
+    assert b.noise_multiplier > a.noise_multiplier
+    for r in (3, 4):
+        b.spend(0, 4, 0.25, r)
+        b.spend(1, 10, 0.1, r)
+    assert 3.0 * 0.99 <= max(b.epsilons().values()) <= 3.0
+
+
+def test_resumed_run_with_the_same_rounds_keeps_sigma_exactly():
+    a = record_level(noise_multiplier=None, target_epsilon=3.0)
+    a.spend(0, 4, 0.25, 1)
+    b = record_level(noise_multiplier=None, target_epsilon=3.0)
+    b.load_state(a.state())
+    assert b.noise_multiplier == a.noise_multiplier
+
+
+def test_load_state_refuses_another_accountant_or_mode():
+    a = record_level()
+    with pytest.raises(PrivacyError, match="'rdp'.*'prv'"):
+        record_level(accountant="prv").load_state(a.state())
+    with pytest.raises(PrivacyError, match="mode"):
+        user_level().load_state(a.state())
+
+
+def test_user_level_epsilon_equals_opacus_and_round_trips():
+    a = user_level()
+    for _ in range(3):
+        a.spend_round()
+    assert a.epsilon() == pytest.approx(opacus_rdp_epsilon(1.0, 0.3, 3, 1e-2), rel=1e-12)
+    b = user_level()
+    b.load_state(json.loads(json.dumps(a.state())))
+    assert b.epsilon() == a.epsilon()
+    s = a.summary()
+    assert s["unit"] == UNIT_USER and s["mode"] == "user-dp" and s["rounds_accounted"] == 3
+    assert a.round_report(3, _Outcome([], {"clipped_fraction": 0.5}))["clipped_fraction"] == 0.5
+
+
+def test_user_level_target_epsilon_within_one_percent():
+    p = user_level(noise_multiplier=None, target_epsilon=5.0, rounds=20)
+    for _ in range(20):
+        p.spend_round()
+    assert 5.0 * 0.99 <= p.epsilon() <= 5.0
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    sigma=st.floats(0.5, 5.0),
+    q=st.floats(0.01, 1.0),
+    steps=st.integers(1, 500),
+)
+def test_epsilon_grows_with_steps_and_shrinks_with_noise(sigma, q, steps):
+    e = epsilon_of([(sigma, q, steps)], 1e-5, "rdp")
+    assert epsilon_of([(sigma, q, steps + 10)], 1e-5, "rdp") >= e
+    assert epsilon_of([(sigma * 1.5, q, steps)], 1e-5, "rdp") <= e
+
+
+class _Outcome:
+    def __init__(self, updates, stats=None):
+        self.updates = updates
+        self.stats = stats or {}
