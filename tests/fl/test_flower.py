@@ -76,7 +76,7 @@ def test_flower_sim_private_modes_match_builtin(tmp_path, dotted):
     for ra, rb in zip(rows_a, rows_b, strict=True):
         assert ra["clients"] == rb["clients"]
         assert ra["clipped_fraction"] == rb["clipped_fraction"]  # reported by clients under CKKS
-        assert ra.get("noise_added_by") == rb.get("noise_added_by")
+        assert ra.get("server_noise_share") == rb.get("server_noise_share")
     # CKKS adds ~1e-7 relative error to the sum; plaintext modes are bit-identical
     atol = 1e-5 if cfg.secure.scheme == "ckks" else 0.0
     np.testing.assert_allclose(
