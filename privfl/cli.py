@@ -223,8 +223,10 @@ def check(dataset: str, data_dir: Path | None, split: str, strict: bool, as_json
 def _register_subcommands() -> None:
     """Command groups that live beside the training CLI: attacks/ and privfl.bench."""
     from attacks.cli import attack
+    from privfl.bench.cli import bench
 
     main.add_command(attack)
+    main.add_command(bench)
 
 
 _register_subcommands()

@@ -37,12 +37,13 @@ class PaperCNN(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = x[:, : int(lengths.max())]  # frames that are padding for the whole batch change nothing
-        h = torch.relu(self.conv(x.unsqueeze(1)))  # [B, C, T, M]
-        b, c, t, m = h.shape
-        h = h[..., : (m // 2) * 2].reshape(b, c, t, m // 2, 2).amax(dim=-1)  # pool Mel by 2
-        mask = _time_mask(lengths, t)[:, None, :, None]
-        # ReLU output is >= 0, so zeroing padding frames keeps them from winning the max
-        h = (h * mask).amax(dim=2)  # [B, C, M/2]
+        h = self.conv(x.unsqueeze(1))  # [B, C, T, M]
+        t = h.shape[2]
+        if bool((lengths < t).any()):
+            h = h.masked_fill(~_time_mask(lengths, t)[:, None, :, None], float("-inf"))
+        # One max-pool over all real frames and Mel pairs, then ReLU: max and ReLU commute, and
+        # pooling first keeps the element-wise work (and its backward) off the full feature map.
+        h = torch.relu(nn.functional.max_pool2d(h, kernel_size=(t, 2)))  # [B, C, 1, M/2]
         return self.fc2(torch.relu(self.fc1(h.flatten(1))))
 
 
