@@ -1,0 +1,229 @@
+"""`privfl attack {gender, membership, all}`: parse, call attacks.run_attacks, print, write.
+
+No logic of its own.
+
+The lead registers the group with `main.add_command(attack)` in privfl/cli.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from privfl.errors import ConfigError, PrivflError
+
+
+class AttackGroup(click.Group):
+    """Turns a PrivflError into one line on stderr and exit code 2 (also when run outside `privfl`)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PrivflError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+def _rounds(value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--rounds {value!r} is not a comma-separated list of round numbers, e.g. 1,15,30"
+        ) from exc
+
+
+def _common(f):
+    opts = [
+        click.option(
+            "--run",
+            "run_path",
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="A finished run directory trained with --record-updates.",
+        ),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Where attack.json and roc.png go [default: <run>/attacks].",
+        ),
+        click.option(
+            "--seed",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Seeds shadow clients, member/non-member draws, controls and the bootstrap.",
+        ),
+        click.option(
+            "--rounds",
+            "rounds",
+            type=str,
+            help="Recorded rounds to attack, e.g. 1,15,30 [default: up to --max-rounds, evenly spaced].",
+        ),
+        click.option("--max-rounds", default=3, show_default=True, type=int),
+        click.option(
+            "--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for 95% CIs."
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _gender_options(f):
+    opts = [
+        click.option(
+            "--shadow-clients", default=32, show_default=True, type=int, help="Shadow clients per round."
+        ),
+        click.option(
+            "--shadow-size",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Utterances per shadow client (0: the real clients' median, capped by the aux data).",
+        ),
+        click.option(
+            "--features",
+            type=click.Choice(["first-layer", "all-layers"]),
+            default="first-layer",
+            show_default=True,
+            help="Which part of an update the attack classifier reads.",
+        ),
+        click.option(
+            "--classifier", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _membership_options(f):
+    opts = [
+        click.option(
+            "--method",
+            "methods",
+            multiple=True,
+            type=click.Choice(["loss", "alignment", "lira"]),
+            help="Membership attacks to run [default: loss and alignment]; repeat the flag.",
+        ),
+        click.option(
+            "--candidates",
+            default=40,
+            show_default=True,
+            type=int,
+            help="Alignment: members per client and round (and as many non-members).",
+        ),
+        click.option(
+            "--lira", is_flag=True, help="Also run LiRA with shadow federations (slow: each replays the run)."
+        ),
+        click.option("--lira-shadows", default=8, show_default=True, type=int),
+        click.option("--lira-candidates", default=100, show_default=True, type=int),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@click.group(cls=AttackGroup)
+def attack() -> None:
+    """Privacy attacks by an honest-but-curious server on a recorded run (docs/attacks.md).
+
+    \b
+    privfl train --mode fedavg --partition by-speaker --clients 16 --record-updates --out runs/plain
+    privfl attack gender --run runs/plain
+    privfl attack membership --run runs/plain
+    privfl attack all --run runs/plain --out runs/plain/attacks
+    """
+
+
+def _execute(
+    which: tuple[str, ...],
+    run_path: Path,
+    out: Path | None,
+    seed: int,
+    rounds: str | None,
+    max_rounds: int,
+    bootstrap: int,
+    g: dict,
+    m: dict,
+) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from attacks.gender import GenderAttackConfig
+    from attacks.membership import MembershipAttackConfig
+    from attacks.report import render_table, write_report
+    from attacks.suite import run_attacks
+
+    picked = _rounds(rounds)
+    gender = GenderAttackConfig(rounds=picked, max_rounds=max_rounds, bootstrap=bootstrap, seed=seed, **g)
+    methods = tuple(m.pop("methods") or ("loss", "alignment"))
+    if m.pop("lira") and "lira" not in methods:
+        methods += ("lira",)
+    membership = MembershipAttackConfig(
+        methods=methods, rounds=picked, max_rounds=max_rounds, bootstrap=bootstrap, seed=seed, **m
+    )
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # progress bars only on a terminal: in logs and pipes they are noise before the table or error line
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        observed, results = run_attacks(
+            run_path, which, gender=gender, membership=membership, progress=on_progress
+        )
+    out_dir = out if out is not None else Path(run_path) / "attacks"
+    write_report(out_dir, observed, results)
+    table_console = Console()
+    if not table_console.is_terminal:
+        table_console = Console(width=140)  # logs and pipes: no terminal width to fit, keep rows on one line
+    render_table(results, table_console)
+    click.echo(f"wrote {out_dir / 'attack.json'}, {out_dir / 'roc.png'} and {out_dir / 'rounds.png'}")
+
+
+_G_KEYS = ("shadow_clients", "shadow_size", "features", "classifier")
+_M_KEYS = ("methods", "candidates", "lira", "lira_shadows", "lira_candidates")
+
+
+@attack.command()
+@_common
+@_gender_options
+def gender(run_path, out, seed, rounds, max_rounds, bootstrap, **opts) -> None:
+    """Infer each client's gender from its update (shadow clients on the auxiliary speakers)."""
+    _execute(
+        ("gender",), run_path, out, seed, rounds, max_rounds, bootstrap, opts, {"methods": (), "lira": False}
+    )
+
+
+@attack.command()
+@_common
+@_membership_options
+def membership(run_path, out, seed, rounds, max_rounds, bootstrap, **opts) -> None:
+    """Was this utterance in the training data? Loss threshold, update alignment, optional LiRA."""
+    _execute(("membership",), run_path, out, seed, rounds, max_rounds, bootstrap, {}, opts)
+
+
+@attack.command(name="all")
+@_common
+@_gender_options
+@_membership_options
+def all_attacks(run_path, out, seed, rounds, max_rounds, bootstrap, **opts) -> None:
+    """Gender and membership attacks; one attack.json and roc.png."""
+    g = {k: opts[k] for k in _G_KEYS}
+    m = {k: opts[k] for k in _M_KEYS}
+    _execute(("gender", "membership"), run_path, out, seed, rounds, max_rounds, bootstrap, g, m)
+
+
+if __name__ == "__main__":
+    attack()

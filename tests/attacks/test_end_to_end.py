@@ -1,0 +1,246 @@
+"""Attacks on a tiny recorded run: the library call, the CLI, the report files, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+
+import numpy as np
+import pytest
+import tomli_w
+from click.testing import CliRunner
+
+from attacks import GenderAttackConfig, MembershipAttackConfig, run_attacks, write_report
+from attacks.cli import attack
+from privfl.config import ExperimentConfig
+from privfl.errors import AttackError, RunError
+from privfl.experiment import train
+
+FAST = ["--shadow-clients", "8", "--max-rounds", "1", "--bootstrap", "50", "--candidates", "6"]
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    """12 synthetic speakers (4 train, 2 val, 2 test, 4 aux), 4 single-speaker clients, 2 recorded rounds."""
+    cfg = ExperimentConfig().override(
+        {
+            "data.speakers": 12,
+            "data.utterances_per_emotion": 3,
+            "data.aux_speakers": 4,
+            "data.max_frames": 100,
+            "data.partition": "by-speaker",
+            "model.conv_channels": 8,
+            "model.fc_hidden": 32,
+            "train.clients": 4,
+            "train.rounds": 2,
+            "train.batch_size": 6,
+            "train.record_updates": True,
+        }
+    )
+    out = tmp_path_factory.mktemp("attack-run") / "run"
+    train(cfg, out)
+    return out
+
+
+@pytest.fixture()
+def run_copy(recorded_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(recorded_run, dst)
+    return dst
+
+
+def snapshot(path):
+    return sorted((p.relative_to(path).as_posix(), p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def test_library_call_scores_every_attack_and_writes_the_report(recorded_run, tmp_path):
+    observed, results = run_attacks(
+        recorded_run,
+        gender=GenderAttackConfig(shadow_clients=8, max_rounds=2, bootstrap=50),
+        membership=MembershipAttackConfig(candidates=6, max_rounds=1, bootstrap=50),
+    )
+    gender, membership = results
+    names = [r.name for r in gender.rows]
+    assert names == [
+        "gender: per-client update",
+        "gender: shuffled shadow labels (control)",
+        "gender: aggregate update",
+    ]
+    main, control = gender.rows[0], gender.rows[1]
+    assert main.metrics["n_positive"] + main.metrics["n_negative"] == 4 * 2  # 4 clients x 2 rounds
+    assert [p["round"] for p in main.per_round] == [1, 2]
+    assert control.control and 0.0 <= control.metrics["auc"] <= 1.0
+    rows = {r.name: r for r in membership.rows}
+    loss = rows["membership: loss threshold (final model)"]
+    assert loss.metrics["n_positive"] == loss.metrics["n_negative"] == 48  # balanced: 48 train utterances
+    assert "Yeom" in loss.notes[0]
+    align = rows["membership: update alignment (per-client update)"]
+    assert align.metrics["n_positive"] == align.metrics["n_negative"] == 4 * 6
+    assert "membership: alignment with another client's update (control)" in rows
+    assert rows["membership: update alignment (aggregate update)"].metrics is not None
+
+    doc = write_report(tmp_path / "out", observed, results)
+    on_disk = json.loads((tmp_path / "out" / "attack.json").read_text())
+    assert on_disk == json.loads(json.dumps(doc))
+    assert set(on_disk["attacks"]) == {"gender", "membership"}
+    assert (
+        on_disk["attacks"]["gender"]["seed"] == 0
+        and on_disk["attacks"]["gender"]["config"]["shadow_clients"] == 8
+    )
+    assert on_disk["run_config"]["train"]["clients"] == 4
+    assert (tmp_path / "out" / "roc.png").stat().st_size > 0
+    assert (tmp_path / "out" / "rounds.png").stat().st_size > 0
+
+
+def test_same_seed_same_report(recorded_run):
+    cfg = dict(
+        gender=GenderAttackConfig(shadow_clients=4, max_rounds=1, bootstrap=20),
+        membership=MembershipAttackConfig(methods=("loss",), bootstrap=20),
+    )
+    a = [r.to_dict() for r in run_attacks(recorded_run, **cfg)[1]]
+    b = [r.to_dict() for r in run_attacks(recorded_run, **cfg)[1]]
+    for x in a + b:
+        x.pop("seconds")
+    assert a == b
+
+
+def test_cli_all_writes_into_run_attacks_by_default(run_copy):
+    result = CliRunner().invoke(attack, ["all", "--run", str(run_copy), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "gender attack" in result.output and "membership attack" in result.output
+    doc = json.loads((run_copy / "attacks" / "attack.json").read_text())
+    assert set(doc["attacks"]) == {"gender", "membership"}
+    # a later single attack replaces its own section and keeps the other
+    result = CliRunner().invoke(
+        attack,
+        [
+            "gender",
+            "--run",
+            str(run_copy),
+            "--seed",
+            "5",
+            "--shadow-clients",
+            "4",
+            "--max-rounds",
+            "1",
+            "--bootstrap",
+            "20",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads((run_copy / "attacks" / "attack.json").read_text())
+    assert doc["attacks"]["gender"]["seed"] == 5 and doc["attacks"]["membership"]["seed"] == 0
+
+
+def _edit_toml(path, section, key, value):
+    raw = tomllib.loads(path.read_text())
+    raw.setdefault(section, {})[key] = value
+    path.write_text(tomli_w.dumps(raw))
+
+
+def _rewrite_genders(run, value):
+    for f in (run / "updates").glob("round_*.npz"):
+        with np.load(f) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["genders"] = np.array([value] * len(arrays["genders"]))
+        np.savez_compressed(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("damage", "command", "message"),
+    [
+        (lambda r: shutil.rmtree(r / "updates"), "gender", "no recorded client updates.*--record-updates"),
+        (
+            lambda r: shutil.rmtree(r / "updates"),
+            "membership",
+            "no recorded client updates.*--record-updates",
+        ),
+        (lambda r: (r / "run.json").write_text('{"privfl_format": 99}'), "all", "run format 99"),
+        (lambda r: (r / "summary.json").unlink(), "all", "has not finished"),
+        (lambda r: _rewrite_genders(r, "unknown"), "gender", "no usable gender labels"),
+        # a run whose auxiliary split holds a single speaker: shadow training has one gender only
+        (lambda r: _edit_toml(r / "config.toml", "data", "aux_speakers", 1), "gender", "both genders"),
+        (lambda r: None, "gender --rounds 7", "round.s. 7 .* not recorded; recorded rounds are 1-2"),
+    ],
+)
+def test_bad_input_exits_2_with_the_fix_and_writes_nothing(run_copy, damage, command, message):
+    damage(run_copy)
+    before = snapshot(run_copy)
+    args = command.split() + ["--run", str(run_copy)]
+    result = CliRunner().invoke(attack, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ")
+    import re
+
+    assert re.search(message, result.output.replace("\n", " ")), result.output
+    assert snapshot(run_copy) == before
+    assert not (run_copy / "attacks").exists()
+
+
+def test_library_raises_privfl_errors(run_copy):
+    shutil.rmtree(run_copy / "updates")
+    with pytest.raises(AttackError, match="--record-updates"):
+        run_attacks(run_copy)
+    (run_copy / "config.toml").unlink()
+    with pytest.raises(RunError, match="not a privfl run directory"):
+        run_attacks(run_copy)
+
+
+def test_loss_attack_alone_runs_without_recorded_updates(run_copy):
+    shutil.rmtree(run_copy / "updates")
+    _, [result] = run_attacks(
+        run_copy, ("membership",), membership=MembershipAttackConfig(methods=("loss",), bootstrap=20)
+    )
+    assert result.rows[0].metrics is not None
+
+
+def test_lira_runs_behind_its_flag(recorded_run):
+    _, [result] = run_attacks(
+        recorded_run,
+        ("membership",),
+        membership=MembershipAttackConfig(methods=("lira",), lira_shadows=2, lira_candidates=8, bootstrap=20),
+    )
+    [row] = result.rows
+    assert row.name == "membership: LiRA (2 shadow federations)"
+    assert row.metrics["n_positive"] == row.metrics["n_negative"] == 8
+    assert result.config["lira_shadows"] == 2
+
+
+def test_secure_aggregation_attacks_only_the_aggregate(run_copy):
+    # the recorded run is relabelled as CKKS: the attacks must not read per-client updates
+    _edit_toml(run_copy / "config.toml", "secure", "scheme", "ckks")
+    observed, results = run_attacks(
+        run_copy,
+        gender=GenderAttackConfig(shadow_clients=4, max_rounds=2, bootstrap=20),
+        membership=MembershipAttackConfig(candidates=4, max_rounds=1, bootstrap=20),
+    )
+    assert observed.observe(1)[0].deltas is None
+    for result in results:
+        assert result.observed == "aggregate update only (secure aggregation)"
+        per_client = [r for r in result.rows if "per-client" in r.name]
+        assert per_client and all(
+            r.metrics is None and "no per-client update was observed" in r.reason for r in per_client
+        )
+    gender_agg = results[0].rows[-1]
+    assert [p["round"] for p in gender_agg.per_round] == [1, 2]  # one aggregate score per round
+    membership = {r.name: r for r in results[1].rows}
+    assert membership["membership: update alignment (aggregate update)"].metrics is not None
+    assert not any("another client" in name for name in membership)
+
+
+def test_dp_claim_is_checked_and_plotted(run_copy, tmp_path):
+    summary = json.loads((run_copy / "summary.json").read_text())
+    summary["privacy"] = {"epsilon": 2.0, "delta": 1e-5, "unit": "utterance", "accountant": "rdp"}
+    (run_copy / "summary.json").write_text(json.dumps(summary))
+    observed, [result] = run_attacks(
+        run_copy, ("membership",), membership=MembershipAttackConfig(candidates=4, max_rounds=1, bootstrap=20)
+    )
+    rows = {r.name: r for r in result.rows}
+    dp = rows["membership: loss threshold (final model)"].dp
+    assert dp["epsilon"] == 2.0 and dp["delta"] == 1e-5
+    assert {"violations", "significant_violations", "respects_bound", "empirical_epsilon"} <= set(dp)
+    # fedavg relabelled with a claim: user-level semantics, so per-client updates are not covered
+    assert rows["membership: update alignment (per-client update)"].dp is None
+    doc = write_report(tmp_path / "dp", observed, [result])
+    assert doc["privacy"]["epsilon"] == 2.0 and (tmp_path / "dp" / "roc.png").exists()

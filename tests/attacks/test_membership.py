@@ -1,0 +1,94 @@
+"""Membership pieces with known answers: gradient alignment, balanced sets, LiRA's statistic and score."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_speech_set
+from torch import nn
+
+from attacks.membership import (
+    MembershipAttackConfig,
+    balanced_sets,
+    gradient_cosines,
+    lira_score,
+    logit_confidence,
+)
+from privfl.config import ModelConfig
+from privfl.errors import ConfigError
+from privfl.models import build_model, get_flat
+
+
+def small_cnn():
+    return build_model(ModelConfig(name="cnn", conv_channels=4, fc_hidden=8), n_mels=8)
+
+
+def test_one_sgd_step_on_one_utterance_aligns_perfectly_with_its_gradient():
+    torch.manual_seed(0)
+    data = make_speech_set({"a": "female"}, per_speaker=3)
+    model = small_cnn()
+    w = get_flat(model)
+    # the client trains on utterance 0 alone: delta = -lr * grad(w; x0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    nn.functional.cross_entropy(model(data.x[:1], data.lengths[:1]), data.y[:1]).backward()
+    opt.step()
+    delta = get_flat(model) - w
+    cos = gradient_cosines(small_cnn(), w, data, -delta[None, :])
+    assert cos.shape == (3, 1)
+    assert cos[0, 0] == pytest.approx(1.0, abs=1e-4)
+    assert cos[1, 0] < 0.999 and cos[2, 0] < 0.999
+
+
+def test_members_of_a_multi_step_update_align_more_than_non_members():
+    torch.manual_seed(1)
+    members = make_speech_set({"a": "female"}, per_speaker=8, seed=1)
+    others = make_speech_set({"b": "male"}, per_speaker=8, seed=2)
+    model = small_cnn()
+    w = get_flat(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for start in (0, 4):  # two minibatches of 4, like a local epoch
+        opt.zero_grad()
+        sl = slice(start, start + 4)
+        nn.functional.cross_entropy(model(members.x[sl], members.lengths[sl]), members.y[sl]).backward()
+        opt.step()
+    delta = get_flat(model) - w
+    cos_in = gradient_cosines(small_cnn(), w, members, -delta[None, :])[:, 0]
+    cos_out = gradient_cosines(small_cnn(), w, others, -delta[None, :])[:, 0]
+    assert cos_in.mean() > cos_out.mean() + 0.1
+
+
+def test_balanced_sets_are_equal_sized_seeded_and_labelled(rng):
+    members = make_speech_set({"a": "female", "b": "male"}, per_speaker=10)
+    nonmembers = make_speech_set({"c": "female"}, per_speaker=7)
+    cands, labels = balanced_sets(members, nonmembers, rng)
+    assert len(cands) == 14 and labels.tolist() == [1] * 7 + [0] * 7
+    assert set(cands.ids[:7]) <= set(members.ids) and set(cands.ids[7:]) <= set(nonmembers.ids)
+    again, _ = balanced_sets(members, nonmembers, np.random.default_rng(0))
+    assert again.ids == cands.ids
+    capped, labels = balanced_sets(members, nonmembers, rng, limit=3)
+    assert len(capped) == 6
+
+
+def test_logit_confidence_by_hand():
+    logits = np.array([[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    out = logit_confidence(logits, np.array([0, 3]))
+    # p = e^2 / (e^2 + 3): log(p / (1 - p)) = 2 - log 3;  uniform: log(1/3)
+    np.testing.assert_allclose(out, [2 - math.log(3), -math.log(3)])
+
+
+def test_lira_prefers_in_when_the_target_looks_like_the_in_shadows():
+    rng = np.random.default_rng(0)
+    s, n = 8, 20
+    inside = np.zeros((s, n), bool)
+    inside[:4] = True
+    conf = np.where(inside, 2.0, -2.0) + rng.normal(0, 0.3, (s, n))
+    scores = lira_score(np.r_[np.full(10, 2.0), np.full(10, -2.0)], conf, inside)
+    assert (scores[:10] > 0).all() and (scores[10:] < 0).all()
+
+
+def test_membership_config_is_validated():
+    with pytest.raises(ConfigError, match="even number"):
+        MembershipAttackConfig(methods=("lira",), lira_shadows=3).validate()
+    with pytest.raises(ConfigError, match="not among"):
+        MembershipAttackConfig(methods=("guess",)).validate()
