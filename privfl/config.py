@@ -102,7 +102,7 @@ class TrainConfig:
     engine: str = "builtin"
     clients: int = 5  # K
     fraction: float = 1.0  # C: fraction of clients per round (user-dp: Poisson rate q)
-    rounds: int = 30
+    rounds: int = 20
     batch_size: int = 10  # B
     local_epochs: int = 1  # E
     lr: float = 0.01  # eta
