@@ -7,24 +7,12 @@ The lead registers the group with `main.add_command(attack)` in privfl/cli.py.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from privfl.errors import ConfigError, PrivflError
-
-
-class AttackGroup(click.Group):
-    """Turns a PrivflError into one line on stderr and exit code 2 (also when run outside `privfl`)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PrivflError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+from privfl.clickgroup import PrivflGroup
+from privfl.errors import ConfigError
 
 
 def _rounds(value: str | None) -> tuple[int, ...]:
@@ -130,7 +118,7 @@ def _membership_options(f):
     return f
 
 
-@click.group(cls=AttackGroup)
+@click.group(cls=PrivflGroup)
 def attack() -> None:
     """Privacy attacks by an honest-but-curious server on a recorded run (docs/attacks.md).
 

@@ -102,6 +102,21 @@ def roc_figure(doc: dict, path: Path) -> None:
             )
             if row.get("dp"):
                 bound = (row["dp"]["epsilon"], row["dp"]["delta"])
+        if floor == 1.0:  # nothing could be scored (e.g. secure aggregation with one label per round)
+            reasons = "; ".join(r["reason"] for r in section["rows"] if r.get("reason"))
+            ax.text(
+                0.5,
+                0.5,
+                "no ROC:\n" + reasons,
+                ha="center",
+                va="center",
+                wrap=True,
+                fontsize=8,
+                transform=ax.transAxes,
+            )
+            ax.set_title(f"{name} attack\n({section['observed']})", fontsize=9)
+            ax.set_axis_off()
+            continue
         grid = np.logspace(np.log10(floor), 0, 200)
         ax.plot(grid, grid, color="grey", lw=0.8, ls=":", label="chance")
         if bound is not None:
@@ -119,7 +134,7 @@ def roc_figure(doc: dict, path: Path) -> None:
         ax.set_ylim(floor, 1.05)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.set_title(f"{name} attack ({section['observed']})", fontsize=9)
+        ax.set_title(f"{name} attack\n({section['observed']})", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

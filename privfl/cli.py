@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from privfl.clickgroup import PrivflGroup
 from privfl.config import (
     ACCOUNTANTS,
     DATASETS,
@@ -21,18 +21,6 @@ from privfl.config import (
     SPLITS,
     ExperimentConfig,
 )
-from privfl.errors import PrivflError
-
-
-class PrivflGroup(click.Group):
-    """Turns any PrivflError into one line on stderr and exit code 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PrivflError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
 
 
 @click.group(cls=PrivflGroup)

@@ -5,7 +5,6 @@ Registered in privfl/cli.py with `main.add_command(bench)`; benchmarks/*.py call
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,22 +12,12 @@ from typing import Any
 import click
 
 from privfl.bench.reporter import Reporter
+from privfl.clickgroup import PrivflGroup
 from privfl.config import DATASETS, MODELS, PARTITIONS
-from privfl.errors import ConfigError, PrivflError
+from privfl.errors import ConfigError
 
 
-class BenchGroup(click.Group):
-    """Turns a PrivflError into one line on stderr and exit code 2 (also when run without `privfl`)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PrivflError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=BenchGroup)
+@click.group(cls=PrivflGroup)
 def bench() -> None:
     """Benchmarks: what each defence costs and stops (privacy-utility), the paper's Figure 2 (paper-fig2)."""
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import make_speech_set
+from tests.attacks.conftest import make_speech_set
 from sklearn.metrics import roc_auc_score
 
 from attacks.gender import (

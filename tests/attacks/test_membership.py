@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_speech_set
+from tests.attacks.conftest import make_speech_set
 from torch import nn
 
 from attacks.membership import (
