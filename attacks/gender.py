@@ -52,6 +52,7 @@ class GenderAttackConfig:
     shadow_size: int = 0  # utterances per shadow client; 0: the real clients' median, capped by the aux data
     features: str = "first-layer"
     classifier: str = "logreg"
+    control_repeats: int = 10  # shuffled-label relabellings per round for the control
     bootstrap: int = 1000
     seed: int = 0
 
@@ -64,6 +65,8 @@ class GenderAttackConfig:
             raise ConfigError(
                 f"shadow_clients must be >= 4 (two per gender at least), got {self.shadow_clients}"
             )
+        if self.control_repeats < 1:
+            raise ConfigError(f"control_repeats must be >= 1, got {self.control_repeats}")
         if self.shadow_size < 0 or self.max_rounds < 1 or self.bootstrap < 0 or self.seed < 0:
             raise ConfigError(
                 "shadow_size, bootstrap and seed must be >= 0 and max_rounds >= 1, got "
@@ -173,9 +176,8 @@ def gender_attack(
     privacy = observed.summary.get("privacy")
     size = config.shadow_size or _default_shadow_size(observed, rounds, data)
 
-    per_client: list[
-        tuple[int, int, float, float, int, bool]
-    ] = []  # round, client, score, control, label, mixed
+    per_client: list[tuple[int, int, float, int, bool]] = []  # round, client, score, label, mixed
+    controls: list[tuple[int, int, float, int, bool]] = []  # the same for each control relabelling
     per_round_agg: list[dict] = []
     for j, r in enumerate(rounds):
         obs, truth = observed.observe(r)
@@ -192,15 +194,25 @@ def gender_attack(
         xs = update_features(s_deltas, columns)
         ys = np.array([int(s.gender == POSITIVE) for s in shadows])
         clf = fit_classifier(xs, ys, config.classifier, config.seed)
-        # randomised-label control: same features, labels independent of gender and of speaker
-        shuffled = shuffled_labels(ys, rng, strata=np.array([s.speaker for s in shadows]))
-        control = fit_classifier(xs, shuffled, config.classifier, config.seed)
         if obs.deltas is not None and len(obs.deltas):  # user-dp's Poisson sampling can pick nobody
             xr = update_features(obs.deltas, columns)
-            p, pc = clf.predict_proba(xr)[:, 1], control.predict_proba(xr)[:, 1]
-            for cid, genders, a, b in zip(truth.client_ids.tolist(), truth.genders, p, pc, strict=True):
-                label, mixed = client_label(genders)
-                per_client.append((r, cid, float(a), float(b), label, mixed))
+            truths = [client_label(g) for g in truth.genders]
+            ids = truth.client_ids.tolist()
+            p = clf.predict_proba(xr)[:, 1]
+            per_client += [
+                (r, c, float(a), lab, mix) for c, a, (lab, mix) in zip(ids, p, truths, strict=True)
+            ]
+            # randomised-label control: same features, labels independent of gender and of speaker;
+            # several relabellings, because one classifier direction per round is a single random draw
+            speakers = np.array([s.speaker for s in shadows])
+            for _ in range(config.control_repeats):
+                control = fit_classifier(
+                    xs, shuffled_labels(ys, rng, strata=speakers), config.classifier, config.seed
+                )
+                pc = control.predict_proba(xr)[:, 1]
+                controls += [
+                    (r, c, float(a), lab, mix) for c, a, (lab, mix) in zip(ids, pc, truths, strict=True)
+                ]
         if obs.aggregate is not None and len(truth.client_ids):
             pa = float(clf.predict_proba(update_features(obs.aggregate[None, :], columns))[0, 1])
             labels = [client_label(g)[0] for g in truth.genders]
@@ -225,7 +237,7 @@ def gender_attack(
             )
         )
     else:
-        result.rows.extend(_per_client_rows(per_client, config, observed.observed))
+        result.rows.extend(_per_client_rows(per_client, controls, config, observed.observed))
     result.rows.append(_aggregate_row(per_round_agg, config))
     result.notes.append(
         f"attacker data: {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} utterances), "
@@ -237,44 +249,47 @@ def gender_attack(
     return result
 
 
-def _per_client_rows(per_client: list, config: GenderAttackConfig, observed: str) -> list[AttackRow]:
-    arr = [row for row in per_client if row[4] >= 0]
-    mixed = sorted({row[1] for row in per_client if row[5]})
-    undecided = sorted({row[1] for row in per_client if row[4] < 0})
+def _per_client_rows(
+    per_client: list, controls: list, config: GenderAttackConfig, observed: str
+) -> list[AttackRow]:
+    mixed = sorted({row[1] for row in per_client if row[4]})
+    undecided = sorted({row[1] for row in per_client if row[3] < 0})
     notes = []
     if mixed:
         notes.append(f"clients {mixed} hold speakers of both genders: labelled by majority (flagged)")
     if undecided:
         notes.append(f"clients {undecided} have no majority gender (tie or unknown) and are left out")
-    rounds = np.array([r[0] for r in arr])
-    groups = np.array([r[1] for r in arr])
-    scores, ctrl, labels = (np.array([r[k] for r in arr]) for k in (2, 3, 4))
-    main = scored_row(
-        "gender: per-client update",
-        observed,
-        scores,
-        labels,
-        threshold=0.5,
-        groups=groups,
-        bootstrap=config.bootstrap,
-        seed=config.seed,
-        notes=notes + ["threshold: P(female) >= 0.5"],
-    )
-    main.per_round = _per_round(rounds, scores, labels)
-    control = scored_row(
-        "gender: shuffled shadow labels (control)",
-        observed,
-        ctrl,
-        labels,
-        threshold=0.5,
-        groups=groups,
-        bootstrap=config.bootstrap,
-        seed=config.seed,
-        control=True,
-        notes=["the attacker's gender labels are permuted: AUC should be about 0.5"],
-    )
-    control.per_round = _per_round(rounds, ctrl, labels)
-    return [main, control]
+
+    def row(name: str, items: list, control: bool, row_notes: list[str]) -> AttackRow:
+        items = [t for t in items if t[3] >= 0]
+        rounds, groups, scores, labels = (np.array([t[k] for t in items]) for k in range(4))
+        out = scored_row(
+            name,
+            observed,
+            scores,
+            labels,
+            threshold=0.5,
+            groups=groups,
+            bootstrap=config.bootstrap,
+            seed=config.seed,
+            control=control,
+            notes=row_notes,
+        )
+        out.per_round = _per_round(rounds, scores, labels)
+        return out
+
+    return [
+        row("gender: per-client update", per_client, False, notes + ["threshold: P(female) >= 0.5"]),
+        row(
+            "gender: shuffled shadow labels (control)",
+            controls,
+            True,
+            [
+                f"{config.control_repeats} relabellings per round, each independent of gender and speaker: "
+                "AUC should be about 0.5"
+            ],
+        ),
+    ]
 
 
 def _per_round(rounds: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> list[dict]:

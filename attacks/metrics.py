@@ -172,7 +172,9 @@ def attack_metrics(
 def dp_tpr_bound(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
     """The largest TPR any attack may reach at each FPR under (epsilon, delta)-DP (Kairouz et al. 2015)."""
     fpr = np.asarray(fpr, dtype=np.float64)
-    a = math.exp(epsilon) * fpr + delta
+    # e^700 * fpr already exceeds 1 for every representable fpr > 0, so capping the exponent
+    # keeps huge epsilons (weak DP) from overflowing without changing the bound
+    a = math.exp(min(epsilon, 700.0)) * fpr + delta
     b = 1.0 - math.exp(-epsilon) * (1.0 - delta - fpr)
     return np.clip(np.minimum(a, b), 0.0, 1.0)
 

@@ -83,8 +83,8 @@ def main() -> None:
     print(done.stdout)
     report = json.loads((args.run / "attacks" / "attack.json").read_text())
     headline = {
-        f"{name}: {row['name']}": row["metrics"]["auc"]
-        for name, section in report["attacks"].items()
+        row["name"]: row["metrics"]["auc"]
+        for section in report["attacks"].values()
         for row in section["rows"]
         if row["metrics"]
     }

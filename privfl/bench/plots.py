@@ -263,7 +263,7 @@ def fig2_curves(curves: list[dict], path: Path, title: str, paper_uar: float | N
     curves: [{"label", "model", "rounds": [...], "uar": [...], "sd": [...] or None}]; colour by model
     and K, line style by (B, E).
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     colors = {}
     palette = [
         "tab:blue",
@@ -296,5 +296,5 @@ def fig2_curves(curves: list[dict], path: Path, title: str, paper_uar: float | N
     ax.set_ylabel("test UAR (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)

@@ -71,6 +71,7 @@ def test_library_call_scores_every_attack_and_writes_the_report(recorded_run, tm
     assert main.metrics["n_positive"] + main.metrics["n_negative"] == 4 * 2  # 4 clients x 2 rounds
     assert [p["round"] for p in main.per_round] == [1, 2]
     assert control.control and 0.0 <= control.metrics["auc"] <= 1.0
+    assert control.metrics["n_positive"] == 10 * main.metrics["n_positive"]  # 10 relabellings per round
     rows = {r.name: r for r in membership.rows}
     loss = rows["membership: loss threshold (final model)"]
     assert loss.metrics["n_positive"] == loss.metrics["n_negative"] == 48  # balanced: 48 train utterances

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from tests.attacks.conftest import make_speech_set
 from sklearn.metrics import roc_auc_score
 
 from attacks.gender import (
@@ -23,6 +22,7 @@ from attacks.shadow import (
 from privfl.config import ModelConfig
 from privfl.errors import AttackError
 from privfl.models import build_model, count_parameters
+from tests.attacks.conftest import make_speech_set
 
 
 def planted_updates(labels: np.ndarray, direction: np.ndarray, strength: float, rng) -> np.ndarray:

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tests.attacks.conftest import make_speech_set
 from torch import nn
 
 from attacks.membership import (
@@ -18,6 +17,7 @@ from attacks.membership import (
 from privfl.config import ModelConfig
 from privfl.errors import ConfigError
 from privfl.models import build_model, get_flat
+from tests.attacks.conftest import make_speech_set
 
 
 def small_cnn():
