@@ -52,7 +52,7 @@ class GenderAttackConfig:
     shadow_size: int = 0  # utterances per shadow client; 0: the real clients' median, capped by the aux data
     features: str = "first-layer"
     classifier: str = "logreg"
-    control_repeats: int = 10  # shuffled-label relabellings per round for the control
+    control_repeats: int = 20  # shuffled-label relabellings per round for the control
     bootstrap: int = 1000
     seed: int = 0
 
@@ -156,6 +156,14 @@ def gender_preflight(observed: ObservedRun, data: PreparedData, config: GenderAt
     rounds = observed.select_rounds(config.rounds, config.max_rounds)
     _check_gender_labels(observed, rounds)
     check_auxiliary(data.aux)
+    batch = observed.config.train.batch_size
+    size = config.shadow_size or _default_shadow_size(observed, rounds, data)
+    if observed.config.train.mode == "dp" and size < batch:
+        raise AttackError(
+            f"shadow clients of {size} utterances are smaller than the run's batch size {batch}, which "
+            f"DP-SGD's sample rate B/n does not allow; pass --shadow-size {batch} or more (the auxiliary "
+            "speakers need that many utterances each)"
+        )
     check_data_matches(observed, data, rounds[0])
     return rounds
 
@@ -177,7 +185,7 @@ def gender_attack(
     size = config.shadow_size or _default_shadow_size(observed, rounds, data)
 
     per_client: list[tuple[int, int, float, int, bool]] = []  # round, client, score, label, mixed
-    controls: list[tuple[int, int, float, int, bool]] = []  # the same for each control relabelling
+    controls: list[tuple[int, int, float, int, bool, int]] = []  # the same, plus the relabelling index
     per_round_agg: list[dict] = []
     for j, r in enumerate(rounds):
         obs, truth = observed.observe(r)
@@ -205,13 +213,13 @@ def gender_attack(
             # randomised-label control: same features, labels independent of gender and of speaker;
             # several relabellings, because one classifier direction per round is a single random draw
             speakers = np.array([s.speaker for s in shadows])
-            for _ in range(config.control_repeats):
+            for k in range(config.control_repeats):
                 control = fit_classifier(
                     xs, shuffled_labels(ys, rng, strata=speakers), config.classifier, config.seed
                 )
                 pc = control.predict_proba(xr)[:, 1]
                 controls += [
-                    (r, c, float(a), lab, mix) for c, a, (lab, mix) in zip(ids, pc, truths, strict=True)
+                    (r, c, float(a), lab, mix, k) for c, a, (lab, mix) in zip(ids, pc, truths, strict=True)
                 ]
         if obs.aggregate is not None and len(truth.client_ids):
             pa = float(clf.predict_proba(update_features(obs.aggregate[None, :], columns))[0, 1])
@@ -278,6 +286,13 @@ def _per_client_rows(
         out.per_round = _per_round(rounds, scores, labels)
         return out
 
+    single = _single_relabelling_aucs(controls)
+    spread = (
+        f"; single relabellings give AUC {np.mean(single):.2f} +- {np.std(single):.2f} (mean +- sd of "
+        f"{len(single)}), a spread the client bootstrap interval does not include"
+        if single
+        else ""
+    )
     return [
         row("gender: per-client update", per_client, False, notes + ["threshold: P(female) >= 0.5"]),
         row(
@@ -286,10 +301,23 @@ def _per_client_rows(
             True,
             [
                 f"{config.control_repeats} relabellings per round, each independent of gender and speaker: "
-                "AUC should be about 0.5"
+                f"AUC should be about 0.5{spread}"
             ],
         ),
     ]
+
+
+def _single_relabelling_aucs(controls: list) -> list[float]:
+    """AUC of each (round, relabelling) on its own: how far one random classifier direction strays."""
+    from sklearn.metrics import roc_auc_score
+
+    out = []
+    for key in sorted({(t[0], t[5]) for t in controls}):
+        items = [t for t in controls if (t[0], t[5]) == key and t[3] >= 0]
+        labels = np.array([t[3] for t in items])
+        if labels.size and labels.min() != labels.max():
+            out.append(float(roc_auc_score(labels, [t[2] for t in items])))
+    return out
 
 
 def _per_round(rounds: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> list[dict]:

@@ -71,7 +71,7 @@ def test_library_call_scores_every_attack_and_writes_the_report(recorded_run, tm
     assert main.metrics["n_positive"] + main.metrics["n_negative"] == 4 * 2  # 4 clients x 2 rounds
     assert [p["round"] for p in main.per_round] == [1, 2]
     assert control.control and 0.0 <= control.metrics["auc"] <= 1.0
-    assert control.metrics["n_positive"] == 10 * main.metrics["n_positive"]  # 10 relabellings per round
+    assert control.metrics["n_positive"] == 20 * main.metrics["n_positive"]  # 20 relabellings per round
     rows = {r.name: r for r in membership.rows}
     loss = rows["membership: loss threshold (final model)"]
     assert loss.metrics["n_positive"] == loss.metrics["n_negative"] == 48  # balanced: 48 train utterances
@@ -245,3 +245,39 @@ def test_dp_claim_is_checked_and_plotted(run_copy, tmp_path):
     assert rows["membership: update alignment (per-client update)"].dp is None
     doc = write_report(tmp_path / "dp", observed, [result])
     assert doc["privacy"]["epsilon"] == 2.0 and (tmp_path / "dp" / "roc.png").exists()
+
+
+def test_record_level_dp_run_replays_its_dp_sgd_clients_and_checks_the_claim(tmp_path):
+    """Shadow and replayed clients use the run's DP-SGD trainer with its sigma; the claim is checked."""
+    cfg = ExperimentConfig().override(
+        {
+            "data.speakers": 12,
+            "data.utterances_per_emotion": 3,
+            "data.aux_speakers": 4,
+            "data.max_frames": 100,
+            "data.partition": "by-speaker",
+            "model.conv_channels": 8,
+            "model.fc_hidden": 32,
+            "train.clients": 4,
+            "train.rounds": 1,
+            "train.batch_size": 6,
+            "train.record_updates": True,
+            "train.mode": "dp",
+            "dp.noise_multiplier": 1.0,
+        }
+    )
+    train(cfg, tmp_path / "dp")
+    observed, (gender, membership) = run_attacks(
+        tmp_path / "dp",
+        gender=GenderAttackConfig(shadow_clients=4, bootstrap=20),
+        membership=MembershipAttackConfig(candidates=4, bootstrap=20),
+    )
+    assert observed.verified_rounds == {1}  # the DP-SGD replay reproduced the recorded update
+    assert gender.rows[0].metrics is not None
+    claim = observed.summary["privacy"]
+    rows = {r.name: r for r in membership.rows}
+    for name in (
+        "membership: loss threshold (final model)",
+        "membership: update alignment (per-client update)",
+    ):
+        assert rows[name].dp["epsilon"] == pytest.approx(claim["epsilon"])  # record-level DP covers both
