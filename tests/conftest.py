@@ -16,19 +16,21 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+TINY = {
+    "data.speakers": 8,
+    "data.utterances_per_emotion": 2,
+    "data.val_speakers": 1,
+    "data.test_speakers": 1,
+    "data.aux_speakers": 2,
+    "data.max_frames": 200,
+    "train.clients": 2,
+    "train.rounds": 2,
+    "train.batch_size": 4,
+}
+"""The tiny synthetic experiment every end-to-end test starts from (dotted config overrides)."""
+
+
 @pytest.fixture()
 def tiny_config() -> ExperimentConfig:
     """8 synthetic speakers x 2 utterances per emotion: 4 train, 1 val, 1 test, 2 aux speakers."""
-    return ExperimentConfig().override(
-        {
-            "data.speakers": 8,
-            "data.utterances_per_emotion": 2,
-            "data.val_speakers": 1,
-            "data.test_speakers": 1,
-            "data.aux_speakers": 2,
-            "data.max_frames": 200,
-            "train.clients": 2,
-            "train.rounds": 2,
-            "train.batch_size": 4,
-        }
-    )
+    return ExperimentConfig().override(TINY)

@@ -5,18 +5,8 @@ from __future__ import annotations
 import pytest
 
 from privfl.bench.grid import AttackPlan, Grid, GridPoint
+from tests.conftest import TINY
 
-TINY = {
-    "data.speakers": 8,
-    "data.utterances_per_emotion": 2,
-    "data.val_speakers": 1,
-    "data.test_speakers": 1,
-    "data.aux_speakers": 2,
-    "data.max_frames": 200,
-    "train.clients": 2,
-    "train.rounds": 2,
-    "train.batch_size": 4,
-}
 # one training speaker per client, so each client has one gender and both genders occur
 TINY_ATTACKABLE = {**TINY, "train.clients": 4, "data.partition": "by-speaker", "train.record_updates": True}
 TINY_ATTACKS = AttackPlan(

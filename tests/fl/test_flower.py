@@ -15,22 +15,12 @@ from privfl.config import ExperimentConfig
 from privfl.errors import ConfigError
 from privfl.experiment import train
 from privfl.runs import RunDir
+from tests.conftest import TINY
 
 pytest.importorskip("flwr", reason='Flower is not installed: pip install -e ".[flower]"')
 
 REPO = Path(__file__).resolve().parents[2]
 N_NODES = 2
-TINY = {
-    "data.speakers": 8,
-    "data.utterances_per_emotion": 2,
-    "data.val_speakers": 1,
-    "data.test_speakers": 1,
-    "data.aux_speakers": 2,
-    "data.max_frames": 200,
-    "train.clients": 2,
-    "train.rounds": 2,
-    "train.batch_size": 4,
-}
 
 
 def tiny(**dotted) -> ExperimentConfig:
