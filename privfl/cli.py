@@ -64,7 +64,7 @@ def _train_options(f):
         click.option("--batch-size", type=int, help="B, local minibatch size [10]."),
         click.option("--local-epochs", type=int, help="E, local epochs per round [1]."),
         click.option("--lr", type=float, help="eta, local SGD learning rate [0.01]."),
-        click.option("--momentum", type=float, help="Local SGD momentum [0]."),
+        click.option("--momentum", type=float, help="Local SGD momentum, restarted every round [0.9; 0 = plain SGD]."),
         click.option("--eval-every", type=int, help="Evaluate on val/test every N rounds [1]."),
         click.option("--record-updates", is_flag=True, default=None,
                      help="Keep every client's update per round (for privfl attack)."),
@@ -185,21 +185,29 @@ def synth(out: Path, speakers: int, utterances_per_emotion: int, seed: int) -> N
 
 
 @data.command()
-@click.option("--dataset", required=True, type=click.Choice(DATASETS))
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Corpus root (not needed for synthetic).")
-@click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True)
-@click.option("--strict", is_flag=True, help="Fail on the first unreadable file or label line.")
+@click.option("--dataset", type=click.Choice(DATASETS), help="Corpus [default: the config's, else synthetic].")
+@click.option("--data-dir", type=str, help="Corpus root (not needed for synthetic).")
+@click.option("--split", type=click.Choice(SPLITS), help="Speaker split protocol [auto].")
+@click.option("--strict", is_flag=True, default=None, help="Fail on the first unreadable file or label line.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config whose [data] section (and seed) to check, e.g. a run's config.toml.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Set any config field, e.g. --set data.val_speakers=1 for a small corpus such as EmoDB.")
+@click.option("--seed", type=int, help="Seed of the speaker split [0].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(dataset: str, data_dir: Path | None, split: str, strict: bool, as_json: bool) -> None:
-    """Count utterances per emotion/speaker/gender/split and list problems found."""
+def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flags) -> None:
+    """Count utterances per emotion/speaker/gender/split and list problems found.
+
+    \b
+    privfl data check --dataset iemocap --data-dir /data/IEMOCAP_full_release
+    privfl data check --dataset emodb --data-dir /data/emodb --set data.val_speakers=1 --set data.test_speakers=1
+    """
     from rich.console import Console
 
     from privfl.data.check import corpus_report, render_report
     from privfl.data.dataset import load_corpus_for, split_for
 
-    cfg = ExperimentConfig().override(
-        {"data.dataset": dataset, "data.data_dir": str(data_dir or ""), "data.split": split, "data.strict": strict}
-    ).validate()
+    cfg = resolve_config(config_path, None, sets, flags).validate()
     corpus = load_corpus_for(cfg.data)
     report = corpus_report(corpus, split_for(corpus, cfg.data, cfg.seed))
     if as_json:

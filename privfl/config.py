@@ -26,6 +26,7 @@ SPLITS = ("auto", "speaker", "iemocap-paper", "loso")
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
 SECURE_SCHEMES = ("none", "ckks")
+DEFAULT_AUX_SPEAKERS = 4
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,13 @@ class DataConfig:
     split: str = "auto"  # auto: iemocap-paper for IEMOCAP, speaker-disjoint by seed otherwise
     val_speakers: int = 2
     test_speakers: int = 2
-    aux_speakers: int = 4  # held out of training for an attacker's auxiliary data
+    # Speakers held out of training as an attacker's auxiliary data. None: DEFAULT_AUX_SPEAKERS on
+    # speaker splits, 0 on IEMOCAP's session protocols (the paper trains on all of sessions 1-4).
+    aux_speakers: int | None = None
     test_speaker: str = "Ses05F"  # IEMOCAP paper split: which session-5 speaker is test
     test_session: int = 5  # IEMOCAP leave-one-session-out fold
+    test_gender: str = "female"  # IEMOCAP leave-one-session-out: that session's test speaker
+    demographics: str = ""  # CREMA-D VideoDemographics.csv; empty: searched under data_dir
     merge_excited: bool = True  # IEMOCAP: excited counts as happy
     calm_as_neutral: bool = False  # RAVDESS
     strict: bool = False  # unreadable files or label lines become errors instead of being skipped
@@ -52,10 +57,22 @@ class DataConfig:
     n_mels: int = 40
     max_frames: int = 300  # 3 s at a 10 ms hop
 
+    def aux_count(self, protocol: str) -> int:
+        """Auxiliary speakers under a resolved split protocol (see aux_speakers)."""
+        if self.aux_speakers is not None:
+            return self.aux_speakers
+        return 0 if protocol in ("iemocap-paper", "loso") else DEFAULT_AUX_SPEAKERS
+
     def validate(self) -> None:
         _choice("data.dataset", self.dataset, DATASETS)
         _choice("data.split", self.split, SPLITS)
         _choice("data.partition", self.partition, PARTITIONS)
+        _choice("data.test_gender", self.test_gender, ("female", "male"))
+        if self.demographics and self.dataset != "crema-d":
+            raise ConfigError(
+                f"data.demographics ({self.demographics!r}) is CREMA-D's VideoDemographics.csv; "
+                f"dataset {self.dataset!r} takes no demographics file: remove the setting"
+            )
         if self.dataset != "synthetic" and not self.data_dir:
             raise ConfigError(
                 f"dataset {self.dataset!r} is read from disk: pass --data-dir pointing at your copy"
@@ -64,7 +81,7 @@ class DataConfig:
         _positive("data.utterances_per_emotion", self.utterances_per_emotion)
         for name in ("val_speakers", "test_speakers"):
             _positive(f"data.{name}", getattr(self, name))
-        if self.aux_speakers < 0:
+        if self.aux_speakers is not None and self.aux_speakers < 0:
             raise ConfigError(f"data.aux_speakers must be >= 0, got {self.aux_speakers}")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(
@@ -106,7 +123,7 @@ class TrainConfig:
     batch_size: int = 10  # B
     local_epochs: int = 1  # E
     lr: float = 0.01  # eta
-    momentum: float = 0.0
+    momentum: float = 0.9  # the paper gives eta = 0.01 but no momentum; 0 is plain SGD
     eval_every: int = 1
     record_updates: bool = False  # keep every client's update per round for attacks/
 

@@ -167,6 +167,7 @@ class Session:
             (run.path / "summary.json").unlink(missing_ok=True)
         else:
             run = RunDir.create(out or default_out(cfg), cfg, overwrite=overwrite)
+        run.write_skipped(self.data.corpus.skipped)
         self.run = run
         self.setup_s = time.perf_counter() - started
         self._round_started = time.perf_counter()
@@ -239,6 +240,12 @@ class Session:
             "rounds": cfg.train.rounds,
             "clients": len(self.data.clients),
             "n_params": int(self.weights.shape[0]),
+            "corpus": {
+                "utterances": len(self.data.corpus.utterances),
+                "skipped": len(self.data.corpus.skipped),
+                "dropped_labels": dict(self.data.corpus.dropped_labels),
+            },
+            "split": self.data.split.as_dict(),
             "train_utterances": len(self.data.train),
             "val_utterances": len(self.data.val),
             "test_utterances": len(self.data.test),

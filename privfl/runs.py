@@ -2,6 +2,7 @@
 
 Layout of runs/<name>/:
   config.toml       the resolved ExperimentConfig (enough to rerun)
+  skipped.csv       files and label lines the corpus loader could not use, and why (header only if none)
   metrics.jsonl     one JSON line per round
   checkpoint.pt     latest global weights + loop state (written to a temp file, then renamed)
   updates/          with record_updates: round_0001.npz ... (each client's update, float16 + scale)
@@ -175,6 +176,18 @@ class RunDir:
             out = {k: z[k] for k in z.files}
         out["deltas"] = out["deltas"].astype(np.float32) * out["scales"][:, None]
         return out
+
+    # --- data -------------------------------------------------------------------------------
+    def write_skipped(self, skipped: Sequence) -> None:
+        """skipped.csv: one row (path, reason) per file or label line the loader left out."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "reason"])
+        writer.writerows([s.path, s.reason] for s in skipped)
+        atomic_write_bytes(self.path / "skipped.csv", buf.getvalue().encode("utf-8"))
 
     # --- outputs ------------------------------------------------------------------------------
     def save_model(self, state_dict: dict) -> None:

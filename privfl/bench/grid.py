@@ -335,6 +335,7 @@ DEFAULT_BASE: dict[str, Any] = {
     "train.clients": 8,
     "train.rounds": 10,
     "train.lr": 0.05,  # the paper's 0.01 barely leaves chance in 10 rounds of this small corpus
+    "train.momentum": 0.0,  # plain SGD, as the paper
     "train.record_updates": True,
 }
 DEFAULT_ATTACKS = AttackPlan(

@@ -19,6 +19,8 @@ IMBALANCE_RATIO = 3.0
 """Flag the class distribution when the largest class is this many times the smallest."""
 
 MAX_EXAMPLES = 5
+MIN_TRAIN_SPEAKERS = 4
+"""Fewer training speakers than this leaves a federation of one or two voices: flagged as a problem."""
 
 
 def corpus_report(corpus: Corpus, split: Split | None = None) -> dict:
@@ -132,6 +134,12 @@ def _split_problems(report: dict, corpus: Corpus, split: Split) -> list[str]:
     unassigned = sorted(known - set(split.speakers()))
     if unassigned:
         problems.append(f"{len(unassigned)} speaker(s) are in no split role: {', '.join(unassigned)}")
+    n_train = len(report["roles"].get("train", {}).get("speakers", ()))
+    if 0 < n_train < MIN_TRAIN_SPEAKERS:
+        problems.append(
+            f"only {n_train} training speaker(s) after the held-out roles; hold out fewer, e.g. "
+            "--set data.aux_speakers=0 (no attacker data) or --set data.val_speakers=1"
+        )
     for role, info in report["roles"].items():
         if not info["speakers"]:
             if role != "aux":

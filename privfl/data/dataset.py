@@ -85,6 +85,8 @@ def load_corpus_for(cfg: DataConfig, progress: Stage | None = None) -> Corpus:
         options["merge_excited"] = cfg.merge_excited
     if cfg.dataset == "ravdess":
         options["calm_as_neutral"] = cfg.calm_as_neutral
+    if cfg.dataset == "crema-d" and cfg.demographics:
+        options["demographics"] = cfg.demographics
     return load_corpus(cfg.dataset, Path(cfg.data_dir), strict=cfg.strict, **options)
 
 
@@ -97,13 +99,14 @@ def split_for(corpus: Corpus, cfg: DataConfig, seed: int) -> Split:
         protocol = "iemocap-paper" if corpus.name == "iemocap" else "speaker"
     if protocol in ("iemocap-paper", "loso") and corpus.name != "iemocap":
         raise DataError(f"split {protocol!r} is IEMOCAP's session protocol; use --split speaker for {corpus.name}")
+    n_aux = cfg.aux_count(protocol)
     if protocol == "iemocap-paper":
-        return splits.iemocap_paper_split(corpus, test_speaker=cfg.test_speaker, n_aux=cfg.aux_speakers, seed=seed)
+        return splits.iemocap_paper_split(corpus, test_speaker=cfg.test_speaker, n_aux=n_aux, seed=seed)
     if protocol == "loso":
-        return splits.iemocap_loso_split(corpus, test_session=cfg.test_session, n_aux=cfg.aux_speakers, seed=seed)
-    return splits.speaker_split(
-        corpus, n_val=cfg.val_speakers, n_test=cfg.test_speakers, n_aux=cfg.aux_speakers, seed=seed
-    )
+        return splits.iemocap_loso_split(
+            corpus, test_session=cfg.test_session, test_gender=cfg.test_gender, n_aux=n_aux, seed=seed
+        )
+    return splits.speaker_split(corpus, n_val=cfg.val_speakers, n_test=cfg.test_speakers, n_aux=n_aux, seed=seed)
 
 
 def featurise(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import torchaudio
 
 from privfl.data.audio import SAMPLE_RATE, read_audio
 from privfl.data.records import Utterance
+from privfl.parallel import process_map
 
 FEATURE_VERSION = "1"
 LOG_FLOOR = 1e-6
@@ -101,36 +104,63 @@ def extract(
     speed: float = 1.0,
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> FeatureSet:
     """Features for every utterance (in order), read from the cache when present.
 
-    speed != 1.0 applies speed perturbation first (training-set augmentation).
+    speed != 1.0 applies speed perturbation first (training-set augmentation). Uncached
+    extraction runs on `workers` processes (default: every core); the result does not depend
+    on the number of workers.
     """
     key = cache_key(utterances, cfg, speed)
     path = cache_dir / f"features-{key}.npz" if cache_dir is not None else None
     if path is not None and path.exists():
         with np.load(path) as z:
             return FeatureSet(z["x"], z["lengths"], tuple(u.id for u in utterances))
-    logmel = LogMel(cfg)
+    jobs = [(u.path, speed, cfg) for u in utterances]
+    with _torch_threads(1):  # small per-utterance ops: threads cost more than they give
+        done = process_map(
+            utterance_features, jobs, workers=workers, progress=progress, preload=[__name__],
+            what="feature extraction",
+        )
     x = np.zeros((len(utterances), cfg.max_frames, cfg.n_mels), dtype=np.float32)
     lengths = np.zeros(len(utterances), dtype=np.int64)
-    with torch.inference_mode():
-        for i, utt in enumerate(utterances):
-            wave = read_audio(utt.path, cfg.sample_rate)
-            if speed != 1.0:
-                from privfl.data.augment import speed_perturb
-
-                wave = speed_perturb(wave, cfg.sample_rate, speed)
-            frames = logmel(torch.from_numpy(wave)).numpy()
-            x[i], lengths[i] = pad_or_crop(frames, cfg.max_frames)
-            if progress is not None:
-                progress(i + 1, len(utterances))
+    for i, (frames, n) in enumerate(done):
+        x[i], lengths[i] = frames, n
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, x=x, lengths=lengths)
         tmp.replace(path)
     return FeatureSet(x, lengths, tuple(u.id for u in utterances))
+
+
+def utterance_features(job: tuple[str, float, FeatureConfig]) -> tuple[np.ndarray, int]:
+    """(path, speed, config) -> ([max_frames, n_mels] padded/cropped features, true frame count)."""
+    path, speed, cfg = job
+    wave = read_audio(path, cfg.sample_rate)
+    if speed != 1.0:
+        from privfl.data.augment import speed_perturb
+
+        wave = speed_perturb(wave, cfg.sample_rate, speed)
+    with torch.inference_mode():
+        frames = _logmel(cfg)(torch.from_numpy(wave)).numpy()
+    return pad_or_crop(frames, cfg.max_frames)
+
+
+@lru_cache(maxsize=4)
+def _logmel(cfg: FeatureConfig) -> LogMel:
+    return LogMel(cfg)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cache_key(utterances: Sequence[Utterance], cfg: FeatureConfig, speed: float) -> str:

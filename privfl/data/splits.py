@@ -92,7 +92,8 @@ def speaker_split(corpus: Corpus, *, n_val: int, n_test: int, n_aux: int, seed: 
         raise DataError(
             f"corpus {corpus.name!r} has {len(speakers)} speakers; n_val={n_val} + n_test={n_test} "
             f"+ n_aux={n_aux} = {held} leaves none for training; "
-            f"ask for at most {max(len(speakers) - 1, 0)} held-out speakers"
+            f"ask for at most {max(len(speakers) - 1, 0)} held-out speakers, e.g. "
+            "--set data.aux_speakers=0 --set data.val_speakers=1 --set data.test_speakers=1"
         )
     rng = np.random.default_rng(_seed(seed))
     pools = _gender_pools(corpus, speakers, rng)

@@ -23,11 +23,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +33,7 @@ from scipy import ndimage, signal, special
 
 from privfl.data.records import EMOTIONS
 from privfl.errors import ConfigError, DataError
+from privfl.parallel import process_map
 
 GENERATOR_VERSION = "privfl-synth-7"
 """Bump whenever the synthesiser's output for a given config changes (it keys the corpus cache)."""
@@ -76,10 +74,6 @@ _FRICATIVE_LEVELS = np.array([0.38, 0.53, 0.09])
 """Fricative noise amplitudes re a vowel RMS of 1: /s/ about -12 dB, /sh/ -10 dB, /f/ -22 dB."""
 
 _PAUSE, _VOWEL, _VOICED, _FRICATIVE, _CLOSURE, _BURST = range(6)
-
-_POOL_MIN_JOBS = 64
-"""Below this many utterances, generation runs in-process: starting workers would cost more."""
-
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -664,11 +658,6 @@ def _write_job(job: _Job) -> None:
     Path(job.path).write_bytes(buffer.getvalue())
 
 
-def default_workers() -> int:
-    """Worker processes for generation: the CPUs this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def generate_corpus(
     out_dir: Path,
     cfg: SynthConfig,
@@ -694,7 +683,7 @@ def generate_corpus(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         rows, jobs = _plan_jobs(tmp, cfg)
-        _run_jobs(jobs, progress, workers if workers is not None else default_workers())
+        _run_jobs(jobs, progress, workers)
         _write_metadata(tmp, rows, cfg)
         _publish(tmp, out_dir)
     except BaseException:
@@ -726,32 +715,9 @@ def _plan_jobs(root: Path, cfg: SynthConfig) -> tuple[list[dict[str, str]], list
     return rows, jobs
 
 
-def _run_jobs(jobs: list[_Job], progress: Callable[[int, int], None] | None, workers: int) -> None:
-    """Render jobs in-process (few jobs or one worker) or in a process pool."""
-    total = len(jobs)
-    if workers <= 1 or total < _POOL_MIN_JOBS:
-        for done, job in enumerate(jobs, 1):
-            _write_job(job)
-            if progress is not None:
-                progress(done, total)
-        return
-    # forkserver: workers never inherit the parent's threads (torch, BLAS) the way fork would;
-    # preloading this module there saves each worker the numpy/scipy imports.
-    context = get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    pool = ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context)
-    try:
-        for done, _ in enumerate(pool.map(_write_job, jobs, chunksize=8), 1):
-            if progress is not None:
-                progress(done, total)
-    except BrokenProcessPool as exc:
-        raise DataError(
-            f"a corpus-generation worker process died ({exc}); when calling generate_corpus from a "
-            "script, put the call under `if __name__ == '__main__':` (workers start by importing the "
-            "main module), or pass workers=1"
-        ) from exc
-    finally:
-        pool.shutdown(cancel_futures=True)  # on an interrupt, drop queued jobs instead of finishing them
+def _run_jobs(jobs: list[_Job], progress: Callable[[int, int], None] | None, workers: int | None) -> None:
+    """Render jobs across worker processes (in-process for few jobs or one worker)."""
+    process_map(_write_job, jobs, workers=workers, progress=progress, preload=[__name__], what="corpus generation")
 
 
 def _write_metadata(root: Path, rows: list[dict[str, str]], cfg: SynthConfig) -> None:

@@ -28,7 +28,7 @@ def test_default_grid_covers_every_defence_and_fits_the_attacks():
     assert g.base.train.record_updates and g.base.data.partition == "by-speaker"
     # 24 speakers - 2 val - 2 test - 4 aux = 16 training speakers for the by-speaker clients
     d = g.base.data
-    assert g.base.train.clients <= d.speakers - d.val_speakers - d.test_speakers - d.aux_speakers
+    assert g.base.train.clients <= d.speakers - d.val_speakers - d.test_speakers - d.aux_count("speaker")
 
 
 def test_iemocap_grid_needs_only_a_data_dir():

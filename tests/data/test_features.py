@@ -71,3 +71,37 @@ def test_extract_caches_by_listing(tmp_path):
     sf.write(utts[0].path, _tone(seconds=0.7, seed=9), 16000)  # corpus changed -> new key
     extract(utts, cfg, cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_worker_processes_give_the_same_features(tmp_path, monkeypatch):
+    import privfl.parallel as parallel
+
+    utts = []
+    for i in range(6):
+        p = tmp_path / f"w{i}.wav"
+        sf.write(p, _tone(seconds=0.4 + 0.2 * i, f=150.0 + 40 * i, seed=i), 16000)
+        utts.append(Utterance(f"w{i}", str(p), "s", "male", "sad"))
+    cfg = FeatureConfig(max_frames=80)
+    threads = torch.get_num_threads()
+    alone = extract(utts, cfg, workers=1)
+    assert torch.get_num_threads() == threads  # extraction's single-threading is undone
+    monkeypatch.setattr(parallel, "MIN_POOL_ITEMS", 0)
+    seen = []
+    pooled = extract(utts, cfg, workers=2, progress=lambda done, total: seen.append((done, total)))
+    np.testing.assert_array_equal(pooled.x, alone.x)
+    np.testing.assert_array_equal(pooled.lengths, alone.lengths)
+    assert seen[-1] == (6, 6) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_broken_file_in_a_worker_names_the_file(tmp_path, monkeypatch):
+    import privfl.parallel as parallel
+
+    good = tmp_path / "good.wav"
+    sf.write(good, _tone(), 16000)
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00")
+    utts = [Utterance("g", str(good), "s", "male", "sad"), Utterance("b", str(bad), "s", "male", "sad")]
+    monkeypatch.setattr(parallel, "MIN_POOL_ITEMS", 0)
+    with pytest.raises(DataError, match="broken.wav"):
+        extract(utts, FeatureConfig(), workers=2, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # no cache entry

@@ -13,6 +13,7 @@ import soundfile as sf
 
 import privfl.data.corpora.synthetic as corpora_synthetic
 import privfl.data.synthetic as synthetic
+import privfl.parallel as parallel
 from privfl.data.corpora.synthetic import cache_root, corpus_key, ensure_synthetic, load_synthetic
 from privfl.data.records import EMOTIONS
 from privfl.data.synthetic import SynthConfig, draw_speaker, generate_corpus, speaker_gender
@@ -97,7 +98,7 @@ def test_different_seed_gives_different_audio(tmp_path):
 
 def test_worker_pool_gives_the_same_bytes(tmp_path, monkeypatch):
     alone = generate_corpus(tmp_path / "alone", MINI, workers=1)
-    monkeypatch.setattr(synthetic, "_POOL_MIN_JOBS", 0)
+    monkeypatch.setattr(parallel, "MIN_POOL_ITEMS", 0)
     pooled = generate_corpus(tmp_path / "pooled", MINI, workers=2)
     assert digests(pooled) == digests(alone)
 

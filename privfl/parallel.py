@@ -1,0 +1,84 @@
+"""Map a function over work items on every CPU core, in order, with progress.
+
+Corpus synthesis and feature extraction are many small independent jobs; on the 2-core machines
+privfl targets, one worker process per core beats torch's intra-op threads on such small ops.
+Workers start from a forkserver (never inheriting the parent's torch/BLAS threads the way fork
+would) and run torch single-threaded, so two workers on two cores do not oversubscribe them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from typing import TypeVar
+
+from privfl.errors import DataError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MIN_POOL_ITEMS = 32
+"""Below this many items, work runs in-process: starting workers would cost more than it saves."""
+
+
+def default_workers() -> int:
+    """Worker processes to use: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _single_threaded() -> None:
+    """Pool-worker initializer: one torch thread per worker, where torch was preloaded."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def process_map(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    preload: Iterable[str] = (),
+    chunksize: int = 8,
+    what: str = "work",
+) -> list[R]:
+    """[fn(item) for item in items], across `workers` processes (default: every core).
+
+    `fn` must be a module-level function (workers import it by name); `preload` names modules the
+    forkserver imports once so each worker starts warm. `progress(done, total)` is called in the
+    parent after each item. Results come back in input order and do not depend on `workers`.
+    """
+    total = len(items)
+    workers = default_workers() if workers is None else int(workers)
+    if workers <= 1 or total < MIN_POOL_ITEMS:
+        out: list[R] = []
+        for item in items:
+            out.append(fn(item))
+            if progress is not None:
+                progress(len(out), total)
+        return out
+    context = get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, total), mp_context=context, initializer=_single_threaded
+    )
+    out = []
+    try:
+        for result in pool.map(fn, items, chunksize=chunksize):
+            out.append(result)
+            if progress is not None:
+                progress(len(out), total)
+    except BrokenProcessPool as exc:
+        raise DataError(
+            f"a worker process for {what} died ({exc}); when calling privfl from a script, put the call "
+            "under `if __name__ == '__main__':` (workers start by importing the main module), or pass "
+            "workers=1"
+        ) from exc
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an interrupt, drop queued jobs instead of finishing them
+    return out
