@@ -31,6 +31,7 @@ from privfl.errors import AttackError, ConfigError
 from privfl.experiment import Evaluator
 from privfl.fl.client import ClientData
 from privfl.models import build_model, canonical_parameters, set_flat
+from privfl.parallel import torch_threads
 
 METHODS = ("loss", "alignment", "lira")
 
@@ -114,9 +115,7 @@ def gradient_cosines(
     d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
     n = int(data.y.shape[0])
     out = np.zeros((n, d.shape[0]), dtype=np.float64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # batch-1 kernels do not parallelise; extra OpenMP threads only spin
-    try:
+    with torch_threads(1):  # batch-1 kernels do not parallelise; extra OpenMP threads only spin
         for i in range(n):
             frames = int(data.lengths[i])
             logits = model(data.x[i : i + 1, :frames], data.lengths[i : i + 1])
@@ -125,8 +124,6 @@ def gradient_cosines(
             out[i] = (d @ g / g.norm().clamp_min(1e-30)).double().numpy()
             if progress is not None:
                 progress(i + 1, n)
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

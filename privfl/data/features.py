@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +21,7 @@ import torchaudio
 
 from privfl.data.audio import SAMPLE_RATE, read_audio
 from privfl.data.records import Utterance
-from privfl.parallel import process_map
+from privfl.parallel import process_map, torch_threads
 
 FEATURE_VERSION = "1"
 LOG_FLOOR = 1e-6
@@ -118,7 +117,7 @@ def extract(
         with np.load(path) as z:
             return FeatureSet(z["x"], z["lengths"], tuple(u.id for u in utterances))
     jobs = [(u.path, speed, cfg) for u in utterances]
-    with _torch_threads(1):  # small per-utterance ops: threads cost more than they give
+    with torch_threads(1):  # small per-utterance ops: threads cost more than they give
         done = process_map(
             utterance_features, jobs, workers=workers, progress=progress, preload=[__name__],
             what="feature extraction",
@@ -151,16 +150,6 @@ def utterance_features(job: tuple[str, float, FeatureConfig]) -> tuple[np.ndarra
 @lru_cache(maxsize=4)
 def _logmel(cfg: FeatureConfig) -> LogMel:
     return LogMel(cfg)
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def cache_key(utterances: Sequence[Utterance], cfg: FeatureConfig, speed: float) -> str:

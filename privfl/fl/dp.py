@@ -35,6 +35,7 @@ from privfl.fl.aggregate import Contribution, Summation, SumResult, clip_update,
 from privfl.fl.client import ClientData, LocalConfig, LocalTrainer, Update, derive_seed
 from privfl.fl.federation import Components, FedAvgPolicy, sample_clients
 from privfl.models import PaperLSTM, build_model, canonical_parameters, get_flat, set_flat
+from privfl.parallel import torch_threads
 from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy, check_delta, default_delta
 
 log = logging.getLogger(__name__)
@@ -87,19 +88,6 @@ def _quiet_first_layer_hook() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         yield
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None) -> Iterator[None]:
-    if n is None or n == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --- per-sample gradient engines ---------------------------------------------------------------------
@@ -357,7 +345,7 @@ class DPSGDTrainer:
         )
         self.model.train()
         loss_sum, seen, clipped, steps, empty = 0.0, 0, 0, 0, 0
-        with _intra_op_threads(self.engine.threads):
+        with torch_threads(self.engine.threads):
             for idx in batches:
                 optimizer.zero_grad(set_to_none=True)
                 if idx.numel() == 0:
