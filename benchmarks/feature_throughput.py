@@ -50,7 +50,8 @@ def main() -> None:
             t0 = time.perf_counter()
             extract(utts, fcfg, workers=w)
             wall[w].append(time.perf_counter() - t0)
-            print(f"  repeat {rep + 1} workers {w}: {wall[w][-1]:.2f} s ({audio_s / wall[w][-1]:.0f}x real time)")
+            s = wall[w][-1]
+            print(f"  repeat {rep + 1} workers {w}: {s:.2f} s ({audio_s / s:.0f}x real time)")
 
     prepare(cfg)  # make sure every feature cache entry exists
     t0 = time.perf_counter()

@@ -24,9 +24,9 @@ import torch
 
 from privfl.config import ExperimentConfig
 from privfl.data.dataset import prepare
+from privfl.experiment import build_components
 from privfl.fl.client import derive_seed, sgd_epochs
 from privfl.fl.federation import Federation
-from privfl.experiment import build_components
 from privfl.models import build_model, initial_weights, set_flat
 
 
@@ -86,8 +86,10 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"round {statistics.median(rounds):.3f} s, pure local training {statistics.median(pure):.3f} s, "
-          f"peak RSS {peak_mib:.0f} MiB")
+    print(
+        f"round {statistics.median(rounds):.3f} s, pure local training {statistics.median(pure):.3f} s, "
+        f"peak RSS {peak_mib:.0f} MiB"
+    )
     print(f"overhead ratio (round / pure local compute): {ratio:.3f}  (target <= 1.10)")
 
 

@@ -29,33 +29,62 @@ from privfl.config import (
 def main(verbose: bool) -> None:
     """privfl: federated speech emotion recognition with differential privacy, secure
     aggregation and privacy attacks. Start with `privfl train --mode fedavg`."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _train_options(f):
     """The `privfl train` flags; each maps onto one config field (privfl.config.FLAG_FIELDS)."""
     opts = [
-        click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="TOML config (e.g. a run's config.toml); flags override it."),
-        click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-                     help="Run directory to create [default: runs/<mode>-<model>-<dataset>-s<seed>-<time>]."),
-        click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
-                     help="Continue a stopped run from its last checkpoint (its config unless --config)."),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML config (e.g. a run's config.toml); flags override it.",
+        ),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Run directory to create [default: runs/<mode>-<model>-<dataset>-s<seed>-<time>].",
+        ),
+        click.option(
+            "--resume",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Continue a stopped run from its last checkpoint (its config unless --config).",
+        ),
         click.option("--overwrite", is_flag=True, help="Replace an existing run directory."),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                     help="Set any config field, e.g. --set data.speakers=32 (TOML value syntax)."),
-        click.option("--seed", type=int, help="Seed for everything (split, init, sampling, shuffling, noise)."),
-        click.option("--mode", type=click.Choice(MODES),
-                     help="central (one client, all data), fedavg (the paper), dp (record-level DP-SGD "
-                          "on clients), user-dp (DP-FedAvg)."),
+        click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Set any config field, e.g. --set data.speakers=32 (TOML value syntax).",
+        ),
+        click.option(
+            "--seed", type=int, help="Seed for everything (split, init, sampling, shuffling, noise)."
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(MODES),
+            help="central (one client, all data), fedavg (the paper), dp (record-level DP-SGD "
+            "on clients), user-dp (DP-FedAvg).",
+        ),
         click.option("--dataset", type=click.Choice(DATASETS), help="Corpus [default: synthetic, built in]."),
         click.option("--data-dir", type=str, help="Root of a real corpus on disk."),
         click.option("--speakers", type=int, help="Speakers of the built-in synthetic corpus [24]."),
         click.option("--split", type=click.Choice(SPLITS), help="Speaker split protocol [auto]."),
-        click.option("--strict", is_flag=True, default=None, help="Fail on unreadable files instead of skipping."),
-        click.option("--partition", type=click.Choice(PARTITIONS),
-                     help="iid (paper: classes dealt evenly), by-speaker, dirichlet."),
-        click.option("--dirichlet-alpha", type=float, help="Label-skew concentration for --partition dirichlet."),
+        click.option(
+            "--strict", is_flag=True, default=None, help="Fail on unreadable files instead of skipping."
+        ),
+        click.option(
+            "--partition",
+            type=click.Choice(PARTITIONS),
+            help="iid (paper: classes dealt evenly), by-speaker, dirichlet.",
+        ),
+        click.option(
+            "--dirichlet-alpha", type=float, help="Label-skew concentration for --partition dirichlet."
+        ),
         click.option("--model", type=click.Choice(MODELS), help="Paper CNN or LSTM [cnn]."),
         click.option("--engine", type=click.Choice(["builtin", "flower-sim"]), help="Federation engine."),
         click.option("--clients", type=int, help="K, number of clients [5]."),
@@ -64,26 +93,40 @@ def _train_options(f):
         click.option("--batch-size", type=int, help="B, local minibatch size [10]."),
         click.option("--local-epochs", type=int, help="E, local epochs per round [1]."),
         click.option("--lr", type=float, help="eta, local SGD learning rate [0.01]."),
-        click.option("--momentum", type=float, help="Local SGD momentum, restarted every round [0.9; 0 = plain SGD]."),
+        click.option(
+            "--momentum", type=float, help="Local SGD momentum, restarted every round [0.9; 0 = plain SGD]."
+        ),
         click.option("--eval-every", type=int, help="Evaluate on val/test every N rounds [1]."),
-        click.option("--record-updates", is_flag=True, default=None,
-                     help="Keep every client's update per round (for privfl attack)."),
+        click.option(
+            "--record-updates",
+            is_flag=True,
+            default=None,
+            help="Keep every client's update per round (for privfl attack).",
+        ),
         click.option("--noise-multiplier", type=float, help="DP: Gaussian noise multiplier sigma."),
         click.option("--target-epsilon", type=float, help="DP: solve sigma to reach this epsilon."),
         click.option("--delta", type=float, help="DP: delta [below 1/n]."),
         click.option("--max-grad-norm", type=float, help="dp: per-sample clipping bound C [1.0]."),
         click.option("--clip-norm", type=float, help="user-dp: per-update clipping bound S [1.0]."),
         click.option("--accountant", type=click.Choice(ACCOUNTANTS), help="DP accountant [rdp]."),
-        click.option("--secure-agg", type=click.Choice(SECURE_SCHEMES), help="Encrypt client updates (ckks)."),
-        click.option("--insecure-he", is_flag=True, default=None,
-                     help="Allow CKKS parameters below 128-bit security (testing only)."),
+        click.option(
+            "--secure-agg", type=click.Choice(SECURE_SCHEMES), help="Encrypt client updates (ckks)."
+        ),
+        click.option(
+            "--insecure-he",
+            is_flag=True,
+            default=None,
+            help="Allow CKKS parameters below 128-bit security (testing only).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def resolve_config(config_path: Path | None, resume: Path | None, sets: tuple[str, ...], flags: dict) -> ExperimentConfig:
+def resolve_config(
+    config_path: Path | None, resume: Path | None, sets: tuple[str, ...], flags: dict
+) -> ExperimentConfig:
     """Config file (or the resumed run's), then --set, then explicit flags."""
     import tomllib
 
@@ -119,7 +162,7 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
 
     \b
     privfl train --mode fedavg                      # built-in corpus, paper CNN, K=5
-    privfl train --mode fedavg --model lstm --clients 10 --rounds 200 --batch-size 10 --local-epochs 1 --lr 0.01
+    privfl train --mode fedavg --model lstm --clients 10 --rounds 200 --batch-size 10 --lr 0.01
     privfl train --resume runs/x                    # continue a stopped run
     """
     from rich.console import Console
@@ -129,8 +172,13 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
 
     cfg = resolve_config(config_path, resume, sets, flags).validate()
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[info]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         stages: dict[str, int] = {}
 
@@ -148,7 +196,9 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
                 info += f"  eps {row['epsilon']:.2f}"
             progress.update(rounds, completed=row["round"], info=info)
 
-        summary = run_training(cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage)
+        summary = run_training(
+            cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage
+        )
     click.echo(
         f"{summary['mode']} {summary['model']} on {summary['dataset']}: "
         f"test UAR {summary['test_uar_at_best_val']:.3f} at best-val round {summary['best_round']} "
@@ -156,7 +206,10 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
     )
     if "privacy" in summary:
         p = summary["privacy"]
-        click.echo(f"privacy: ({p['epsilon']:.3g}, {p['delta']:.3g})-DP for {p['unit']}, accountant {p['accountant']}")
+        click.echo(
+            f"privacy: ({p['epsilon']:.3g}, {p['delta']:.3g})-DP for {p['unit']}, "
+            f"accountant {p['accountant']}"
+        )
     click.echo(f"run directory: {summary['run_dir']}")
 
 
@@ -166,7 +219,9 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write."
+)
 @click.option("--speakers", default=24, show_default=True, help="Number of speakers (half female).")
 @click.option("--utterances-per-emotion", default=10, show_default=True, help="Per speaker and emotion.")
 @click.option("--seed", default=0, show_default=True)
@@ -180,19 +235,32 @@ def synth(out: Path, speakers: int, utterances_per_emotion: int, seed: int) -> N
     cfg.validate()
     with Progress(transient=True) as progress:
         task = progress.add_task("synthesising", total=None)
-        generate_corpus(out, cfg, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        generate_corpus(
+            out, cfg, progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
     click.echo(f"wrote {speakers * utterances_per_emotion * 4} utterances to {out}")
 
 
 @data.command()
-@click.option("--dataset", type=click.Choice(DATASETS), help="Corpus [default: the config's, else synthetic].")
+@click.option(
+    "--dataset", type=click.Choice(DATASETS), help="Corpus [default: the config's, else synthetic]."
+)
 @click.option("--data-dir", type=str, help="Corpus root (not needed for synthetic).")
 @click.option("--split", type=click.Choice(SPLITS), help="Speaker split protocol [auto].")
 @click.option("--strict", is_flag=True, default=None, help="Fail on the first unreadable file or label line.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config whose [data] section (and seed) to check, e.g. a run's config.toml.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Set any config field, e.g. --set data.val_speakers=1 for a small corpus such as EmoDB.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config whose [data] section (and seed) to check, e.g. a run's config.toml.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set any config field, e.g. --set data.val_speakers=1 for a small corpus such as EmoDB.",
+)
 @click.option("--seed", type=int, help="Seed of the speaker split [0].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flags) -> None:
@@ -200,7 +268,7 @@ def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flag
 
     \b
     privfl data check --dataset iemocap --data-dir /data/IEMOCAP_full_release
-    privfl data check --dataset emodb --data-dir /data/emodb --set data.val_speakers=1 --set data.test_speakers=1
+    privfl data check --dataset emodb --data-dir /data/emodb --set data.aux_speakers=0
     """
     from rich.console import Console
 

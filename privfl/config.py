@@ -202,7 +202,7 @@ class ExperimentConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Check every field and cross-field rule; returns self so calls can chain."""
         for section in (self.data, self.model, self.train, self.dp, self.secure):
             section.validate()
@@ -225,7 +225,7 @@ class ExperimentConfig:
         return _strip_none(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
         """Build from a nested dict, refusing unknown keys and wrong types."""
         return _build(cls, raw, prefix="")
 
@@ -236,7 +236,7 @@ class ExperimentConfig:
         tmp.replace(path)
 
     @classmethod
-    def from_toml(cls, path: Path) -> "ExperimentConfig":
+    def from_toml(cls, path: Path) -> ExperimentConfig:
         """Read a config written by to_toml or by hand; missing keys take their defaults."""
         try:
             raw = tomllib.loads(Path(path).read_text())
@@ -246,7 +246,7 @@ class ExperimentConfig:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         return cls.from_dict(raw)
 
-    def override(self, dotted: dict[str, Any]) -> "ExperimentConfig":
+    def override(self, dotted: dict[str, Any]) -> ExperimentConfig:
         """A copy with fields replaced by dotted name, e.g. {"train.rounds": 5}."""
         raw = self.to_dict()
         for key, value in dotted.items():

@@ -42,7 +42,9 @@ class Evaluator:
         logits = []
         with torch.inference_mode():
             for s in range(0, len(data), self.batch_size):
-                logits.append(self.model(data.x[s : s + self.batch_size], data.lengths[s : s + self.batch_size]))
+                logits.append(
+                    self.model(data.x[s : s + self.batch_size], data.lengths[s : s + self.batch_size])
+                )
         out = torch.cat(logits) if logits else torch.zeros(0, 4)
         losses = nn.functional.cross_entropy(out, data.y, reduction="none")
         return out.numpy(), losses.numpy()
@@ -104,7 +106,9 @@ def check_resumable(saved: ExperimentConfig, given: ExperimentConfig) -> None:
     """A resumed run may only extend its rounds; anything else would mix two experiments."""
     a, b = saved.to_dict(), given.to_dict()
     a["train"].pop("rounds"), b["train"].pop("rounds")
-    diff = [k for k in sorted(set(_flatten(a)) | set(_flatten(b))) if _flatten(a).get(k) != _flatten(b).get(k)]
+    diff = [
+        k for k in sorted(set(_flatten(a)) | set(_flatten(b))) if _flatten(a).get(k) != _flatten(b).get(k)
+    ]
     if diff:
         raise ConfigError(
             f"--resume: the given config differs from the run's config.toml in {', '.join(diff)}; "
@@ -151,7 +155,11 @@ class Session:
         self.components = build_components(cfg, self.data)
         self.evaluator = Evaluator(cfg, self.data.n_mels)
         self.state: dict = {
-            "best_val_uar": -1.0, "best_round": 0, "best_test": None, "bytes_up": 0, "elapsed_s": 0.0,
+            "best_val_uar": -1.0,
+            "best_round": 0,
+            "best_test": None,
+            "bytes_up": 0,
+            "elapsed_s": 0.0,
         }
         self.start_round = 1
         self.weights = initial_weights(cfg.model, self.data.n_mels, cfg.seed)
@@ -227,7 +235,9 @@ class Session:
         set_flat(model, self.weights)
         run.save_model(model.state_dict())
         metrics = run.metrics()
-        uar_curves(metrics, run.path / "curves.png", f"{cfg.train.mode} {cfg.model.name} on {cfg.data.dataset}")
+        uar_curves(
+            metrics, run.path / "curves.png", f"{cfg.train.mode} {cfg.model.name} on {cfg.data.dataset}"
+        )
         last_eval = next(m for m in reversed(metrics) if "test_uar" in m)
         best = state["best_test"]
         summary = {
@@ -294,5 +304,3 @@ def train(
 
 def parameter_count(cfg: ExperimentConfig) -> int:
     return count_parameters(build_model(cfg.model, cfg.data.n_mels))
-
-

@@ -48,7 +48,7 @@ class RunDir:
 
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, config: ExperimentConfig, overwrite: bool = False) -> "RunDir":
+    def create(cls, path: Path, config: ExperimentConfig, overwrite: bool = False) -> RunDir:
         """Make a new run directory; refuses an existing one unless overwrite."""
         path = Path(path)
         if path.exists() and any(path.iterdir()):
@@ -70,7 +70,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: Path) -> "RunDir":
+    def open(cls, path: Path) -> RunDir:
         """An existing run directory (for resume or attacks); checks it is privfl's."""
         path = Path(path)
         if not (path / "config.toml").is_file():
@@ -133,7 +133,9 @@ class RunDir:
         return ckpt
 
     # --- recorded updates ---------------------------------------------------------------------
-    def record_updates(self, round_index: int, weights_before: np.ndarray, updates: Sequence, clients) -> None:
+    def record_updates(
+        self, round_index: int, weights_before: np.ndarray, updates: Sequence, clients
+    ) -> None:
         """Save each client's update of this round compactly: float16 of delta/scale, plus scale.
 
         Also stores the global weights the round started from (w_t), which an attacker observes.
@@ -141,8 +143,10 @@ class RunDir:
         folder = self.path / "updates"
         folder.mkdir(exist_ok=True)
         scales = np.array([max(float(np.abs(u.delta).max()), 1e-30) for u in updates], dtype=np.float32)
-        deltas = np.stack([(u.delta / s).astype(np.float16) for u, s in zip(updates, scales)]) if updates else (
-            np.zeros((0, weights_before.shape[0]), dtype=np.float16)
+        deltas = (
+            np.stack([(u.delta / s).astype(np.float16) for u, s in zip(updates, scales, strict=True)])
+            if updates
+            else (np.zeros((0, weights_before.shape[0]), dtype=np.float16))
         )
         ids = np.array([u.client_id for u in updates], dtype=np.int64)
         tmp = folder / f".round_{round_index:04d}.{os.getpid()}.tmp.npz"
@@ -203,5 +207,7 @@ class RunDir:
     def summary(self) -> dict:
         path = self.path / "summary.json"
         if not path.exists():
-            raise RunError(f"{self.path} has not finished (no summary.json); resume it with --resume {self.path}")
+            raise RunError(
+                f"{self.path} has not finished (no summary.json); resume it with --resume {self.path}"
+            )
         return json.loads(path.read_text())

@@ -44,7 +44,9 @@ def test_train_then_refuse_existing_then_resume(tmp_path, tiny_config):
     assert "test UAR" in first.output
     again = CliRunner().invoke(main, ["train", "--config", str(cfg_path), "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output
-    more = CliRunner().invoke(main, ["train", "--config", str(out / "config.toml"), "--resume", str(out), "--rounds", "3"])
+    more = CliRunner().invoke(
+        main, ["train", "--config", str(out / "config.toml"), "--resume", str(out), "--rounds", "3"]
+    )
     assert more.exit_code == 0, more.output
     assert (out / "metrics.jsonl").read_text().count("\n") == 3
 

@@ -5,9 +5,18 @@ from privfl.errors import ConfigError
 
 
 def test_toml_round_trip(tmp_path):
-    cfg = ExperimentConfig().override(
-        {"train.rounds": 7, "dp.noise_multiplier": 1.5, "data.speed_perturb": [0.9, 1.1], "train.mode": "dp"}
-    ).validate()
+    cfg = (
+        ExperimentConfig()
+        .override(
+            {
+                "train.rounds": 7,
+                "dp.noise_multiplier": 1.5,
+                "data.speed_perturb": [0.9, 1.1],
+                "train.mode": "dp",
+            }
+        )
+        .validate()
+    )
     cfg.to_toml(tmp_path / "c.toml")
     assert ExperimentConfig.from_toml(tmp_path / "c.toml") == cfg
 

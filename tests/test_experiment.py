@@ -29,11 +29,13 @@ def test_same_config_and_seed_give_the_same_numbers(tiny_config, tmp_path):
     b = train(tiny_config, tmp_path / "b")
     assert a["final_test_uar"] == b["final_test_uar"]
     np.testing.assert_array_equal(
-        RunDir(tmp_path / "a").load_checkpoint()["weights"], RunDir(tmp_path / "b").load_checkpoint()["weights"]
+        RunDir(tmp_path / "a").load_checkpoint()["weights"],
+        RunDir(tmp_path / "b").load_checkpoint()["weights"],
     )
-    c = train(tiny_config.override({"seed": 1}), tmp_path / "c")
+    train(tiny_config.override({"seed": 1}), tmp_path / "c")
     assert not np.array_equal(
-        RunDir(tmp_path / "a").load_checkpoint()["weights"], RunDir(tmp_path / "c").load_checkpoint()["weights"]
+        RunDir(tmp_path / "a").load_checkpoint()["weights"],
+        RunDir(tmp_path / "c").load_checkpoint()["weights"],
     )
 
 

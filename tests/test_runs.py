@@ -43,13 +43,14 @@ def test_recorded_updates_are_compact_and_accurate(tmp_path):
     run = RunDir.create(tmp_path / "r", ExperimentConfig())
     rng = np.random.default_rng(0)
     clients = [
-        ClientData(i, torch.zeros(1), torch.zeros(1), torch.zeros(1), (f"s{i}",), ("female",)) for i in range(3)
+        ClientData(i, torch.zeros(1), torch.zeros(1), torch.zeros(1), (f"s{i}",), ("female",))
+        for i in range(3)
     ]
     ups = [Update(i, 2, (rng.standard_normal(1000) * 1e-4).astype(np.float32), 10 + i, 0.0) for i in range(3)]
     run.record_updates(2, np.zeros(1000, dtype=np.float32), ups, clients)
     got = run.load_updates(2)
     assert got["client_ids"].tolist() == [0, 1, 2] and got["speakers"].tolist() == ["s0", "s1", "s2"]
-    for u, d in zip(ups, got["deltas"]):
+    for u, d in zip(ups, got["deltas"], strict=True):
         assert np.abs(d - u.delta).max() <= 1e-3 * np.abs(u.delta).max()
     assert run.recorded_rounds() == [2]
     with pytest.raises(RunError, match="--record-updates"):

@@ -34,14 +34,16 @@ class SpeechSet:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def take(self, idx: np.ndarray) -> "SpeechSet":
+    def take(self, idx: np.ndarray) -> SpeechSet:
         idx = np.asarray(idx, dtype=np.int64)
         t = torch.from_numpy(idx)
         pick = lambda seq: tuple(seq[i] for i in idx)  # noqa: E731
-        return SpeechSet(self.x[t], self.lengths[t], self.y[t], pick(self.speakers), pick(self.genders), pick(self.ids))
+        return SpeechSet(
+            self.x[t], self.lengths[t], self.y[t], pick(self.speakers), pick(self.genders), pick(self.ids)
+        )
 
     @staticmethod
-    def concat(parts: list["SpeechSet"]) -> "SpeechSet":
+    def concat(parts: list[SpeechSet]) -> SpeechSet:
         return SpeechSet(
             torch.cat([p.x for p in parts]),
             torch.cat([p.lengths for p in parts]),
@@ -98,7 +100,9 @@ def split_for(corpus: Corpus, cfg: DataConfig, seed: int) -> Split:
     if protocol == "auto":
         protocol = "iemocap-paper" if corpus.name == "iemocap" else "speaker"
     if protocol in ("iemocap-paper", "loso") and corpus.name != "iemocap":
-        raise DataError(f"split {protocol!r} is IEMOCAP's session protocol; use --split speaker for {corpus.name}")
+        raise DataError(
+            f"split {protocol!r} is IEMOCAP's session protocol; use --split speaker for {corpus.name}"
+        )
     n_aux = cfg.aux_count(protocol)
     if protocol == "iemocap-paper":
         return splits.iemocap_paper_split(corpus, test_speaker=cfg.test_speaker, n_aux=n_aux, seed=seed)
@@ -106,7 +110,9 @@ def split_for(corpus: Corpus, cfg: DataConfig, seed: int) -> Split:
         return splits.iemocap_loso_split(
             corpus, test_session=cfg.test_session, test_gender=cfg.test_gender, n_aux=n_aux, seed=seed
         )
-    return splits.speaker_split(corpus, n_val=cfg.val_speakers, n_test=cfg.test_speakers, n_aux=n_aux, seed=seed)
+    return splits.speaker_split(
+        corpus, n_val=cfg.val_speakers, n_test=cfg.test_speakers, n_aux=n_aux, seed=seed
+    )
 
 
 def featurise(
@@ -142,10 +148,19 @@ def prepare(cfg: ExperimentConfig, progress: Stage | None = None) -> PreparedDat
             by_role[role].append(u)
     for role in ("train", "val", "test"):
         if not by_role[role]:
-            raise DataError(f"the {role} split of {corpus.name} holds no utterances; check the split settings")
-    sets = {role: featurise(utts, d, progress=progress, stage=f"features ({role})") for role, utts in by_role.items()}
+            raise DataError(
+                f"the {role} split of {corpus.name} holds no utterances; check the split settings"
+            )
+    sets = {
+        role: featurise(utts, d, progress=progress, stage=f"features ({role})")
+        for role, utts in by_role.items()
+    }
     train = sets["train"]
-    copies = [featurise(by_role["train"], d, f, progress, f"features (speed {f:g})") for f in d.speed_perturb if f != 1.0]
+    copies = [
+        featurise(by_role["train"], d, f, progress, f"features (speed {f:g})")
+        for f in d.speed_perturb
+        if f != 1.0
+    ]
 
     n_clients = 1 if cfg.train.mode == "central" else cfg.train.clients
     rng = np.random.default_rng([cfg.seed, 0xDA7A])
@@ -156,7 +171,7 @@ def prepare(cfg: ExperimentConfig, progress: Stage | None = None) -> PreparedDat
     for cid, idx in enumerate(shards):
         part = SpeechSet.concat([train.take(idx)] + [c.take(idx) for c in copies])
         speakers = tuple(sorted(set(part.speakers)))
-        gender_of = dict(zip(part.speakers, part.genders))
+        gender_of = dict(zip(part.speakers, part.genders, strict=True))
         clients.append(
             ClientData(cid, part.x, part.lengths, part.y, speakers, tuple(gender_of[s] for s in speakers))
         )

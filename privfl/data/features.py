@@ -119,7 +119,11 @@ def extract(
     jobs = [(u.path, speed, cfg) for u in utterances]
     with torch_threads(1):  # small per-utterance ops: threads cost more than they give
         done = process_map(
-            utterance_features, jobs, workers=workers, progress=progress, preload=[__name__],
+            utterance_features,
+            jobs,
+            workers=workers,
+            progress=progress,
+            preload=[__name__],
             what="feature extraction",
         )
     x = np.zeros((len(utterances), cfg.max_frames, cfg.n_mels), dtype=np.float32)

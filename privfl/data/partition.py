@@ -50,7 +50,7 @@ def by_speaker(
     order = rng.permutation(len(unique))
     unique = unique[order]
     if genders is not None:
-        g_of = dict(zip(np.asarray(speakers).tolist(), genders))
+        g_of = dict(zip(np.asarray(speakers).tolist(), genders, strict=True))
         unique = np.array(sorted(unique.tolist(), key=lambda s: g_of[s]))  # stable: keeps shuffle
     groups = np.array_split(np.arange(len(unique)), n_clients)
     return [np.flatnonzero(np.isin(speakers, unique[g])) for g in groups]

@@ -63,6 +63,6 @@ class Corpus:
         """Count utterances by a record field, e.g. counts("emotion")."""
         return Counter(getattr(u, key) for u in self.utterances)
 
-    def subset(self, keep) -> "Corpus":
+    def subset(self, keep) -> Corpus:
         """A corpus holding the utterances for which keep(u) is true."""
         return dataclasses.replace(self, utterances=tuple(u for u in self.utterances if keep(u)))

@@ -75,6 +75,7 @@ _FRICATIVE_LEVELS = np.array([0.38, 0.53, 0.09])
 
 _PAUSE, _VOWEL, _VOICED, _FRICATIVE, _CLOSURE, _BURST = range(6)
 
+
 @dataclass(frozen=True)
 class SynthConfig:
     """What to synthesise: `speakers` (half female), utterances per emotion and speaker, seed, rate (Hz).
@@ -717,7 +718,9 @@ def _plan_jobs(root: Path, cfg: SynthConfig) -> tuple[list[dict[str, str]], list
 
 def _run_jobs(jobs: list[_Job], progress: Callable[[int, int], None] | None, workers: int | None) -> None:
     """Render jobs across worker processes (in-process for few jobs or one worker)."""
-    process_map(_write_job, jobs, workers=workers, progress=progress, preload=[__name__], what="corpus generation")
+    process_map(
+        _write_job, jobs, workers=workers, progress=progress, preload=[__name__], what="corpus generation"
+    )
 
 
 def _write_metadata(root: Path, rows: list[dict[str, str]], cfg: SynthConfig) -> None:

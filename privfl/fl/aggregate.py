@@ -59,7 +59,7 @@ def weighted_mean(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray
     if total <= 0:
         raise ValueError(f"weights must sum to a positive number, got {total}")
     out = np.zeros_like(vectors[0], dtype=np.float64)
-    for v, w in zip(vectors, weights):
+    for v, w in zip(vectors, weights, strict=True):
         out += float(w) * np.asarray(v, dtype=np.float64)
     return out / total
 

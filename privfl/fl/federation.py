@@ -29,7 +29,9 @@ class Policy(Protocol):
 
     def contribution(self, update: Update) -> Contribution: ...
 
-    def server_step(self, weights: np.ndarray, result: SumResult, round_index: int) -> tuple[np.ndarray, dict]: ...
+    def server_step(
+        self, weights: np.ndarray, result: SumResult, round_index: int
+    ) -> tuple[np.ndarray, dict]: ...
 
 
 class FedAvgPolicy:
@@ -39,7 +41,9 @@ class FedAvgPolicy:
         n = float(update.num_samples)
         return Contribution(update.client_id, update.delta.astype(np.float64) * n, n)
 
-    def server_step(self, weights: np.ndarray, result: SumResult, round_index: int) -> tuple[np.ndarray, dict]:
+    def server_step(
+        self, weights: np.ndarray, result: SumResult, round_index: int
+    ) -> tuple[np.ndarray, dict]:
         if result.count == 0 or result.weight <= 0:
             return weights, {"skipped": True}
         return (weights + result.vector / result.weight).astype(np.float32), {}
@@ -70,7 +74,7 @@ class RoundOutcome:
 class PrivacyReport(Protocol):
     """Tracks the privacy spent by a DP run; checkpointed with the run."""
 
-    def round_report(self, round_index: int, outcome: "RoundOutcome") -> dict: ...
+    def round_report(self, round_index: int, outcome: RoundOutcome) -> dict: ...
 
     def state(self) -> dict: ...
 

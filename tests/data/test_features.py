@@ -19,7 +19,12 @@ def _tone(seconds=1.0, sr=16000, f=220.0, seed=0):
 def test_logmel_matches_torchaudio_reference_call():
     wave = torch.from_numpy(_tone())
     mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=16000, n_fft=400, win_length=400, hop_length=160, window_fn=torch.hamming_window, n_mels=40
+        sample_rate=16000,
+        n_fft=400,
+        win_length=400,
+        hop_length=160,
+        window_fn=torch.hamming_window,
+        n_mels=40,
     )(wave)
     logmel = torch.log(mel + 1e-6).T
     expected = (logmel - logmel.mean(0)) / (logmel.std(0, unbiased=False) + 1e-5)

@@ -71,4 +71,4 @@ def test_partition_is_deterministic_per_seed():
     labels = np.arange(40) % 4
     a = iid_balanced(labels, 4, np.random.default_rng(3))
     b = iid_balanced(labels, 4, np.random.default_rng(3))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))

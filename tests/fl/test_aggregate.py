@@ -30,7 +30,7 @@ def test_fedavg_round_is_mcmahan_average_of_client_weights():
     counts = [10, 30, 60]
     policy, summation = FedAvgPolicy(), PlainSummation()
     summation.begin_round(1, 3)
-    for k, (wk, n) in enumerate(zip(locals_, counts)):
+    for k, (wk, n) in enumerate(zip(locals_, counts, strict=True)):
         summation.submit(policy.contribution(Update(k, 1, (wk - w_t).astype(np.float32), n, 0.0)))
     new, _ = policy.server_step(w_t, summation.finish(), 1)
     expected = (10 * locals_[0] + 30 * locals_[1] + 60 * locals_[2]) / 100

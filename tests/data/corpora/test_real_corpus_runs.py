@@ -60,7 +60,10 @@ def test_training_on_a_real_corpus_lists_what_was_skipped(tmp_path: Path) -> Non
     assert corpus["dropped_labels"] == {"calm": 8, "disgust": 8, "fearful": 8, "surprised": 8}
     assert corpus["utterances"] == 4 * 4 * 2
     assert sorted(s for role in summary["split"].values() for s in role) == [
-        "ravdess-01", "ravdess-02", "ravdess-03", "ravdess-04"
+        "ravdess-01",
+        "ravdess-02",
+        "ravdess-03",
+        "ravdess-04",
     ]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["corpus"] == corpus
 
@@ -85,8 +88,9 @@ def test_iemocap_protocols_keep_every_training_speaker_by_default(tmp_path: Path
 
 def test_crema_d_demographics_path_from_the_config(tmp_path: Path) -> None:
     base = write_crema_d(tmp_path, demographics=None)
-    elsewhere = write_demographics(tmp_path / "meta" / "demo.csv", {"1001": "Male", "1002": "Female",
-                                                                   "1003": "Female", "1004": "Male"})
+    elsewhere = write_demographics(
+        tmp_path / "meta" / "demo.csv", {"1001": "Male", "1002": "Female", "1003": "Female", "1004": "Male"}
+    )
     cfg = ExperimentConfig().override({"data.dataset": "crema-d", "data.data_dir": str(base)})
     assert set(load_corpus_for(cfg.data).gender_of().values()) == {"unknown"}
     named = cfg.override({"data.demographics": str(elsewhere)})
@@ -106,12 +110,28 @@ def test_data_check_takes_config_overrides(tmp_path: Path) -> None:
     assert "4 speakers" in too_many.output and "data.aux_speakers=0" in too_many.output
     ok = runner.invoke(
         main,
-        ["data", "check", "--dataset", "ravdess", "--data-dir", str(root), "--json",
-         "--set", "data.aux_speakers=0", "--set", "data.val_speakers=1", "--set", "data.test_speakers=1"],
+        [
+            "data",
+            "check",
+            "--dataset",
+            "ravdess",
+            "--data-dir",
+            str(root),
+            "--json",
+            "--set",
+            "data.aux_speakers=0",
+            "--set",
+            "data.val_speakers=1",
+            "--set",
+            "data.test_speakers=1",
+        ],
     )
     assert ok.exit_code == 0, ok.output
     report = json.loads(ok.output)
     assert {role: len(v["speakers"]) for role, v in report["roles"].items()} == {
-        "train": 2, "val": 1, "test": 1, "aux": 0
+        "train": 2,
+        "val": 1,
+        "test": 1,
+        "aux": 0,
     }
     assert any("only 2 training speaker" in p for p in report["problems"])
