@@ -58,7 +58,11 @@ def _command_line(ctx: click.Context) -> str:
 
     from click.core import ParameterSource
 
-    parts = [ctx.command_path if ctx.command_path.startswith("privfl") else f"privfl {ctx.command_path}"]
+    names, node = [], ctx
+    while node.parent is not None:  # the root's name is however it was started (privfl, python -m ...)
+        names.append(node.info_name)
+        node = node.parent
+    parts = ["privfl", *reversed(names)]
     for param in ctx.command.params:
         if ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
             continue
