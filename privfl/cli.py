@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -20,6 +19,7 @@ from privfl.config import (
     SECURE_SCHEMES,
     SPLITS,
     ExperimentConfig,
+    parse_sets,
 )
 
 
@@ -128,10 +128,6 @@ def resolve_config(
     config_path: Path | None, resume: Path | None, sets: tuple[str, ...], flags: dict
 ) -> ExperimentConfig:
     """Config file (or the resumed run's), then --set, then explicit flags."""
-    import tomllib
-
-    from privfl.errors import ConfigError
-
     if config_path is not None:
         cfg = ExperimentConfig.from_toml(config_path)
     elif resume is not None:
@@ -140,15 +136,7 @@ def resolve_config(
         cfg = RunDir.open(resume).config()
     else:
         cfg = ExperimentConfig()
-    dotted: dict[str, Any] = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE; e.g. --set data.speakers=32")
-        try:
-            dotted[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            dotted[key.strip()] = value  # a bare string
+    dotted = parse_sets(sets)
     for name, value in flags.items():
         if value is not None:
             dotted[FLAG_FIELDS[name]] = value

@@ -293,6 +293,20 @@ FLAG_FIELDS: dict[str, str] = {
 }
 
 
+def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` items -> {dotted key: value}; VALUE in TOML syntax, else a bare string."""
+    dotted: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; e.g. --set data.speakers=32")
+        try:
+            dotted[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            dotted[key.strip()] = value  # a bare string, e.g. --set data.data_dir=/data/x
+    return dotted
+
+
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ConfigError(f"{name} {value!r} is not one of {', '.join(options)}")

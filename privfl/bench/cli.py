@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from privfl.bench.reporter import Reporter
 from privfl.clickgroup import PrivflGroup
-from privfl.config import DATASETS, MODELS, PARTITIONS
+from privfl.config import DATASETS, MODELS, PARTITIONS, parse_sets
 from privfl.errors import ConfigError
 
 
@@ -37,30 +36,18 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
     return seeds
 
 
-def _sets(sets: tuple[str, ...]) -> dict[str, Any]:
-    import tomllib
-
-    dotted: dict[str, Any] = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE; e.g. --set train.momentum=0.9")
-        try:
-            dotted[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            dotted[key.strip()] = value
-    return dotted
-
-
 def _command_line(ctx: click.Context) -> str:
     """The command as typed, rebuilt from the options given on the command line (for results.md)."""
     import shlex
 
     from click.core import ParameterSource
 
+    from privfl.cli import main
+
     names, node = [], ctx
-    while node.parent is not None:  # the root's name is however it was started (privfl, python -m ...)
-        names.append(node.info_name)
+    while node is not None:  # command names, not how the root was started (privfl, python -m ...)
+        if node.command is not main:
+            names.append(node.command.name)
         node = node.parent
     parts = ["privfl", *reversed(names)]
     for param in ctx.command.params:
@@ -245,7 +232,7 @@ def privacy_utility(
             grid = grid.with_base({k: v for k, v in (("data.dataset", dataset), ("model.name", model)) if v})
     else:
         grid = default_grid(dataset or "synthetic", model or "cnn")
-    dotted = _sets(sets)
+    dotted = parse_sets(sets)
     for key, value in (
         ("data.data_dir", data_dir),
         ("train.rounds", rounds),
@@ -346,7 +333,7 @@ def paper_fig2(
     pairs = _be_pairs(be) or (ALL_BE if all_settings else PAPER_BE)
     settings = fig2_settings(tuple(models) or PAPER_MODELS, tuple(clients) or PAPER_CLIENTS, pairs)
     base = paper_base(dataset, data_dir, n_rounds)
-    dotted = _sets(sets)
+    dotted = parse_sets(sets)
     if dotted:
         base = base.override(dotted)
     base.validate()

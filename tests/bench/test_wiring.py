@@ -15,26 +15,14 @@ def test_bench_is_registered_under_privfl():
 def test_results_name_the_command_as_a_user_types_it() -> None:
     import click
 
-    from privfl.bench.cli import _command_line
+    from privfl.bench.cli import _command_line, bench
+    from privfl.cli import main
 
-    seen = {}
-
-    @click.group()
-    def root() -> None:
-        pass
-
-    @root.command("paper-fig2")
-    @click.option("--rounds", type=int)
-    @click.option("--model", "models", multiple=True)
-    @click.option("--full", is_flag=True)
-    @click.pass_context
-    def fig2(ctx, rounds, models, full) -> None:
-        seen["line"] = _command_line(ctx)
-
-    # started as `python -m privfl.cli` the root is not called "privfl"; the recorded line still is
-    root.main(
-        ["paper-fig2", "--rounds", "5", "--model", "lstm", "--full"],
-        prog_name="python -m privfl.cli",
-        standalone_mode=False,
+    fig2 = bench.commands["paper-fig2"]
+    # started as `python -m privfl.cli bench paper-fig2` or as the bench group alone (tests)
+    root = click.Context(main, info_name="python -m privfl.cli")
+    via_main = click.Context(
+        fig2, info_name="paper-fig2", parent=click.Context(bench, parent=root, info_name="bench")
     )
-    assert seen["line"] == "privfl paper-fig2 --rounds 5 --model lstm --full"
+    alone = click.Context(fig2, info_name="paper-fig2", parent=click.Context(bench, info_name="cli"))
+    assert _command_line(via_main) == _command_line(alone) == "privfl bench paper-fig2"

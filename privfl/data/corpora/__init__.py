@@ -138,6 +138,21 @@ class CorpusBuilder:
             return False
         return True
 
+    def add_file(
+        self, path: Path, *, id: str, speaker: str, gender: str, emotion: str, session: str = ""
+    ) -> None:
+        """Offer one labelled file: an emotion outside the four classes is dropped and counted,
+        an unusable file is skipped with its reason, anything else is added."""
+        if emotion not in EMOTIONS:
+            self.drop(emotion)
+            return
+        if self.audio_ok(path):
+            self.add(
+                Utterance(
+                    id=id, path=str(path), speaker=speaker, gender=gender, emotion=emotion, session=session
+                )
+            )
+
     def add(self, utterance: Utterance) -> None:
         """Add a usable utterance; a repeated id is skipped, not overwritten."""
         if utterance.emotion not in EMOTIONS or utterance.gender not in GENDERS:

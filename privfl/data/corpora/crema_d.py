@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from privfl.data.corpora import CorpusBuilder, layout_error, require_dir, wav_files
-from privfl.data.records import Corpus, Utterance
+from privfl.data.records import Corpus
 from privfl.errors import DataError
 
 NAME = "crema-d"
@@ -75,16 +75,12 @@ def load_crema_d(root: Path, *, strict: bool = False, demographics: Path | str |
                 wav, f"unknown emotion code: {code!r} in {wav.name}; expected ANG DIS FEA HAP NEU SAD"
             )
             continue
-        if not builder.audio_ok(wav):
-            continue
-        builder.add(
-            Utterance(
-                id=wav.stem,
-                path=str(wav),
-                speaker=f"crema-{actor}",
-                gender=sexes.get(actor, "unknown"),
-                emotion=EMOTION_OF[code],
-            )
+        builder.add_file(
+            wav,
+            id=wav.stem,
+            speaker=f"crema-{actor}",
+            gender=sexes.get(actor, "unknown"),
+            emotion=EMOTION_OF[code],
         )
     return builder.build(base)
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from privfl.data.corpora import CorpusBuilder, layout_error, require_dir, wav_files
-from privfl.data.records import Corpus, Utterance
+from privfl.data.records import Corpus
 
 NAME = "emodb"
 
@@ -38,7 +38,6 @@ EMOTION_NAMES: dict[str, str] = {
     "T": "sad",
     "N": "neutral",
 }
-KEPT: frozenset[str] = frozenset({"neutral", "happy", "sad", "angry"})
 
 _NAME = re.compile(r"^(?P<speaker>\d{2})(?P<text>[ab]\d{2})(?P<emotion>[A-Z])(?P<version>[a-z])$")
 
@@ -75,19 +74,11 @@ def load_emodb(root: Path, *, strict: bool = False) -> Corpus:
         if code not in EMOTION_NAMES:
             builder.skip(wav, f"unknown emotion code: {code!r} in {wav.name}; expected one of W L E A F T N")
             continue
-        emotion = EMOTION_NAMES[code]
-        if emotion not in KEPT:
-            builder.drop(emotion)
-            continue
-        if not builder.audio_ok(wav):
-            continue
-        builder.add(
-            Utterance(
-                id=wav.stem,
-                path=str(wav),
-                speaker=f"emodb-{speaker}",
-                gender=GENDER_OF[speaker],
-                emotion=emotion,
-            )
+        builder.add_file(
+            wav,
+            id=wav.stem,
+            speaker=f"emodb-{speaker}",
+            gender=GENDER_OF[speaker],
+            emotion=EMOTION_NAMES[code],
         )
     return builder.build(folder.parent)

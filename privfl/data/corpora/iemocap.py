@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from privfl.data.corpora import CorpusBuilder, layout_error, require_dir, wav_files
-from privfl.data.records import Corpus, Utterance
+from privfl.data.records import Corpus
 from privfl.errors import ConfigError
 
 NAME = "iemocap"
@@ -122,21 +122,14 @@ def _load_session(release: Path, session: int, merge_excited: bool, builder: Cor
                 expected = wav_root / utt.rsplit("_", 1)[0] / f"{utt}.wav"
                 builder.skip(where, f"no audio: {expected} does not exist")
                 continue
-            emotion = "happy" if code == "exc" and merge_excited else EMOTION_OF.get(code)
-            if emotion is None:
-                builder.drop(code)
-                continue
-            if not builder.audio_ok(audio[utt]):
-                continue
-            builder.add(
-                Utterance(
-                    id=utt,
-                    path=str(audio[utt]),
-                    speaker=f"{tag}{gender}",
-                    gender="female" if gender == "F" else "male",
-                    emotion=emotion,
-                    session=tag,
-                )
+            emotion = "happy" if code == "exc" and merge_excited else EMOTION_OF.get(code, code)
+            builder.add_file(
+                audio[utt],
+                id=utt,
+                speaker=f"{tag}{gender}",
+                gender="female" if gender == "F" else "male",
+                emotion=emotion,
+                session=tag,
             )
     for utt in sorted(set(audio) - labelled):
         builder.skip(audio[utt], f"no label: no line for {utt} in {label_root}")

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from privfl.data.corpora import CorpusBuilder, layout_error, require_dir, wav_files
-from privfl.data.records import Corpus, Utterance
+from privfl.data.records import Corpus
 
 NAME = "ravdess"
 
@@ -30,7 +30,6 @@ EMOTION_NAMES: dict[str, str] = {
     "07": "disgust",
     "08": "surprised",
 }
-KEPT: frozenset[str] = frozenset({"neutral", "happy", "sad", "angry"})
 
 _ACTOR_DIR = re.compile(r"^Actor_(\d{2})$")
 _NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
@@ -82,19 +81,12 @@ def load_ravdess(root: Path, *, strict: bool = False, calm_as_neutral: bool = Fa
                 continue
             if emotion == "calm" and calm_as_neutral:
                 emotion = "neutral"
-            if emotion not in KEPT:
-                builder.drop(emotion)
-                continue
-            if not builder.audio_ok(wav):
-                continue
-            builder.add(
-                Utterance(
-                    id=wav.stem,
-                    path=str(wav),
-                    speaker=f"ravdess-{actor}",
-                    gender="male" if int(actor) % 2 == 1 else "female",
-                    emotion=emotion,
-                )
+            builder.add_file(
+                wav,
+                id=wav.stem,
+                speaker=f"ravdess-{actor}",
+                gender="male" if int(actor) % 2 == 1 else "female",
+                emotion=emotion,
             )
     return builder.build(dirs[0].parent)
 
