@@ -23,7 +23,7 @@ from privfl.config import (
 )
 
 
-@click.group(cls=PrivflGroup)
+@click.group(cls=PrivflGroup, name="privfl")
 @click.version_option(package_name="privfl")
 @click.option("-v", "--verbose", is_flag=True, help="Log diagnostics to stderr.")
 def main(verbose: bool) -> None:

@@ -42,11 +42,9 @@ def _command_line(ctx: click.Context) -> str:
 
     from click.core import ParameterSource
 
-    from privfl.cli import main
-
     names, node = [], ctx
     while node is not None:  # command names, not how the root was started (privfl, python -m ...)
-        if node.command is not main:
+        if node.command.name != "privfl":
             names.append(node.command.name)
         node = node.parent
     parts = ["privfl", *reversed(names)]

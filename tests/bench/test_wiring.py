@@ -19,8 +19,10 @@ def test_results_name_the_command_as_a_user_types_it() -> None:
     from privfl.cli import main
 
     fig2 = bench.commands["paper-fig2"]
-    # started as `python -m privfl.cli bench paper-fig2` or as the bench group alone (tests)
-    root = click.Context(main, info_name="python -m privfl.cli")
+    # started as `privfl bench ...`, as `python -m privfl.cli bench ...` (where the root group is
+    # a second copy of privfl.cli.main, from __main__) or as the bench group alone (tests)
+    assert main.name == "privfl"
+    root = click.Context(click.Group("privfl"), info_name="python -m privfl.cli")
     via_main = click.Context(
         fig2, info_name="paper-fig2", parent=click.Context(bench, parent=root, info_name="bench")
     )
