@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import get_context
@@ -55,6 +55,32 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+_thread_pool: ThreadPoolExecutor | None = None
+
+
+def thread_map(fn: Callable[[int], R], n: int) -> list[R]:
+    """[fn(0), ..., fn(n - 1)] on one worker thread per core, in order.
+
+    For work made of torch kernels that release the GIL (a fused LSTM over a whole sequence, an
+    autograd backward): the threads run torch single-threaded, so every item's arithmetic, and
+    hence the result, is the same as in a plain loop whichever thread takes it.
+    """
+    global _thread_pool
+    if default_workers() <= 1 or n <= 1:
+        with torch_threads(1):
+            return [fn(i) for i in range(n)]
+    if _thread_pool is None:
+        import torch
+
+        _thread_pool = ThreadPoolExecutor(
+            max_workers=default_workers(),
+            thread_name_prefix="privfl",
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
+    return list(_thread_pool.map(fn, range(n)))
 
 
 def process_map(

@@ -35,7 +35,7 @@ from privfl.fl.aggregate import Contribution, Summation, SumResult, clip_update,
 from privfl.fl.client import ClientData, LocalConfig, LocalTrainer, Update, derive_seed
 from privfl.fl.federation import Components, FedAvgPolicy, sample_clients
 from privfl.models import PaperLSTM, build_model, canonical_parameters, get_flat, set_flat
-from privfl.parallel import torch_threads
+from privfl.parallel import thread_map, torch_threads
 from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy, check_delta, default_delta
 
 log = logging.getLogger(__name__)
@@ -113,19 +113,18 @@ class _Microbatch:
         self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
     ) -> tuple[float, torch.Tensor]:
         """Leave per-sample gradients in p.grad_sample; return (summed loss, per-sample norms [b])."""
-        per_param: list[list[torch.Tensor]] = [[] for _ in self.params]
-        total = 0.0
-        for i in range(int(y.shape[0])):
+
+        def one(i: int) -> tuple[float, tuple[torch.Tensor, ...]]:
             t = int(lengths[i])
             loss = nn.functional.cross_entropy(
                 self.module(x[i : i + 1, :t], lengths[i : i + 1]), y[i : i + 1]
             )
-            for slot, g in zip(per_param, torch.autograd.grad(loss, self.params), strict=True):
-                slot.append(g)
-            total += float(loss.detach())
-        for p, grads in zip(self.params, per_param, strict=True):
-            p.grad_sample = torch.stack(grads)
-        return total, _per_sample_norms(self.params)
+            return float(loss.detach()), torch.autograd.grad(loss, self.params)
+
+        done = thread_map(one, int(y.shape[0]))  # samples in parallel, one per core
+        for j, p in enumerate(self.params):
+            p.grad_sample = torch.stack([grads[j] for _, grads in done])
+        return sum(loss for loss, _ in done), _per_sample_norms(self.params)
 
     def empty(self) -> None:
         for p in self.params:
@@ -157,20 +156,24 @@ class _LSTMMicrobatch:
         self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
     ) -> tuple[float, torch.Tensor]:
         m = self.module
-        pooled_graphs = []
-        for i in range(int(y.shape[0])):
+
+        def recurrence(i: int) -> torch.Tensor:  # [1, H]: the mean over this sample's real frames
             out, _ = m.lstm(x[i : i + 1, : int(lengths[i])])
-            pooled_graphs.append(out.mean(dim=1))  # [1, H]: the mean over this sample's real frames
+            return out.mean(dim=1)
+
+        pooled_graphs = thread_map(recurrence, int(y.shape[0]))  # samples in parallel, one per core
         pooled = torch.cat([p.detach() for p in pooled_graphs]).requires_grad_(True)
         z1 = nn.functional.linear(pooled, m.fc1.weight, m.fc1.bias)
         a1 = torch.relu(z1)
         z2 = nn.functional.linear(a1, m.fc2.weight, m.fc2.bias)
         losses = nn.functional.cross_entropy(z2, y, reduction="none")
         d_pooled, d_z1, d_z2 = torch.autograd.grad(losses.sum(), [pooled, z1, z2])
-        per_sample = [
-            torch.autograd.grad(p, self.lstm_params, grad_outputs=d_pooled[i : i + 1])
-            for i, p in enumerate(pooled_graphs)
-        ]
+        per_sample = thread_map(
+            lambda i: torch.autograd.grad(
+                pooled_graphs[i], self.lstm_params, grad_outputs=d_pooled[i : i + 1]
+            ),
+            len(pooled_graphs),
+        )
         grads = {name: torch.stack([g[j] for g in per_sample]) for j, name in enumerate(_LSTM_NAMES)}
         grads["fc1.weight"] = d_z1.unsqueeze(2) * pooled.detach().unsqueeze(1)
         grads["fc1.bias"] = d_z1
