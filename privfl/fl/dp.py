@@ -91,14 +91,11 @@ def _quiet_first_layer_hook() -> Iterator[None]:
 
 
 # --- per-sample gradient engines ---------------------------------------------------------------------
-class _Microbatch:
-    """Exact per-sample gradients: one forward/backward per sample through the ordinary model.
+class _Engine:
+    """A per-sample gradient engine: backward() leaves per-sample gradients (or, for ghost
+    clipping, the clipped sum) where the Opacus optimizer from optimizer() expects them."""
 
-    Each sample runs alone at its own length, so fused kernels (nn.LSTM) do the work and no
-    padding is computed; on CPU this beats Opacus's engines for both paper models.
-    """
-
-    threads: int | None = 1  # batch-1 kernels do not parallelise; extra OpenMP threads only spin
+    threads: int | None = None  # torch intra-op threads while backward runs (None: leave as is)
 
     def __init__(self, model: nn.Module) -> None:
         self.module = model
@@ -108,6 +105,21 @@ class _Microbatch:
         from opacus.optimizers import DPOptimizer
 
         return DPOptimizer(base, **kwargs)
+
+    def empty(self) -> None:
+        """The state of a step with no samples (a Poisson batch can be empty)."""
+        for p in self.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+
+
+class _Microbatch(_Engine):
+    """Exact per-sample gradients: one forward/backward per sample through the ordinary model.
+
+    Each sample runs alone at its own length, so fused kernels (nn.LSTM) do the work and no
+    padding is computed; on CPU this beats Opacus's engines for both paper models.
+    """
+
+    threads: int | None = 1  # batch-1 kernels do not parallelise; extra OpenMP threads only spin
 
     def backward(
         self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
@@ -126,12 +138,8 @@ class _Microbatch:
             p.grad_sample = torch.stack([grads[j] for _, grads in done])
         return sum(loss for loss, _ in done), _per_sample_norms(self.params)
 
-    def empty(self) -> None:
-        for p in self.params:
-            p.grad_sample = p.new_zeros((0, *p.shape))
 
-
-class _LSTMMicrobatch:
+class _LSTMMicrobatch(_Engine):
     """PaperLSTM: microbatching where it pays, batching where it does not.
 
     Only the recurrence and its mean over frames run per sample (fused nn.LSTM at the sample's own
@@ -143,14 +151,8 @@ class _LSTMMicrobatch:
     threads: int | None = 1  # batch-1 kernels do not parallelise; extra OpenMP threads only spin
 
     def __init__(self, model: nn.Module) -> None:
-        self.module = model
-        self.params = _trainable(model)
+        super().__init__(model)
         self.lstm_params = [p for name, p in canonical_parameters(model) if name.startswith("lstm.")]
-
-    def optimizer(self, base: torch.optim.Optimizer, **kwargs):
-        from opacus.optimizers import DPOptimizer
-
-        return DPOptimizer(base, **kwargs)
 
     def backward(
         self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
@@ -183,30 +185,18 @@ class _LSTMMicrobatch:
             p.grad_sample = grads[name]
         return float(losses.detach().sum()), _per_sample_norms(self.params)
 
-    def empty(self) -> None:
-        for p in self.params:
-            p.grad_sample = p.new_zeros((0, *p.shape))
-
 
 _LSTM_NAMES = ("lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0")
 
 
-class _OpacusEngine:
+class _OpacusEngine(_Engine):
     """Opacus's per-sample gradients (hooks, functorch, ew) on the DP model, e.g. DPLSTM."""
-
-    threads: int | None = None
 
     def __init__(self, model: nn.Module, mode: str) -> None:
         from opacus.grad_sample import prepare_module
 
-        self.module = model
+        super().__init__(model)
         self.wrapped = prepare_module(model, grad_sample_mode=mode, batch_first=True, loss_reduction="mean")
-        self.params = _trainable(model)
-
-    def optimizer(self, base: torch.optim.Optimizer, **kwargs):
-        from opacus.optimizers import DPOptimizer
-
-        return DPOptimizer(base, **kwargs)
 
     def backward(
         self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, optimizer
@@ -216,20 +206,14 @@ class _OpacusEngine:
             losses.mean().backward()
         return float(losses.detach().sum()), _per_sample_norms(self.params)
 
-    def empty(self) -> None:
-        for p in self.params:
-            p.grad_sample = p.new_zeros((0, *p.shape))
 
-
-class _GhostEngine:
+class _GhostEngine(_Engine):
     """Opacus ghost clipping: per-sample norms without per-sample gradients, then a second backward."""
-
-    threads: int | None = None
 
     def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
         from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
-        self.module = model
+        super().__init__(model)
         self.wrapped = GradSampleModuleFastGradientClipping(
             model,
             batch_first=True,
@@ -237,7 +221,6 @@ class _GhostEngine:
             max_grad_norm=max_grad_norm,
             use_ghost_clipping=True,
         )
-        self.params = _trainable(model)
 
     def optimizer(self, base: torch.optim.Optimizer, **kwargs):
         from opacus.optimizers import DPOptimizerFastGradientClipping
