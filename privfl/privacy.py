@@ -89,6 +89,13 @@ def _rdp_per_step(sigma: float, q: float) -> np.ndarray:
     return curve
 
 
+def _check_noise(noise_multiplier: float | None, target_epsilon: float | None) -> None:
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise PrivacyError("give exactly one of noise_multiplier or target_epsilon")
+    if noise_multiplier is not None and noise_multiplier < 0:
+        raise PrivacyError(f"noise multiplier must be >= 0, got {noise_multiplier}")
+
+
 def default_delta(n: int) -> float:
     """A delta below 1/n: 1/(10 n) rounded down to a power of ten (n = 20 -> 1e-3, 5000 -> 1e-5)."""
     if n < 1:
@@ -213,10 +220,7 @@ class RecordLevelPrivacy:
         steps_per_round: Mapping[int, int],
         rounds: int,
     ) -> None:
-        if (noise_multiplier is None) == (target_epsilon is None):
-            raise PrivacyError("give exactly one of noise_multiplier or target_epsilon")
-        if noise_multiplier is not None and noise_multiplier < 0:
-            raise PrivacyError(f"noise multiplier must be >= 0, got {noise_multiplier}")
+        _check_noise(noise_multiplier, target_epsilon)
         if not max_grad_norm > 0:
             raise PrivacyError(f"dp.max_grad_norm must be > 0, got {max_grad_norm}; e.g. 1.0")
         make_accountant(accountant)  # validates the kind
@@ -328,10 +332,7 @@ class UserLevelPrivacy:
         sample_rate: float,
         rounds: int,
     ) -> None:
-        if (noise_multiplier is None) == (target_epsilon is None):
-            raise PrivacyError("give exactly one of noise_multiplier or target_epsilon")
-        if noise_multiplier is not None and noise_multiplier < 0:
-            raise PrivacyError(f"noise multiplier must be >= 0, got {noise_multiplier}")
+        _check_noise(noise_multiplier, target_epsilon)
         if not clip_norm > 0:
             raise PrivacyError(f"dp.clip_norm must be > 0, got {clip_norm}; e.g. 1.0")
         if not 0.0 < sample_rate <= 1.0:
