@@ -170,6 +170,7 @@ class Session:
                 self.state.update(ckpt["state"]["loop"])
                 if self.components.privacy is not None:
                     self.components.privacy.load_state(ckpt["state"]["privacy"])
+                self.components.summation.load_state(ckpt["state"].get("summation", {}))
             run.truncate_metrics(self.start_round - 1)
             cfg.to_toml(run.path / "config.toml")
             (run.path / "summary.json").unlink(missing_ok=True)
@@ -222,7 +223,7 @@ class Session:
         row["seconds"] = time.perf_counter() - self._round_started
         state["elapsed_s"] += row["seconds"]
         self.run.append_metrics(row)
-        ckpt_state = {"loop": state}
+        ckpt_state = {"loop": state, "summation": self.components.summation.state()}
         if privacy is not None:
             ckpt_state["privacy"] = privacy.state()
         self.run.save_checkpoint(r, self.weights, ckpt_state)

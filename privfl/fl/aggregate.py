@@ -50,6 +50,12 @@ class Summation(Protocol):
 
     def finish(self) -> SumResult: ...
 
+    def state(self) -> dict:
+        """What must survive a checkpoint between rounds (e.g. CKKS's adapted bound); {} if nothing."""
+        ...
+
+    def load_state(self, state: dict) -> None: ...
+
 
 def weighted_mean(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """sum_k w_k v_k / sum_k w_k, in float64 (McMahan et al.'s FedAvg average)."""
@@ -84,6 +90,12 @@ class PlainSummation:
         self._vector: np.ndarray | None = None
         self._weight = 0.0
         self._count = 0
+
+    def state(self) -> dict:
+        return {}  # nothing carries over from one round to the next
+
+    def load_state(self, state: dict) -> None:
+        pass
 
     def begin_round(self, round_index: int, n_params: int) -> None:
         self._vector = np.zeros(n_params, dtype=np.float64)

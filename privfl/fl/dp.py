@@ -460,6 +460,12 @@ class SkipEmptyRounds:
             return SumResult(np.zeros(self._n_params), 0.0, 0, {})
         return self.inner.finish()
 
+    def state(self) -> dict:
+        return self.inner.state()
+
+    def load_state(self, state: dict) -> None:
+        self.inner.load_state(state)
+
 
 # --- wiring ------------------------------------------------------------------------------------------
 def build_dp_components(cfg: ExperimentConfig, data, local: LocalConfig) -> Components:

@@ -790,6 +790,16 @@ class CkksSummation:
             stats["weight_abs_error"] = abs(decrypted.weight - plain_weight)
         return SumResult(decrypted.vector, decrypted.weight, decrypted.count, stats)
 
+    def state(self) -> dict:
+        """The bound the next round packs at (adapted from the last decrypted magnitude)."""
+        return {"bound_bits": None if self._bounds is None else list(self._bounds)}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a checkpoint: the next round uses the bound an uninterrupted run would."""
+        bounds = state.get("bound_bits")
+        if bounds is not None and self.params.bound_bits is None:
+            self._bounds = tuple(int(b) for b in bounds)
+
     def _adapt(self, magnitude: float) -> None:
         """Next round's bound from this round's public magnitude (unless the bound is fixed)."""
         if self.params.bound_bits is None and magnitude > 0:
