@@ -1,9 +1,12 @@
-"""Map a function over work items on every CPU core, in order, with progress.
+"""Spread independent work over every CPU core, in order, with results that do not depend on it.
 
-Corpus synthesis and feature extraction are many small independent jobs; on the 2-core machines
-privfl targets, one worker process per core beats torch's intra-op threads on such small ops.
-Workers start from a forkserver (never inheriting the parent's torch/BLAS threads the way fork
-would) and run torch single-threaded, so two workers on two cores do not oversubscribe them.
+- `process_map`: corpus synthesis and feature extraction, many small jobs. One worker process per
+  core beats torch's intra-op threads on such small ops on the 2-core machines privfl targets.
+  Workers start from a forkserver (never inheriting the parent's torch/BLAS threads the way fork
+  would) and run torch single-threaded, so two workers on two cores do not oversubscribe them.
+- `thread_map`: per-sample DP gradients, torch kernels that release the GIL (a fused LSTM over a
+  sequence, an autograd backward), on one single-threaded worker thread per core.
+- `torch_threads`: a block with a given torch intra-op thread count.
 """
 
 from __future__ import annotations
