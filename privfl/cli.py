@@ -198,7 +198,7 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
             f"privacy: ({p['epsilon']:.3g}, {p['delta']:.3g})-DP for {p['unit']}, "
             f"accountant {p['accountant']}"
         )
-    skipped = summary.get("corpus", {}).get("skipped", 0)
+    skipped = summary["corpus"]["skipped"]
     if skipped:
         click.echo(
             f"{skipped} corpus file(s) or label line(s) were skipped: see {summary['run_dir']}/skipped.csv"

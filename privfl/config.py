@@ -23,6 +23,7 @@ MODELS = ("cnn", "lstm")
 DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb")
 PARTITIONS = ("iid", "by-speaker", "dirichlet")
 SPLITS = ("auto", "speaker", "iemocap-paper", "loso")
+SESSION_SPLITS = ("iemocap-paper", "loso")  # IEMOCAP's session protocols
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
 SECURE_SCHEMES = ("none", "ckks")
@@ -61,7 +62,7 @@ class DataConfig:
         """Auxiliary speakers under a resolved split protocol (see aux_speakers)."""
         if self.aux_speakers is not None:
             return self.aux_speakers
-        return 0 if protocol in ("iemocap-paper", "loso") else DEFAULT_AUX_SPEAKERS
+        return 0 if protocol in SESSION_SPLITS else DEFAULT_AUX_SPEAKERS
 
     def validate(self) -> None:
         _choice("data.dataset", self.dataset, DATASETS)

@@ -134,7 +134,7 @@ def _split_problems(report: dict, corpus: Corpus, split: Split) -> list[str]:
     unassigned = sorted(known - set(split.speakers()))
     if unassigned:
         problems.append(f"{len(unassigned)} speaker(s) are in no split role: {', '.join(unassigned)}")
-    n_train = len(report["roles"].get("train", {}).get("speakers", ()))
+    n_train = len(report["roles"]["train"]["speakers"])
     if 0 < n_train < MIN_TRAIN_SPEAKERS:
         problems.append(
             f"only {n_train} training speaker(s) after the held-out roles; hold out fewer, e.g. "

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privfl.config import DataConfig, ExperimentConfig
+from privfl.config import SESSION_SPLITS, DataConfig, ExperimentConfig
 from privfl.data.features import FeatureConfig, extract
 from privfl.data.partition import partition
 from privfl.data.records import Corpus, Utterance
@@ -99,7 +99,7 @@ def split_for(corpus: Corpus, cfg: DataConfig, seed: int) -> Split:
     protocol = cfg.split
     if protocol == "auto":
         protocol = "iemocap-paper" if corpus.name == "iemocap" else "speaker"
-    if protocol in ("iemocap-paper", "loso") and corpus.name != "iemocap":
+    if protocol in SESSION_SPLITS and corpus.name != "iemocap":
         raise DataError(
             f"split {protocol!r} is IEMOCAP's session protocol; use --split speaker for {corpus.name}"
         )
