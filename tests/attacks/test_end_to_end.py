@@ -17,27 +17,28 @@ from privfl.config import ExperimentConfig
 from privfl.errors import AttackError, RunError
 from privfl.experiment import train
 
+RECORDED = {
+    "data.speakers": 12,
+    "data.utterances_per_emotion": 3,
+    "data.aux_speakers": 4,
+    "data.max_frames": 100,
+    "data.partition": "by-speaker",
+    "model.conv_channels": 8,
+    "model.fc_hidden": 32,
+    "train.clients": 4,
+    "train.rounds": 2,
+    "train.batch_size": 6,
+    "train.record_updates": True,
+}
+"""12 synthetic speakers (4 train, 2 val, 2 test, 4 aux), 4 single-speaker clients, recorded updates."""
+
 FAST = ["--shadow-clients", "8", "--max-rounds", "1", "--bootstrap", "50", "--candidates", "6"]
 
 
 @pytest.fixture(scope="module")
 def recorded_run(tmp_path_factory):
     """12 synthetic speakers (4 train, 2 val, 2 test, 4 aux), 4 single-speaker clients, 2 recorded rounds."""
-    cfg = ExperimentConfig().override(
-        {
-            "data.speakers": 12,
-            "data.utterances_per_emotion": 3,
-            "data.aux_speakers": 4,
-            "data.max_frames": 100,
-            "data.partition": "by-speaker",
-            "model.conv_channels": 8,
-            "model.fc_hidden": 32,
-            "train.clients": 4,
-            "train.rounds": 2,
-            "train.batch_size": 6,
-            "train.record_updates": True,
-        }
-    )
+    cfg = ExperimentConfig().override(RECORDED)
     out = tmp_path_factory.mktemp("attack-run") / "run"
     train(cfg, out)
     return out
@@ -250,21 +251,7 @@ def test_dp_claim_is_checked_and_plotted(run_copy, tmp_path):
 def test_record_level_dp_run_replays_its_dp_sgd_clients_and_checks_the_claim(tmp_path):
     """Shadow and replayed clients use the run's DP-SGD trainer with its sigma; the claim is checked."""
     cfg = ExperimentConfig().override(
-        {
-            "data.speakers": 12,
-            "data.utterances_per_emotion": 3,
-            "data.aux_speakers": 4,
-            "data.max_frames": 100,
-            "data.partition": "by-speaker",
-            "model.conv_channels": 8,
-            "model.fc_hidden": 32,
-            "train.clients": 4,
-            "train.rounds": 1,
-            "train.batch_size": 6,
-            "train.record_updates": True,
-            "train.mode": "dp",
-            "dp.noise_multiplier": 1.0,
-        }
+        {**RECORDED, "train.rounds": 1, "train.mode": "dp", "dp.noise_multiplier": 1.0}
     )
     train(cfg, tmp_path / "dp")
     observed, (gender, membership) = run_attacks(
