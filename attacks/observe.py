@@ -16,6 +16,7 @@ import numpy as np
 
 from privfl.config import ExperimentConfig
 from privfl.errors import AttackError, RunError
+from privfl.models import build_model, count_parameters
 from privfl.runs import RunDir
 
 PER_CLIENT = "per-client updates"
@@ -76,6 +77,8 @@ class ObservedRun:
         run = RunDir.open(path)  # RunError for a non-run or another privfl format
         observed = cls(run)  # RunError if unfinished (no summary.json)
         cfg = observed.config
+        # every file the attacks read back is checked (as data, never unpickled) before any starts
+        run.verify(count_parameters(build_model(cfg.model, cfg.data.n_mels)))
         if cfg.train.mode == "central":
             raise AttackError(
                 f"{path} is a central (single-client) run: there are no client updates to attack; "

@@ -14,7 +14,7 @@ from torch import nn
 from privfl import __version__
 from privfl.config import ExperimentConfig
 from privfl.data.dataset import PreparedData, SpeechSet, Stage, prepare
-from privfl.errors import ConfigError
+from privfl.errors import ConfigError, RunError
 from privfl.fl.aggregate import PlainSummation, Summation
 from privfl.fl.client import LocalConfig, LocalTrainer
 from privfl.fl.federation import Components, FedAvgPolicy, Federation, RoundOutcome, sample_clients
@@ -144,16 +144,6 @@ class Session:
         on_stage: Stage | None = None,
     ) -> None:
         cfg.validate()
-        if resume is not None:
-            run = RunDir.open(resume)
-            check_resumable(run.config(), cfg)
-        elif out is not None and Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
-            RunDir.create(out, cfg, overwrite=False)  # raises the clear "already exists" error
-        started = time.perf_counter()
-        self.cfg = cfg
-        self.data = prepare(cfg, on_stage)
-        self.components = build_components(cfg, self.data)
-        self.evaluator = Evaluator(cfg, self.data.n_mels)
         self.state: dict = {
             "best_val_uar": -1.0,
             "best_round": 0,
@@ -161,10 +151,27 @@ class Session:
             "bytes_up": 0,
             "elapsed_s": 0.0,
         }
+        ckpt = None
+        if resume is not None:
+            run = RunDir.open(resume)
+            check_resumable(run.config(), cfg)
+            ckpt = run.verify(parameter_count(cfg))  # its files are checked before any data is prepared
+            if ckpt is not None and set(ckpt["state"]["loop"]) != set(self.state):
+                raise RunError(
+                    f"{run.path / 'checkpoint.json'}: state.loop has keys {sorted(ckpt['state']['loop'])}, "
+                    f"expected {sorted(self.state)}; the run directory was changed after privfl wrote it, "
+                    "retrain it"
+                )
+        elif out is not None and Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
+            RunDir.create(out, cfg, overwrite=False)  # raises the clear "already exists" error
+        started = time.perf_counter()
+        self.cfg = cfg
+        self.data = prepare(cfg, on_stage)
+        self.components = build_components(cfg, self.data)
+        self.evaluator = Evaluator(cfg, self.data.n_mels)
         self.start_round = 1
         self.weights = initial_weights(cfg.model, self.data.n_mels, cfg.seed)
         if resume is not None:
-            ckpt = run.load_checkpoint()
             if ckpt is not None:
                 self.start_round, self.weights = ckpt["round"] + 1, ckpt["weights"]
                 self.state.update(ckpt["state"]["loop"])

@@ -13,7 +13,7 @@ from privfl.runs import RunDir
 def test_two_round_run_writes_a_complete_run_directory(tiny_config, tmp_path):
     summary = train(tiny_config, tmp_path / "run")
     run = tmp_path / "run"
-    for name in ("config.toml", "metrics.jsonl", "summary.json", "model.pt", "curves.png", "checkpoint.pt"):
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "model.pt", "curves.png", "checkpoint.json"):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]

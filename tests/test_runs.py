@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from privfl.config import ExperimentConfig
 from privfl.errors import RunError
@@ -26,10 +29,26 @@ def test_overwrite_refuses_foreign_directory(tmp_path):
 def test_checkpoint_and_metrics_round_trip(tmp_path):
     run = RunDir.create(tmp_path / "r", ExperimentConfig())
     w = np.arange(5, dtype=np.float32)
-    run.save_checkpoint(3, w, {"loop": {"x": 1}})
+    state = {
+        "loop": {"x": 1, "best": 0.1 + 0.2, "cm": [[1, 2], [3, 4]]},
+        "privacy": {"history": [[1.1, 0.01, 3]]},
+    }
+    run.save_checkpoint(3, w, state)
     ckpt = run.load_checkpoint()
-    assert ckpt["round"] == 3 and ckpt["state"]["loop"]["x"] == 1
+    assert ckpt["round"] == 3 and ckpt["state"] == state  # floats survive JSON exactly
     np.testing.assert_array_equal(ckpt["weights"], w)
+    assert ckpt["weights"].dtype == np.float32
+    # the loop state is JSON beside the weights; the weights file holds only a tensor and the round
+    assert json.loads((run.path / "checkpoint.json").read_text())["state"] == state
+    saved = torch.load(run.path / "checkpoint-0003.pt", weights_only=True)
+    assert set(saved) == {"round", "weights"} and saved["round"] == 3
+    w64 = np.linspace(0, 1, 7)
+    run.save_checkpoint(4, w64, state)
+    np.testing.assert_array_equal(run.load_checkpoint()["weights"], w64)
+    assert not (run.path / "checkpoint-0003.pt").exists()
+    with pytest.raises(TypeError):  # not plain JSON data: refused before anything is written
+        run.save_checkpoint(5, w, {"loop": {"x": np.float32(1)}})
+    assert run.load_checkpoint()["round"] == 4 and not (run.path / "checkpoint-0005.pt").exists()
     for r in range(1, 6):
         run.append_metrics({"round": r})
     run.truncate_metrics(3)
@@ -61,6 +80,9 @@ def test_open_checks_format(tmp_path):
     RunDir.create(tmp_path / "r", ExperimentConfig())
     (tmp_path / "r" / "run.json").write_text('{"privfl_format": 99}')
     with pytest.raises(RunError, match="format 99"):
+        RunDir.open(tmp_path / "r")
+    (tmp_path / "r" / "run.json").write_text('{"privfl_format": 1}')
+    with pytest.raises(RunError, match="older privfl .* pickle, which this privfl does not open"):
         RunDir.open(tmp_path / "r")
     with pytest.raises(RunError, match="no config.toml"):
         RunDir.open(tmp_path / "nothing")

@@ -38,6 +38,9 @@ def run_state(path: Path, cfg: ExperimentConfig) -> str:
             f"{path} holds a run of another experiment (differs in {', '.join(diff)}); "
             "delete that directory, rename the grid point, or choose another --out"
         )
+    from privfl.experiment import parameter_count
+
+    run.verify(parameter_count(saved))  # its checkpoint and recorded updates, read as data only, first
     if not run.finished:
         return RESUME
     if saved.train.rounds == cfg.train.rounds:

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 import torchaudio
 
+from privfl import npz
 from privfl.data.audio import SAMPLE_RATE, read_audio
 from privfl.data.records import Utterance
+from privfl.errors import DataError
 from privfl.parallel import process_map, torch_threads
 
 FEATURE_VERSION = "1"
@@ -114,8 +116,7 @@ def extract(
     key = cache_key(utterances, cfg, speed)
     path = cache_dir / f"features-{key}.npz" if cache_dir is not None else None
     if path is not None and path.exists():
-        with np.load(path) as z:
-            return FeatureSet(z["x"], z["lengths"], tuple(u.id for u in utterances))
+        return FeatureSet(*read_cached(path, len(utterances), cfg), tuple(u.id for u in utterances))
     jobs = [(u.path, speed, cfg) for u in utterances]
     with torch_threads(1):  # small per-utterance ops: threads cost more than they give
         done = process_map(
@@ -136,6 +137,18 @@ def extract(
         np.savez(tmp, x=x, lengths=lengths)
         tmp.replace(path)
     return FeatureSet(x, lengths, tuple(u.id for u in utterances))
+
+
+def read_cached(path: Path, n: int, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(x [n, max_frames, n_mels] float32, lengths [n] int64) of a feature cache file, read without
+    pickle; DataError naming the file if it is not what `extract` writes."""
+    spec: npz.Spec = {"x": ("float32", (n, cfg.max_frames, cfg.n_mels)), "lengths": ("int64", (n,))}
+    fix = f"delete {path} and run again to extract the features anew"
+    arrays, _ = npz.read_npz(path, spec, DataError, fix)
+    lengths = arrays["lengths"]
+    if n and (lengths.min() < 0 or lengths.max() > cfg.max_frames):
+        raise DataError(f"{path}: frame counts must lie in 0..{cfg.max_frames}; {fix}")
+    return arrays["x"], lengths
 
 
 def utterance_features(job: tuple[str, float, FeatureConfig]) -> tuple[np.ndarray, int]:

@@ -108,7 +108,7 @@ def test_deployment_runs_fedavg_and_ckks_on_superlink_and_supernodes(federation,
         proc.wait(timeout=300)
     for name, run in runs.items():
         assert (run / "summary.json").is_file(), f"{name} run did not finish:\n{federation.tail()}"
-        for f in ("config.toml", "metrics.jsonl", "model.pt", "curves.png", "checkpoint.pt"):
+        for f in ("config.toml", "metrics.jsonl", "model.pt", "curves.png", "checkpoint.json"):
             assert (run / f).is_file(), f
         rows = RunDir(run).metrics()
         assert [r["round"] for r in rows] == [1, 2] and all(r["clients"] == N_NODES for r in rows)
@@ -138,5 +138,5 @@ def test_deployment_runs_fedavg_and_ckks_on_superlink_and_supernodes(federation,
     assert "he_bound_bits" in rows[0] and rows[0]["encrypt_s"] > 0
     assert not (runs["ckks"] / "updates").exists()
     np.testing.assert_allclose(final_weights(runs["ckks"]), final_weights(tmp_path / "builtin"), atol=1e-5)
-    model = torch.load(runs["ckks"] / "model.pt")
+    model = torch.load(runs["ckks"] / "model.pt", weights_only=True)
     assert sum(t.numel() for t in model.values()) == n_params
