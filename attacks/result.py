@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from attacks.metrics import (
+from privfl.attacks.metrics import (
     attack_metrics,
     clopper_pearson,
     dp_bound_violations,

@@ -279,7 +279,7 @@ def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flag
 
 def _register_subcommands() -> None:
     """Command groups that live beside the training CLI: attacks/ and privfl.bench."""
-    from attacks.cli import attack
+    from privfl.attacks.cli import attack
     from privfl.bench.cli import bench
 
     main.add_command(attack)

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from privfl.config import ExperimentConfig
+from privfl.data.dataset import ClientData
 from privfl.errors import RunError
-from privfl.fl.client import ClientData, Update
+from privfl.fl.client import Update
 from privfl.runs import RunDir
 
 

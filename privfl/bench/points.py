@@ -109,10 +109,10 @@ def missing_for(cfg: ExperimentConfig) -> str | None:
 
 def missing_attacks() -> str | None:
     """Why the attacks cannot run in this installation, or None."""
-    why = _missing(("attacks",), "the privacy attacks")
+    why = _missing(("privfl.attacks",), "the privacy attacks")
     if why:
         return why
-    import attacks
+    import privfl.attacks as attacks
 
     if not hasattr(attacks, "run_attacks") or not hasattr(attacks, "write_report"):
         return "the attacks package lacks run_attacks/write_report (an older or unfinished version)"

@@ -308,7 +308,7 @@ def _read_json(path: Path) -> dict:
 
 def _attack(grid: Grid, seed: int, path: Path, rep: Reporter) -> tuple[dict, float]:
     """Attack one finished run: (summary of the results, seconds); the full report goes to path/attacks."""
-    from attacks import run_attacks, write_report
+    from privfl.attacks import run_attacks, write_report
 
     gender, membership = grid.attacks.configs(seed)
     t0 = time.perf_counter()

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import roc_auc_score
-
-from attacks.metrics import (
+from privfl.attacks.metrics import (
     _point_metrics,
     attack_metrics,
     balanced_accuracy,
@@ -20,7 +18,8 @@ from attacks.metrics import (
     roc,
     tpr_at_fpr,
 )
-from attacks.result import dp_check
+from privfl.attacks.result import dp_check
+from sklearn.metrics import roc_auc_score
 
 
 def test_auc_and_low_fpr_rates_by_hand():

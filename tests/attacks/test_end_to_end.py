@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tomli_w
 from click.testing import CliRunner
+from privfl.attacks import GenderAttackConfig, MembershipAttackConfig, run_attacks, write_report
+from privfl.attacks.cli import attack
 
-from attacks import GenderAttackConfig, MembershipAttackConfig, run_attacks, write_report
-from attacks.cli import attack
 from privfl.config import ExperimentConfig
 from privfl.errors import AttackError, RunError
 from privfl.experiment import train

@@ -2,9 +2,7 @@
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
-
-from attacks.gender import (
+from privfl.attacks.gender import (
     client_label,
     feature_columns,
     first_layer_names,
@@ -12,13 +10,15 @@ from attacks.gender import (
     shuffled_labels,
     update_features,
 )
-from attacks.shadow import (
+from privfl.attacks.shadow import (
     SHADOW_ID_BASE,
     check_auxiliary,
     local_updates,
     sample_shadow_clients,
     shadow_client_data,
 )
+from sklearn.metrics import roc_auc_score
+
 from privfl.config import ModelConfig
 from privfl.errors import AttackError
 from privfl.models import build_model, count_parameters

@@ -5,15 +5,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from attacks.membership import (
+from privfl.attacks.membership import (
     MembershipAttackConfig,
     balanced_sets,
     gradient_cosines,
     lira_score,
     logit_confidence,
 )
+from torch import nn
+
 from privfl.config import ModelConfig
 from privfl.errors import ConfigError
 from privfl.models import build_model, get_flat

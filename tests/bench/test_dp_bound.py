@@ -31,7 +31,7 @@ def test_closed_form_equals_the_area_under_the_tpr_bound(eps, delta):
 
 
 def test_tpr_bound_agrees_with_the_attack_modules_check():
-    from attacks.metrics import dp_tpr_bound as attacks_bound
+    from privfl.attacks.metrics import dp_tpr_bound as attacks_bound
 
     fpr = np.linspace(0, 1, 101)
     for eps, delta in ((0.5, 1e-5), (2.0, 1e-3), (6.0, 0.05)):
