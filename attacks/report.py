@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from privfl.attacks.metrics import dp_tpr_bound
 from privfl.attacks.result import AttackResult
 
 from privfl import __version__
+from privfl.privacy import dp_tpr_bound
 from privfl.runs import atomic_write_json
 
 REPORT_VERSION = 1

@@ -9,10 +9,11 @@ from privfl.attacks.metrics import (
     attack_metrics,
     clopper_pearson,
     dp_bound_violations,
-    dp_tpr_bound,
     empirical_epsilon,
     roc,
 )
+
+from privfl.privacy import dp_tpr_bound
 
 
 @dataclass

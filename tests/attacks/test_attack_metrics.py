@@ -12,7 +12,6 @@ from privfl.attacks.metrics import (
     balanced_accuracy,
     clopper_pearson,
     dp_bound_violations,
-    dp_tpr_bound,
     empirical_epsilon,
     fast_metrics,
     roc,
@@ -20,6 +19,8 @@ from privfl.attacks.metrics import (
 )
 from privfl.attacks.result import dp_check
 from sklearn.metrics import roc_auc_score
+
+from privfl.privacy import dp_tpr_bound
 
 
 def test_auc_and_low_fpr_rates_by_hand():
