@@ -222,7 +222,7 @@ def synth(out: Path, speakers: int, utterances_per_emotion: int, seed: int) -> N
     """Write the built-in synthetic emotional speech corpus as 16 kHz WAV + metadata.csv."""
     from rich.progress import Progress
 
-    from privfl.data.synthetic import SynthConfig, generate_corpus
+    from privfl.data.synthesis import SynthConfig, generate_corpus
 
     cfg = SynthConfig(speakers=speakers, utterances_per_emotion=utterances_per_emotion, seed=seed)
     cfg.validate()

@@ -336,7 +336,7 @@ def _corpus_version(cfg) -> dict[str, str]:
     """The synthetic generator's version: its corpus, and so the numbers, change when it does."""
     if cfg.data.dataset != "synthetic":
         return {}
-    from privfl.data.synthetic import GENERATOR_VERSION
+    from privfl.data.synthesis import GENERATOR_VERSION
 
     return {"synthetic_generator": GENERATOR_VERSION}
 

@@ -87,7 +87,7 @@ def load_corpus_for(cfg: DataConfig, progress: Stage | None = None) -> Corpus:
     """The configured corpus: the cached built-in synthetic one, or a real one read from data_dir."""
     if cfg.dataset == "synthetic":
         from privfl.data.corpora.synthetic import ensure_synthetic, load_synthetic
-        from privfl.data.synthetic import SynthConfig
+        from privfl.data.synthesis import SynthConfig
 
         synth = SynthConfig(
             speakers=cfg.speakers, utterances_per_emotion=cfg.utterances_per_emotion, seed=cfg.corpus_seed
