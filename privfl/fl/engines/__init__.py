@@ -17,36 +17,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
-from typing import Protocol
-
-import numpy as np
 
 from privfl.config import ExperimentConfig
-from privfl.data.dataset import PreparedData
-from privfl.errors import ConfigError, PrivflError
-from privfl.fl.components import Components
-from privfl.fl.federation import RoundOutcome
+from privfl.errors import ConfigError
+from privfl.fl.engines.session import EngineError, Session
+
+__all__ = ["EngineError", "Session", "check_engine", "check_flower_config", "require_flower", "run_engine"]
 
 FLOWER_INSTALL_HINT = 'pip install -e ".[flower]"'
-
-
-class Session(Protocol):
-    """What an engine needs of a run (privfl.experiment.Session is the one implementation)."""
-
-    cfg: ExperimentConfig
-    data: PreparedData
-    components: Components
-    weights: np.ndarray
-
-    def rounds(self) -> range: ...
-
-    def begin_round(self) -> None: ...
-
-    def end_round(self, r: int, outcome: RoundOutcome) -> dict: ...
-
-
-class EngineError(PrivflError):
-    """A federation engine could not complete a round (a client failed, timed out or is missing)."""
 
 
 def require_flower(engine: str = "flower-sim") -> None:

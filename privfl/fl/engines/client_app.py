@@ -20,7 +20,6 @@ from flwr.clientapp import ClientApp
 
 from privfl.config import ExperimentConfig
 from privfl.fl.components import build_components
-from privfl.fl.engines import EngineError
 from privfl.fl.engines.messages import (
     NUM_PARTITIONS,
     PARTITION_ID,
@@ -29,6 +28,7 @@ from privfl.fl.engines.messages import (
     config_from_text,
     roll_call_reply,
 )
+from privfl.fl.engines.session import EngineError
 
 DataSource = Callable[[ExperimentConfig], object]  # config -> PreparedData (anything with .clients)
 

@@ -23,7 +23,6 @@ from flwr.serverapp import Grid
 
 from privfl.fl.aggregate import RoundKeys, Upload
 from privfl.fl.client import Update
-from privfl.fl.engines import EngineError, Session
 from privfl.fl.engines.messages import (
     NUM_PARTITIONS,
     PARTITION_ID,
@@ -33,6 +32,7 @@ from privfl.fl.engines.messages import (
     TrainTask,
     config_to_text,
 )
+from privfl.fl.engines.session import EngineError, Session
 from privfl.fl.federation import Federation, RoundOutcome
 
 NO_DELTA = np.zeros(0, dtype=np.float32)  # an encrypted client's Update: the server never sees its delta
