@@ -141,12 +141,13 @@ def _execute(
     g: dict,
     m: dict,
 ) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from privfl.attacks.gender import GenderAttackConfig
     from privfl.attacks.membership import MembershipAttackConfig
     from privfl.attacks.report import render_table, write_report
     from privfl.attacks.suite import run_attacks
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     picked = _rounds(rounds)
     gender = GenderAttackConfig(rounds=picked, max_rounds=max_rounds, bootstrap=bootstrap, seed=seed, **g)

@@ -15,6 +15,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
 from privfl.attacks.observe import NOT_OBSERVED, ObservedRun, check_data_matches
 from privfl.attacks.result import AttackResult, AttackRow, scored_row
 from privfl.attacks.shadow import (
@@ -24,12 +30,6 @@ from privfl.attacks.shadow import (
     sample_shadow_clients,
     shadow_client_data,
 )
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from torch import nn
-
 from privfl.data.dataset import PreparedData
 from privfl.errors import AttackError, ConfigError
 from privfl.models import build_model, canonical_parameters, layer_slices
@@ -322,8 +322,9 @@ def _single_relabelling_aucs(controls: list) -> list[float]:
 
 def _per_round(rounds: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> list[dict]:
     """AUC and balanced accuracy (at P >= 0.5) of each attacked round on its own."""
-    from privfl.attacks.metrics import balanced_accuracy
     from sklearn.metrics import roc_auc_score
+
+    from privfl.attacks.metrics import balanced_accuracy
 
     out = []
     for r in np.unique(rounds):

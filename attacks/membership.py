@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from privfl.attacks.observe import NOT_OBSERVED, ObservedRun, Privacy, check_data_matches
-from privfl.attacks.result import AttackResult, AttackRow, scored_row
 from torch import nn
 
+from privfl.attacks.observe import NOT_OBSERVED, ObservedRun, Privacy, check_data_matches
+from privfl.attacks.result import AttackResult, AttackRow, scored_row
 from privfl.data.dataset import ClientData, PreparedData, SpeechSet
 from privfl.errors import AttackError, ConfigError
 from privfl.evaluate import Evaluator

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from privfl.attacks.result import AttackResult
 
 from privfl import __version__
+from privfl.attacks.result import AttackResult
 from privfl.privacy import dp_tpr_bound
 from privfl.runs import atomic_write_json
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
 from privfl.attacks.metrics import (
     attack_metrics,
     clopper_pearson,
@@ -12,7 +13,6 @@ from privfl.attacks.metrics import (
     empirical_epsilon,
     roc,
 )
-
 from privfl.privacy import dp_tpr_bound
 
 

@@ -9,7 +9,6 @@ from privfl.attacks.gender import GenderAttackConfig, gender_attack, gender_pref
 from privfl.attacks.membership import MembershipAttackConfig, membership_attack, membership_preflight
 from privfl.attacks.observe import ObservedRun
 from privfl.attacks.result import AttackResult
-
 from privfl.data.dataset import prepare
 from privfl.errors import ConfigError
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import roc_auc_score
+
 from privfl.attacks.metrics import (
     _point_metrics,
     attack_metrics,
@@ -18,8 +20,6 @@ from privfl.attacks.metrics import (
     tpr_at_fpr,
 )
 from privfl.attacks.result import dp_check
-from sklearn.metrics import roc_auc_score
-
 from privfl.privacy import dp_tpr_bound
 
 

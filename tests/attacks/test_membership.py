@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from privfl.attacks.membership import (
     MembershipAttackConfig,
     balanced_sets,
@@ -12,8 +14,6 @@ from privfl.attacks.membership import (
     lira_score,
     logit_confidence,
 )
-from torch import nn
-
 from privfl.config import ModelConfig
 from privfl.errors import ConfigError
 from privfl.models import build_model, get_flat
