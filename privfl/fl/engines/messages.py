@@ -153,6 +153,9 @@ class TrainReport:
         )
 
     def reply_to(self, request: Message) -> Message:
+        return Message(self.to_content(), reply_to=request)
+
+    def to_content(self) -> RecordDict:
         if (self.delta is None) == (self.ciphertext is None):
             raise ValueError("a report carries exactly one of delta and ciphertext")
         update = (
@@ -172,10 +175,7 @@ class TrainReport:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 report[STAT_PREFIX + key] = value
         key = "delta" if self.delta is not None else "ciphertext"
-        return Message(
-            RecordDict({"update": ArrayRecord({key: update}), "report": MetricRecord(report)}),
-            reply_to=request,
-        )
+        return RecordDict({"update": ArrayRecord({key: update}), "report": MetricRecord(report)})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReport:
