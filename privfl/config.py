@@ -458,6 +458,17 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return dotted
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested dict (e.g. ExperimentConfig.to_dict()) as {dotted key: value}."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ConfigError(f"{name} {value!r} is not one of {', '.join(options)}")

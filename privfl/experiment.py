@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from privfl import __version__
-from privfl.config import ExperimentConfig
+from privfl.config import ExperimentConfig, flatten
 from privfl.data.dataset import Stage, prepare
 from privfl.errors import ConfigError
 from privfl.evaluate import Evaluator
 from privfl.fl.components import build_components
+from privfl.fl.engines.session import run_rounds
 from privfl.fl.federation import Federation, RoundOutcome
 from privfl.models import build_model, count_parameters, initial_weights, set_flat
 from privfl.plots import uar_curves
@@ -37,24 +38,12 @@ def check_resumable(saved: ExperimentConfig, given: ExperimentConfig) -> None:
     """A resumed run may only extend its rounds; anything else would mix two experiments."""
     a, b = saved.to_dict(), given.to_dict()
     a["train"].pop("rounds"), b["train"].pop("rounds")
-    diff = [
-        k for k in sorted(set(_flatten(a)) | set(_flatten(b))) if _flatten(a).get(k) != _flatten(b).get(k)
-    ]
+    diff = [k for k in sorted(set(flatten(a)) | set(flatten(b))) if flatten(a).get(k) != flatten(b).get(k)]
     if diff:
         raise ConfigError(
             f"--resume: the given config differs from the run's config.toml in {', '.join(diff)}; "
             "resume with the run's own config (only train.rounds may change)"
         )
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Session:
@@ -228,12 +217,7 @@ def train(
         run_engine(session, on_round)
         return session.finish()
     session = Session(cfg, out, resume=resume, overwrite=overwrite, on_stage=on_stage)
-    federation = session.federation()
-    for r in session.rounds():
-        session.begin_round()
-        row = session.end_round(r, federation.run_round(r, session.weights))
-        if on_round is not None:
-            on_round(row)
+    run_rounds(session, session.federation(), on_round)
     return session.finish()
 
 

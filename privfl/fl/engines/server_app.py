@@ -32,7 +32,7 @@ from privfl.fl.engines.messages import (
     TrainTask,
     config_to_text,
 )
-from privfl.fl.engines.session import EngineError, Session
+from privfl.fl.engines.session import EngineError, Session, run_rounds
 from privfl.fl.federation import Federation, RoundOutcome
 
 NO_DELTA = np.zeros(0, dtype=np.float32)  # an encrypted client's Update: the server never sees its delta
@@ -128,13 +128,7 @@ class FlowerRounds:
         """Connect if needed, then run the session's remaining rounds (each ends in Session.end_round)."""
         if not self.node_of:
             self.connect()
-        s = self.session
-        federation = self.federation()
-        for r in s.rounds():
-            s.begin_round()
-            row = s.end_round(r, federation.run_round(r, s.weights))
-            if on_round is not None:
-                on_round(row)
+        run_rounds(self.session, self.federation(), on_round)
 
     def federation(self) -> Federation:
         """The one round loop, with this Grid's clients behind it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -10,7 +11,7 @@ from privfl.config import ExperimentConfig
 from privfl.data.dataset import PreparedData
 from privfl.errors import PrivflError
 from privfl.fl.components import Components
-from privfl.fl.federation import RoundOutcome
+from privfl.fl.federation import Federation, RoundOutcome
 
 
 class Session(Protocol):
@@ -30,3 +31,14 @@ class Session(Protocol):
 
 class EngineError(PrivflError):
     """A federation engine could not complete a round (a client failed, timed out or is missing)."""
+
+
+def run_rounds(
+    session: Session, federation: Federation, on_round: Callable[[dict], None] | None = None
+) -> None:
+    """The session's remaining rounds through `federation`; each ends in Session.end_round."""
+    for r in session.rounds():
+        session.begin_round()
+        row = session.end_round(r, federation.run_round(r, session.weights))
+        if on_round is not None:
+            on_round(row)
