@@ -42,12 +42,16 @@ def main() -> None:
         except md.PackageNotFoundError:
             continue  # a platform-only package (e.g. CUDA wheels) that this machine did not need
         if installed != version:
-            fail(f"{name} {installed} is installed but constraints.txt locks {version}; "
-                 'reinstall with pip install -c constraints.txt -e ".[dev]"')
+            fail(
+                f"{name} {installed} is installed but constraints.txt locks {version}; "
+                'reinstall with pip install -c constraints.txt -e ".[dev]"'
+            )
     torch_v, audio_v = md.version("torch").split("+")[0], md.version("torchaudio").split("+")[0]
     if torch_v != audio_v:
-        fail(f"torch {torch_v} and torchaudio {audio_v} are not the same build; torchaudio's compiled "
-             'extension only loads beside its own torch: pip install -c constraints.txt -e ".[dev]"')
+        fail(
+            f"torch {torch_v} and torchaudio {audio_v} are not the same build; torchaudio's compiled "
+            'extension only loads beside its own torch: pip install -c constraints.txt -e ".[dev]"'
+        )
     if importlib.util.find_spec("attacks") is not None:
         fail("a top-level package `attacks` is importable; privfl's attacks install as privfl.attacks")
     for top in ("privfl", "privfl.attacks"):
@@ -62,8 +66,10 @@ def main() -> None:
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             fail(f"privfl {' '.join(args)} exited {done.returncode}: {last}")
-    print(f"install check: torch {torch_v} + torchaudio {audio_v}, {len(pins)} locked versions, "
-          "every privfl and privfl.attacks module imports, CLI help pages load")
+    print(
+        f"install check: torch {torch_v} + torchaudio {audio_v}, {len(pins)} locked versions, "
+        "every privfl and privfl.attacks module imports, CLI help pages load"
+    )
 
 
 if __name__ == "__main__":
