@@ -13,7 +13,7 @@ Two message types:
                         ArrayRecord  "update" {delta: float32 [n_params]}            (plaintext)
                                            or {ciphertext: privfl CKKS payload bytes} (CKKS)
                         MetricRecord "report" {client, num-samples, train-loss, train-s,
-                                               encrypt-s, stat.<name> for Update.stats}
+                                               encrypt-s, clipped, stat.<name> for Update.stats}
 
 Everything a client needs travels in the message: the ServerApp's config is the only one.
 """
@@ -29,6 +29,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from privfl import __version__
 from privfl.config import ExperimentConfig
+from privfl.fl.aggregate import RoundKeys, Upload
 
 QUERY = "query"
 TRAIN = "train"
@@ -65,8 +66,11 @@ class TrainTask:
     sampled: tuple[int, ...]
     weights: np.ndarray  # float32 [n_params]
     noise_multiplier: float | None = None  # the server's sigma (DP modes); clients train with it
-    he_context: bytes | None = None  # public CKKS context (no secret key)
-    he_bounds: tuple[int, ...] = ()  # the round's public packing bounds (RoundSpec.bound_bits)
+    keys: RoundKeys | None = None  # the round's public keys (Summation.begin_round); None: plaintext
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            object.__setattr__(self, "keys", RoundKeys(self.round_index, int(self.weights.shape[0])))
 
     def to_content(self) -> RecordDict:
         task: dict = {"round": self.round_index, "experiment": self.experiment, "sampled": list(self.sampled)}
@@ -76,11 +80,11 @@ class TrainTask:
             "task": ConfigRecord(task),
             "global": ArrayRecord({"weights": Array(np.ascontiguousarray(self.weights, dtype=np.float32))}),
         }
-        if self.he_context is not None:
-            task["he-bounds"] = list(self.he_bounds)
+        if self.keys.public_context is not None:
+            task["he-bounds"] = list(self.keys.bound_bits)
             records["task"] = ConfigRecord(task)
             records["he"] = ArrayRecord(
-                {"context": _bytes_array(self.he_context, "privfl.ckks-public-context")}
+                {"context": _bytes_array(self.keys.public_context, "privfl.ckks-public-context")}
             )
         return RecordDict(records)
 
@@ -89,14 +93,20 @@ class TrainTask:
         task = content.config_records["task"]
         he = content.array_records.get("he")
         sigma = task.get("dp-sigma")
+        weights = np.array(content.array_records["global"]["weights"].numpy(), dtype=np.float32)
+        keys = RoundKeys(
+            int(task["round"]),
+            int(weights.shape[0]),
+            bytes(he["context"].data) if he is not None else None,
+            tuple(int(b) for b in task.get("he-bounds", [])),
+        )
         return cls(
             round_index=int(task["round"]),
             experiment=str(task["experiment"]),
             sampled=tuple(int(c) for c in task["sampled"]),
-            weights=np.array(content.array_records["global"]["weights"].numpy(), dtype=np.float32),
+            weights=weights,
             noise_multiplier=float(sigma) if sigma is not None else None,
-            he_context=bytes(he["context"].data) if he is not None else None,
-            he_bounds=tuple(int(b) for b in task.get("he-bounds", [])),
+            keys=keys,
         )
 
 
@@ -113,8 +123,39 @@ class TrainReport:
     ciphertext: bytes | None = None  # privfl CKKS payload, encrypted runs
     train_s: float = 0.0
     encrypt_s: float = 0.0
+    clipped: bool = False  # the client's policy clipped its update (hidden inside a ciphertext)
+
+    @classmethod
+    def of(cls, upload: Upload, train_loss: float, stats: dict, train_s: float) -> TrainReport:
+        """The report carrying one client's Upload."""
+        return cls(
+            upload.client_id,
+            upload.num_samples,
+            train_loss,
+            dict(stats),
+            delta=upload.delta,
+            ciphertext=upload.ciphertext,
+            train_s=train_s,
+            encrypt_s=upload.encode_s,
+            clipped=upload.clipped,
+        )
+
+    def upload(self, round_index: int) -> Upload:
+        """The Upload this report carries, for the server's Summation.submit."""
+        return Upload(
+            self.client_id,
+            round_index,
+            self.num_samples,
+            delta=self.delta,
+            ciphertext=self.ciphertext,
+            clipped=self.clipped,
+            encode_s=self.encrypt_s,
+        )
 
     def reply_to(self, request: Message) -> Message:
+        return Message(self.to_content(), reply_to=request)
+
+    def to_content(self) -> RecordDict:
         if (self.delta is None) == (self.ciphertext is None):
             raise ValueError("a report carries exactly one of delta and ciphertext")
         update = (
@@ -128,15 +169,13 @@ class TrainReport:
             "train-loss": float(self.train_loss),
             "train-s": float(self.train_s),
             "encrypt-s": float(self.encrypt_s),
+            "clipped": int(self.clipped),
         }
         for key, value in self.stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 report[STAT_PREFIX + key] = value
         key = "delta" if self.delta is not None else "ciphertext"
-        return Message(
-            RecordDict({"update": ArrayRecord({key: update}), "report": MetricRecord(report)}),
-            reply_to=request,
-        )
+        return RecordDict({"update": ArrayRecord({key: update}), "report": MetricRecord(report)})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReport:
@@ -154,6 +193,7 @@ class TrainReport:
             ciphertext=ciphertext,
             train_s=float(report["train-s"]),
             encrypt_s=float(report["encrypt-s"]),
+            clipped=bool(report.get("clipped", 0)),
         )
 
 
