@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from attacks import GenderAttackConfig, MembershipAttackConfig, run_attacks, write_report
 from attacks.cli import attack
 from privfl.config import ExperimentConfig
+from privfl.data.dataset import prepare
 from privfl.errors import AttackError, RunError
 from privfl.experiment import train
 
@@ -93,6 +94,41 @@ def test_library_call_scores_every_attack_and_writes_the_report(recorded_run, tm
     assert on_disk["run_config"]["train"]["clients"] == 4
     assert (tmp_path / "out" / "roc.png").stat().st_size > 0
     assert (tmp_path / "out" / "rounds.png").stat().st_size > 0
+
+
+def test_membership_attacks_draw_non_members_from_held_out_speakers_only(recorded_run, monkeypatch):
+    """Every set the loss and alignment attacks score: members trained on, non-members never seen."""
+    from attacks import membership
+
+    drawn, scored = [], []
+    real_sets, real_cosines = membership.balanced_sets, membership.gradient_cosines
+
+    def sets(members, nonmembers, rng, limit=0):
+        drawn.append((set(members.ids), set(nonmembers.ids), set(nonmembers.speakers)))
+        return real_sets(members, nonmembers, rng, limit)
+
+    def cosines(model, weights, data, directions, progress=None):
+        scored.append(data.x)
+        return real_cosines(model, weights, data, directions, progress)
+
+    monkeypatch.setattr(membership, "balanced_sets", sets)
+    monkeypatch.setattr(membership, "gradient_cosines", cosines)
+    observed, [result] = run_attacks(
+        recorded_run,
+        ("membership",),
+        membership=MembershipAttackConfig(candidates=6, max_rounds=1, bootstrap=0),
+    )
+    data = prepare(observed.config)
+    held_out = {*data.val.ids, *data.test.ids, *data.aux.ids}
+    [(members, nonmembers, speakers)] = drawn
+    assert members == set(data.train.ids) and nonmembers == held_out
+    assert not speakers & set(data.split.train)
+    # alignment: the candidates after the members are held-out utterances, bit for bit
+    [x] = scored
+    members_scored = 4 * 6  # 4 clients x 6 candidates
+    train_x = data.train.x.flatten(1)
+    for row in x[members_scored:].flatten(1):
+        assert not (train_x == row).all(dim=1).any()
 
 
 def test_same_seed_same_report(recorded_run):
