@@ -22,9 +22,9 @@ def test_confusion_counts_are_integers():
 
 
 def test_scores_of_an_empty_set_are_refused_and_of_one_item_defined():
-    with pytest.raises(ValueError, match="UAR of an empty set is undefined"):
+    with pytest.raises(ValueError, match="^UAR of an empty set is undefined$"):
         uar(np.array([], dtype=int), np.array([], dtype=int), 4)
-    with pytest.raises(ValueError, match="accuracy of an empty set is undefined"):
+    with pytest.raises(ValueError, match="^accuracy of an empty set is undefined$"):
         accuracy(np.array([]), np.array([]))
     assert accuracy(np.array([2]), np.array([2])) == 1.0
     assert uar(np.array([2]), np.array([1]), 4) == 0.0

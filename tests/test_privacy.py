@@ -100,6 +100,64 @@ def test_check_delta_refuses_delta_not_below_one_over_n():
         check_delta(1.5, 20, "client 0")
 
 
+def test_check_delta_boundaries():
+    """delta in (0, 1) and strictly below 1/n: 0, 1 and exactly 1/n are refused, just below 1/n passes."""
+    with pytest.raises(PrivacyError, match=r"must be in \(0, 1\), got 0\.0"):
+        check_delta(0.0, 20, "x")
+    with pytest.raises(PrivacyError, match=r"must be in \(0, 1\), got 1\.0"):
+        check_delta(1.0, 1, "x")
+    with pytest.raises(PrivacyError, match=r"dp\.delta = 0\.05 is not below 1/n = 0\.05 for x \(20\)"):
+        check_delta(0.05, 20, "x")
+    with pytest.raises(PrivacyError, match="is not below 1/n"):
+        check_delta(0.07, 20, "x")  # between 1/n and 2/n
+    check_delta(0.0499, 20, "x")
+    with pytest.raises(PrivacyError, match="cannot choose delta for a population of 0"):
+        default_delta(0)
+
+
+def test_record_level_summary_reports_every_field():
+    p = record_level()
+    p.spend(0, 4, 0.25, 1)
+    p.spend(1, 10, 0.1, 1)
+    e0, e1 = opacus_rdp_epsilon(1.1, 0.25, 4, 1e-3), opacus_rdp_epsilon(1.1, 0.1, 10, 1e-3)
+    s = p.summary()
+    eps = {k: s.pop(k) for k in ("epsilon", "epsilon_mean", "epsilon_per_client")}
+    assert eps["epsilon"] == pytest.approx(max(e0, e1), rel=1e-9)
+    assert eps["epsilon_mean"] == pytest.approx((e0 + e1) / 2, rel=1e-9)
+    assert eps["epsilon_per_client"] == {"0": pytest.approx(e0, rel=1e-9), "1": pytest.approx(e1, rel=1e-9)}
+    assert s == {
+        "mode": "dp",
+        "unit": UNIT_RECORD,
+        "delta": 1e-3,
+        "accountant": "rdp",
+        "sigma": 1.1,
+        "target_epsilon": None,
+        "clip_norm": 1.0,
+        "sample_rates": {"0": 0.25, "1": 0.1},
+        "steps": {"0": 4, "1": 10},
+    }
+
+
+def test_user_level_summary_reports_every_field():
+    p = user_level()
+    for _ in range(3):
+        p.spend_round()
+    s = p.summary()
+    eps = s.pop("epsilon")
+    assert eps == pytest.approx(opacus_rdp_epsilon(1.0, 0.3, 3, 1e-2), rel=1e-9)
+    assert s == {
+        "mode": "user-dp",
+        "unit": UNIT_USER,
+        "delta": 1e-2,
+        "accountant": "rdp",
+        "sigma": 1.0,
+        "target_epsilon": None,
+        "clip_norm": 0.5,
+        "sample_rate": 0.3,
+        "rounds_accounted": 3,
+    }
+
+
 @pytest.mark.parametrize("target", [0.5, 2.0, 8.0, 30.0])
 def test_sigma_solved_for_a_target_reaches_it_within_one_percent(target):
     sigma = solve_noise_multiplier(target, 1e-5, [(0.05, 600)], "rdp")
