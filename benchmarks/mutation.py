@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -96,34 +97,62 @@ def show(scratch: Path, env: dict, name: str) -> str:
     )
 
 
-def run_module(module: str, tests: list[str], workdir: Path, jobs: int, equivalent: dict[str, str]) -> dict:
-    scratch = scratch_copy(module, tests, workdir)
+def run_module(
+    module: str, tests: list[str], workdir: Path, jobs: int, budget_s: float | None, collect: bool
+) -> tuple[Path, dict, float, bool]:
+    """Run mutmut on one module (or only read a previous run's records); stops after budget_s seconds."""
+    scratch = workdir / module.replace("/", "_").removesuffix(".py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win
     env.setdefault("PRIVFL_CACHE", str(workdir / "cache"))
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
-        cwd=scratch,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - started
-    if not (scratch / "mutants" / f"{module}.meta").exists():
-        raise SystemExit(
-            f"mutmut failed on {module} (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    wall, complete = 0.0, True
+    if not collect:
+        scratch = scratch_copy(module, tests, workdir)
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
+            cwd=scratch,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its workers share the group, so a budget stop ends them all
         )
+        try:
+            out, _ = proc.communicate(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate()
+            complete = False
+        wall = time.perf_counter() - started
+        if not (scratch / "mutants" / f"{module}.meta").exists():
+            raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}):\n{out[-3000:]}")
+    return scratch, env, wall, complete
+
+
+def summarise(
+    module: str,
+    tests: list[str],
+    scratch: Path,
+    env: dict,
+    equivalent: dict[str, str],
+    wall: float,
+    complete: bool,
+) -> dict:
+    """Counts, score and survivors (with diffs) of one module; unchecked mutants stay out of the score."""
     status = statuses(scratch, module)
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
-    equiv = sorted(n for n in status if n in equivalent)
-    killed = sum(1 for n, s in status.items() if s in KILLED and n not in equivalent)
-    survivors = [n for n, s in status.items() if s not in KILLED and n not in equivalent]
-    scored = len(status) - len(equiv)
+    checked = {n: s for n, s in status.items() if s != "not checked"}
+    equiv = sorted(n for n in checked if n in equivalent)
+    killed = sum(1 for n, s in checked.items() if s in KILLED and n not in equivalent)
+    survivors = [n for n, s in checked.items() if s not in KILLED and n not in equivalent]
+    scored = len(checked) - len(equiv)
     return {
         "tests": tests,
         "mutants": len(status),
+        "checked": len(checked),
+        "complete": complete and len(checked) == len(status),
         "equivalent": len(equiv),
         "killed": killed,
         "survived": len(survivors),
@@ -140,6 +169,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
     ap.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "mutation", help="scratch copies")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--budget-s", type=float, default=None, help="stop a module after this many seconds")
+    ap.add_argument("--collect", action="store_true", help="only read the records of earlier (stopped) runs")
     args = ap.parse_args()
     if importlib.util.find_spec("mutmut") is None:
         raise SystemExit("mutmut is not installed: pip install -e '.[mutation]' (the optional extra)")
@@ -147,19 +178,27 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
     for module in args.module or list(CORE):
         print(f"mutating {module} against {' '.join(CORE[module])} ...", flush=True)
-        r = run_module(module, CORE[module], args.workdir, args.jobs, equivalent)
-        r["load_before"] = os.getloadavg()[0]
+        scratch, env, wall, complete = run_module(
+            module, CORE[module], args.workdir, args.jobs, args.budget_s, args.collect
+        )
+        r = summarise(module, CORE[module], scratch, env, equivalent, wall, complete)
+        if args.collect:  # the stopped run's span: from its scratch copy to its last record
+            meta = scratch / "mutants" / f"{module}.meta"
+            r["wall_s"] = round(meta.stat().st_mtime - (scratch / "pyproject.toml").stat().st_mtime, 1)
+        r["load_1min_after"] = os.getloadavg()[0]
+        if not args.collect:
+            r["command"] = "nice -n 10 python benchmarks/mutation.py " + " ".join(sys.argv[1:])
         results["modules"][module] = r
         print(
-            f"  {module}: {r['killed']}/{r['mutants'] - r['equivalent']} killed "
+            f"  {module}: {r['killed']}/{r['checked'] - r['equivalent']} killed "
+            f"({r['checked']} of {r['mutants']} checked) "
             f"({r['equivalent']} equivalent), score {r['score']:.3f}, {r['wall_s']:.0f} s",
             flush=True,
         )
         mods = results["modules"].values()
-        killed, scored = sum(m["killed"] for m in mods), sum(m["mutants"] - m["equivalent"] for m in mods)
+        killed, scored = sum(m["killed"] for m in mods), sum(m["checked"] - m["equivalent"] for m in mods)
         results.update(
-            command="nice -n 10 python benchmarks/mutation.py"
-            + "".join(f" --module {m}" for m in args.module or []),
+            command="nice -n 10 python benchmarks/mutation.py",
             tool="mutmut "
             + subprocess.run([sys.executable, "-m", "pip", "show", "mutmut"], capture_output=True, text=True)
             .stdout.split("Version: ")[1]
