@@ -111,7 +111,7 @@ def test_check_delta_boundaries():
     with pytest.raises(PrivacyError, match="is not below 1/n"):
         check_delta(0.07, 20, "x")  # between 1/n and 2/n
     check_delta(0.0499, 20, "x")
-    with pytest.raises(PrivacyError, match="cannot choose delta for a population of 0"):
+    with pytest.raises(PrivacyError, match="^cannot choose delta for a population of 0; need at least one"):
         default_delta(0)
 
 
@@ -286,3 +286,30 @@ class _Outcome:
     def __init__(self, updates, stats=None):
         self.updates = updates
         self.stats = stats or {}
+
+
+class _Stats:
+    def __init__(self, **stats):
+        self.stats = stats
+
+
+def test_record_level_round_report_by_hand():
+    p = record_level()
+    p.spend(0, 4, 0.25, 1)
+    p.spend(1, 10, 0.1, 1)
+    e0, e1 = opacus_rdp_epsilon(1.1, 0.25, 4, 1e-3), opacus_rdp_epsilon(1.1, 0.1, 10, 1e-3)
+    updates = [_Stats(clipped=3, per_sample_grads=10), _Stats(clipped=1, per_sample_grads=30), _Stats()]
+    report = p.round_report(1, _Outcome(updates))
+    assert report.pop("epsilon") == pytest.approx(max(e0, e1), rel=1e-9)
+    assert report.pop("epsilon_mean") == pytest.approx((e0 + e1) / 2, rel=1e-9)
+    assert report == {"delta": 1e-3, "sigma": 1.1, "clip_norm": 1.0, "clipped_fraction": 4 / 40}
+    assert p.round_report(1, _Outcome([]))["clipped_fraction"] == 0.0  # no per-sample gradient seen
+
+
+def test_user_level_round_report_by_hand():
+    p = user_level()
+    p.spend_round()
+    report = p.round_report(1, _Outcome([], {"clipped_fraction": 0.25}))
+    assert report.pop("epsilon") == pytest.approx(opacus_rdp_epsilon(1.0, 0.3, 1, 1e-2), rel=1e-9)
+    assert report == {"delta": 1e-2, "sigma": 1.0, "clip_norm": 0.5, "clipped_fraction": 0.25}
+    assert p.round_report(1, _Outcome([]))["clipped_fraction"] == 0.0  # an empty round reports none
