@@ -234,6 +234,22 @@ def test_resumed_target_run_with_more_rounds_resolves_sigma_and_stays_within_tar
     assert 3.0 * 0.99 <= max(b.epsilons().values()) <= 3.0
 
 
+def test_resumed_user_level_target_run_with_more_rounds_stays_within_target():
+    """The re-solved sigma accounts for the rounds already spent at the old sigma."""
+    a = user_level(noise_multiplier=None, target_epsilon=2.0, rounds=3)
+    for _ in range(3):
+        a.spend_round()
+    b = user_level(noise_multiplier=None, target_epsilon=2.0, rounds=6)
+    b.load_state(a.state())
+    assert b.noise_multiplier > a.noise_multiplier
+    for _ in range(3):
+        b.spend_round()
+    assert 2.0 * 0.99 <= b.epsilon() <= 2.0
+    same = user_level(noise_multiplier=None, target_epsilon=2.0, rounds=3)
+    same.load_state(a.state())
+    assert same.noise_multiplier == a.noise_multiplier  # same rounds: the checkpoint's sigma, as it was
+
+
 def test_resumed_run_with_the_same_rounds_keeps_sigma_exactly():
     a = record_level(noise_multiplier=None, target_epsilon=3.0)
     a.spend(0, 4, 0.25, 1)
