@@ -164,7 +164,9 @@ def test_empirical_epsilon_by_hand():
         "delta": 0.01,
     }
     # a weak attack on two of each: a point estimate below 1 and no significant evidence at all
-    weak = empirical_epsilon(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 0]), delta=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # log(0) of a zero rate must not warn
+        weak = empirical_epsilon(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 0]), delta=0.0)
     assert weak["point"] == pytest.approx(math.log(2), rel=1e-12) and weak["clopper_pearson"] == 0.0
 
 
@@ -175,3 +177,15 @@ def test_clopper_pearson_one_success():
 
 def test_a_point_on_the_dp_bound_is_not_a_violation():
     assert dp_bound_violations(np.array([0.1, 0.1]), np.array([0.2, 0.2001]), math.log(2), 0.0) == 1
+
+
+def test_empirical_epsilon_of_a_perfect_attack_on_few_members_is_set_by_the_tpr_side():
+    """20 members, 100 non-members, perfectly separated: ln((TPR_lo - d) / FPR_hi) at (0, 1) is the bound."""
+    labels = np.r_[np.ones(20), np.zeros(100)]
+    eps = empirical_epsilon(labels.copy(), labels, delta=0.001)
+    t, f = 0.025 ** (1 / 20), 1 - 0.025 ** (1 / 100)
+    assert eps["clopper_pearson"] == pytest.approx(math.log((t - 0.001) / f), rel=1e-6)
+
+
+def test_dp_bound_is_capped_at_one_where_fpr_reaches_one():
+    np.testing.assert_array_equal(dp_tpr_bound(np.array([1.0, 0.99]), 1.0, 0.05), [1.0, 1.0])
