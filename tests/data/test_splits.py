@@ -205,3 +205,30 @@ def test_split_messages_list_roles_and_speakers_exactly() -> None:
         DataError, match=r"\(e\.g\. 'f00'; expected 'Ses01F'\.\.'Ses05M'\); use speaker_split"
     ):
         iemocap_paper_split(toy(3, 3))
+
+
+def test_split_counts_and_seeds_are_validated_by_name() -> None:
+    corpus = toy(4, 4)
+    for name in ("n_val", "n_test", "n_aux"):
+        counts = {"n_val": 1, "n_test": 1, "n_aux": 1, name: -1}
+        with pytest.raises(ConfigError, match=rf"^{name} must be a whole number >= 0, got -1$"):
+            speaker_split(corpus, **counts, seed=0)
+    with pytest.raises(ConfigError, match="^n_val must be a whole number >= 0, got True$"):
+        speaker_split(corpus, n_val=True, n_test=1, n_aux=0, seed=0)
+    with pytest.raises(ConfigError, match="True"):
+        speaker_split(corpus, n_val=1, n_test=1, n_aux=0, seed=True)
+    one = toy(1, 0)
+    with pytest.raises(
+        DataError, match=r"ask for at most 0 held-out speakers, e.g\. --set data\.aux_speakers=0 "
+    ):
+        speaker_split(one, n_val=1, n_test=0, n_aux=0, seed=0)
+    with pytest.raises(DataError, match=r"each speaker may have one role$"):
+        Split(train=("a",), val=("a",), test=())
+
+
+def test_default_seeds_are_zero() -> None:
+    assert default_split(toy(12, 12)) == default_split(toy(12, 12), seed=0)
+    assert default_split(toy(12, 12)) != default_split(toy(12, 12), seed=1)
+    assert iemocap_loso_split(IEMOCAP, test_session=2, n_aux=3) == iemocap_loso_split(
+        IEMOCAP, test_session=2, n_aux=3, seed=0
+    )
