@@ -103,3 +103,9 @@ def test_iid_deals_remainders_round_robin_across_classes():
     assert [s.tolist() for s in every] == [[0], [1], [2], [3], [4]]
     with pytest.raises(DataError, match="^6 clients but only 5 training samples; use fewer clients$"):
         iid_balanced(np.arange(5), 6, np.random.default_rng(0))
+
+
+def test_by_speaker_refuses_genders_that_do_not_match_the_speakers():
+    speakers = np.repeat(["a", "b", "c"], 2)
+    with pytest.raises(ValueError, match="zip"):
+        by_speaker(speakers, 2, np.random.default_rng(0), ["female"] * 5)
