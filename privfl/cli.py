@@ -15,6 +15,7 @@ from privfl.config import (
     FLAG_FIELDS,
     MODELS,
     MODES,
+    NORMALIZE,
     PARTITIONS,
     SECURE_SCHEMES,
     SPLITS,
@@ -76,6 +77,17 @@ def _train_options(f):
         click.option("--split", type=click.Choice(SPLITS), help="Speaker split protocol [auto]."),
         click.option(
             "--strict", is_flag=True, default=None, help="Fail on unreadable files instead of skipping."
+        ),
+        click.option(
+            "--folds",
+            type=int,
+            help="Speaker-independent k-fold CV: K runs under one parent (IEMOCAP: 5, one per session).",
+        ),
+        click.option("--fold", type=int, help="Run only fold 1..K of --folds [0: all]."),
+        click.option(
+            "--normalize",
+            type=click.Choice(NORMALIZE),
+            help="Log-Mel mean/variance normalisation per utterance (paper), speaker, global, or none.",
         ),
         click.option(
             "--partition",
@@ -184,9 +196,32 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
                 info += f"  eps {row['epsilon']:.2f}"
             progress.update(rounds, completed=row["round"], info=info)
 
-        summary = run_training(
-            cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage
-        )
+        if cfg.data.folds and not cfg.data.fold:
+            from privfl.folds import run_folds
+
+            def on_fold(fold: int, s: dict) -> None:
+                progress.reset(rounds, start=False)
+                console.print(
+                    f"fold {fold}/{cfg.data.folds} (test {', '.join(s['split']['test'])}): test UAR "
+                    f"{s['test_uar_at_best_val']:.3f} at best-val round {s['best_round']}"
+                )
+
+            summary = run_folds(
+                cfg,
+                out,
+                resume=resume,
+                overwrite=overwrite,
+                on_fold=on_fold,
+                on_round=on_round,
+                on_stage=on_stage,
+            )
+        else:
+            summary = run_training(
+                cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage
+            )
+    if summary.get("kind") == "folds":
+        _echo_folds(summary)
+        return
     click.echo(
         f"{summary['mode']} {summary['model']} on {summary['dataset']}: "
         f"test UAR {summary['test_uar_at_best_val']:.3f} at best-val round {summary['best_round']} "
@@ -204,6 +239,17 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
             f"{skipped} corpus file(s) or label line(s) were skipped: see {summary['run_dir']}/skipped.csv"
         )
     click.echo(f"run directory: {summary['run_dir']}")
+
+
+def _echo_folds(summary: dict) -> None:
+    recall = ", ".join(f"{e} {r:.3f}" for e, r in summary["per_class_recall"].items() if r is not None)
+    click.echo(
+        f"{summary['mode']} {summary['model']} on {summary['dataset']}, {len(summary['folds'])} folds: "
+        f"test UAR {summary['test_uar_mean']:.3f} +- {summary['test_uar_sd']:.3f} at best-val rounds "
+        f"(final {summary['final_test_uar_mean']:.3f} +- {summary['final_test_uar_sd']:.3f}); "
+        f"per-class recall {recall}; {summary['seconds_total']:.0f} s"
+    )
+    click.echo(f"run directory: {summary['run_dir']} (confusion.png, fold_NN/)")
 
 
 @main.group()
