@@ -24,7 +24,7 @@ DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb", "manifest")
 NORMALIZE = ("utterance", "speaker", "global", "none")
 FOUR_CLASSES = ("neutral", "happy", "sad", "angry")  # privfl.data.records.EMOTIONS, without its import
 PARTITIONS = ("iid", "by-speaker", "dirichlet")
-SPLITS = ("auto", "speaker", "iemocap-paper", "loso")
+SPLITS = ("auto", "speaker", "iemocap-paper", "loso", "manifest")
 SESSION_SPLITS = ("iemocap-paper", "loso")  # IEMOCAP's session protocols
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
@@ -136,6 +136,11 @@ class DataConfig:
                 )
 
     def _validate_manifest(self) -> None:
+        if self.split == "manifest" and (self.dataset != "manifest" or self.folds):
+            raise ConfigError(
+                "data.split 'manifest' takes the roles from a manifest's split column: it needs "
+                f"--dataset manifest (got {self.dataset!r}) and no --folds (got {self.folds})"
+            )
         if self.dataset != "manifest" and (self.label_map or self.emotions):
             raise ConfigError(
                 f"data.label_map and data.emotions apply to --dataset manifest, not {self.dataset!r}; "

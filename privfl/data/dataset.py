@@ -87,6 +87,8 @@ def load_corpus_for(cfg: DataConfig, progress: Stage | None = None) -> Corpus:
         options["merge_excited"] = cfg.merge_excited
     if cfg.dataset == "ravdess":
         options["calm_as_neutral"] = cfg.calm_as_neutral
+    if cfg.dataset == "manifest":
+        options.update(label_map=cfg.label_map, emotions=cfg.emotions)
     if cfg.dataset == "crema-d" and cfg.demographics:
         options["demographics"] = cfg.demographics
     return load_corpus(cfg.dataset, Path(cfg.data_dir), strict=cfg.strict, **options)
@@ -110,6 +112,8 @@ def split_for(corpus: Corpus, cfg: DataConfig, seed: int) -> Split:
             f"data.folds={cfg.folds} with data.fold=0 names every fold; one split needs data.fold "
             f"in 1..{cfg.folds} (privfl.folds.run_folds runs them all)"
         )
+    if protocol == "manifest":
+        return splits.manifest_split(corpus, n_aux=n_aux, seed=seed)
     if cfg.folds and protocol == "loso":  # IEMOCAP leave-one-session-out: fold i tests session i
         return splits.iemocap_loso_split(
             corpus, test_session=cfg.fold, test_gender=cfg.test_gender, n_aux=n_aux, seed=seed
@@ -191,8 +195,12 @@ def prepare(cfg: ExperimentConfig, progress: Stage | None = None) -> PreparedDat
             raise DataError(
                 f"the {role} split of {corpus.name} holds no utterances; check the split settings"
             )
+    # One feature file for the corpus's utterances in any role, so every fold and seed shares it.
+    used = [u for role in ("train", "val", "test", "aux") for u in by_role[role]]
+    every = featurise(sorted(used, key=lambda u: u.id), d, progress=progress, stage="features")
+    row = {uid: i for i, uid in enumerate(every.ids)}
     sets = {
-        role: featurise(utts, d, progress=progress, stage=f"features ({role})")
+        role: every.take(np.array([row[u.id] for u in utts], dtype=np.int64))
         for role, utts in by_role.items()
     }
     copies = [

@@ -146,6 +146,41 @@ def kfold_split(corpus: Corpus, *, k: int, fold: int, n_val: int, n_aux: int = 0
     return Split(train=tuple(train), val=tuple(sorted(val)), test=test, aux=tuple(sorted(aux)))
 
 
+def manifest_split(corpus: Corpus, *, n_aux: int = 0, seed: int = 0) -> Split:
+    """Roles from the corpus's own split column (Utterance.split); every speaker needs one role.
+
+    n_aux training speakers (gender balanced, drawn with default_rng(seed)) become aux.
+    """
+    roles: dict[str, set[str]] = {}
+    for u in corpus.utterances:
+        roles.setdefault(u.speaker, set()).add(u.split)
+    for speaker, found in sorted(roles.items()):
+        if "" in found or len(found) > 1:
+            what = "no split value" if "" in found else f"several splits ({', '.join(sorted(found))})"
+            raise DataError(
+                f"{corpus.name}: speaker {speaker!r} has {what}; --split manifest needs one split per "
+                "speaker (train, validation or test) so no speaker crosses roles; or use --split speaker"
+            )
+    by_role = {r: sorted(s for s, f in roles.items() if r in f) for r in ("train", "val", "test")}
+    empty = [r for r, s in by_role.items() if not s]
+    if empty:
+        raise DataError(
+            f"{corpus.name}: the split column gives no speaker the role(s) {', '.join(empty)}; "
+            "each of train, validation and test needs at least one speaker"
+        )
+    n_aux = _count("n_aux", n_aux)
+    if n_aux >= len(by_role["train"]):
+        raise DataError(
+            f"{corpus.name}: {len(by_role['train'])} training speakers; n_aux={n_aux} would leave none; "
+            "set data.aux_speakers lower"
+        )
+    rng = np.random.default_rng(_seed(seed))
+    pools = _gender_pools(corpus, by_role["train"], rng)
+    aux = _take_balanced(pools, n_aux, rng)
+    train = sorted(s for pool in pools.values() for s in pool)
+    return Split(tuple(train), tuple(by_role["val"]), tuple(by_role["test"]), tuple(sorted(aux)))
+
+
 def iemocap_loso_split(
     corpus: Corpus, *, test_session: int, test_gender: str = "female", n_aux: int = 0, seed: int = 0
 ) -> Split:
