@@ -301,6 +301,8 @@ def synth(out: Path, speakers: int, utterances_per_emotion: int, seed: int) -> N
     help="Set any config field, e.g. --set data.val_speakers=1 for a small corpus such as EmoDB.",
 )
 @click.option("--seed", type=int, help="Seed of the speaker split [0].")
+@click.option("--folds", type=int, help="K-fold speaker CV: list every fold's test speakers, report --fold.")
+@click.option("--fold", type=int, help="Which fold's roles to report [1].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flags) -> None:
     """Count utterances per emotion/speaker/gender/split and list problems found.
@@ -315,12 +317,24 @@ def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flag
     from privfl.data.dataset import load_corpus_for, split_for
 
     cfg = resolve_config(config_path, None, sets, flags).validate()
+    if cfg.data.folds and not cfg.data.fold:
+        cfg = cfg.override({"data.fold": 1})
     corpus = load_corpus_for(cfg.data)
     report = corpus_report(corpus, split_for(corpus, cfg.data, cfg.seed))
+    if cfg.data.folds:
+        report["folds"] = {
+            str(i): list(split_for(corpus, cfg.override({"data.fold": i}).data, cfg.seed).test)
+            for i in range(1, cfg.data.folds + 1)
+        }
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
-    else:
-        render_report(report, Console())
+        return
+    render_report(report, Console())
+    for i, test in report.get("folds", {}).items():
+        click.echo(
+            f"fold {i} test speakers: {', '.join(test)}"
+            + ("  (roles above)" if int(i) == cfg.data.fold else "")
+        )
 
 
 def _register_subcommands() -> None:

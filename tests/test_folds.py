@@ -133,3 +133,16 @@ def test_cli_runs_folds_and_prints_mean_and_sd(tmp_path) -> None:
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "cv")])
     assert result.exit_code == 0, result.output
     assert "4 folds: test UAR" in result.output and "+-" in result.output
+
+
+def test_data_check_lists_every_folds_test_speakers(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from privfl.cli import main
+
+    release = write_iemocap(tmp_path)
+    args = ["data", "check", "--dataset", "iemocap", "--data-dir", str(release), "--folds", "5", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["folds"] == {str(i): [f"Ses0{i}F"] for i in range(1, 6)}
