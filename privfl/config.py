@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 MODES = ("central", "fedavg", "dp", "user-dp")
 MODELS = ("cnn", "lstm")
-DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb")
+DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb", "manifest")
+NORMALIZE = ("utterance", "speaker", "global", "none")
+FOUR_CLASSES = ("neutral", "happy", "sad", "angry")  # privfl.data.records.EMOTIONS, without its import
 PARTITIONS = ("iid", "by-speaker", "dirichlet")
-SPLITS = ("auto", "speaker", "iemocap-paper", "loso")
+SPLITS = ("auto", "speaker", "iemocap-paper", "loso", "manifest")
 SESSION_SPLITS = ("iemocap-paper", "loso")  # IEMOCAP's session protocols
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
@@ -68,6 +70,17 @@ class DataConfig:
     dirichlet_alpha: float = 0.5
     n_mels: int = 40
     max_frames: int = 300  # 3 s at a 10 ms hop
+    # Log-Mel mean/variance normalisation per band: over each utterance (the paper's features),
+    # over each speaker's utterances (each client does its own speaker locally), over the training
+    # set (a statistic pooled across clients), or none.
+    normalize: str = "utterance"
+    # Speaker-independent k-fold CV: folds > 0 splits the speakers into `folds` disjoint test groups
+    # (IEMOCAP: one fold per session); fold 1..folds picks one, 0 runs them all (privfl.folds).
+    folds: int = 0
+    fold: int = 0
+    # manifest corpora: "source=target" label renames (e.g. "ang=angry") and the classes kept
+    label_map: tuple[str, ...] = ()
+    emotions: tuple[str, ...] = ()  # empty: all four classes
 
     def aux_count(self, protocol: str) -> int:
         """Auxiliary speakers under a resolved split protocol (see aux_speakers)."""
@@ -104,6 +117,58 @@ class DataConfig:
             validate_speed_factors(self.speed_perturb)
         _positive("data.n_mels", self.n_mels)
         _positive("data.max_frames", self.max_frames)
+        _choice("data.normalize", self.normalize, NORMALIZE)
+        self._validate_folds()
+        self._validate_manifest()
+
+    def _validate_folds(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(
+                f"data.folds must be 0 (one split) or >= 2 (k-fold speaker CV), got {self.folds}; "
+                "e.g. --folds 6 for RAVDESS's 24 actors"
+            )
+        if not 0 <= self.fold <= self.folds:
+            raise ConfigError(
+                f"data.fold must be in 0..{self.folds} (0 runs every fold), got {self.fold}"
+                + ("; set data.folds first" if self.folds == 0 else "")
+            )
+        if self.folds and self.split == "iemocap-paper":
+            raise ConfigError(
+                "data.split 'iemocap-paper' fixes one test speaker; with --folds use --split loso "
+                "(IEMOCAP, one fold per session) or --split speaker"
+            )
+        if self.folds and (self.split == "loso" or (self.dataset == "iemocap" and self.split == "auto")):
+            if self.folds != 5:
+                raise ConfigError(
+                    f"IEMOCAP's leave-one-session-out has 5 folds (one per session), got data.folds="
+                    f"{self.folds}; use --folds 5, or --split speaker for k folds over speakers"
+                )
+
+    def _validate_manifest(self) -> None:
+        if self.split == "manifest" and (self.dataset != "manifest" or self.folds):
+            raise ConfigError(
+                "data.split 'manifest' takes the roles from a manifest's split column: it needs "
+                f"--dataset manifest (got {self.dataset!r}) and no --folds (got {self.folds})"
+            )
+        if self.dataset != "manifest" and (self.label_map or self.emotions):
+            raise ConfigError(
+                f"data.label_map and data.emotions apply to --dataset manifest, not {self.dataset!r}; "
+                "remove them"
+            )
+        for item in self.label_map:
+            source, sep, target = item.partition("=")
+            if not sep or not source.strip() or target.strip() not in FOUR_CLASSES:
+                raise ConfigError(
+                    f"data.label_map entry {item!r} is not 'source=target' with target one of "
+                    f'{", ".join(FOUR_CLASSES)}; e.g. "ang=angry"'
+                )
+        for emotion in self.emotions:
+            if emotion not in FOUR_CLASSES:
+                raise ConfigError(
+                    f"data.emotions holds {emotion!r}; expected a subset of {', '.join(FOUR_CLASSES)}"
+                )
+        if len(set(self.emotions)) != len(self.emotions):
+            raise ConfigError(f"data.emotions lists a class twice: {list(self.emotions)}")
 
 
 @dataclass(frozen=True)
@@ -421,6 +486,9 @@ FLAG_FIELDS: dict[str, str] = {
     "dirichlet_alpha": "data.dirichlet_alpha",
     "split": "data.split",
     "strict": "data.strict",
+    "normalize": "data.normalize",
+    "folds": "data.folds",
+    "fold": "data.fold",
     "model": "model.name",
     "mode": "train.mode",
     "engine": "train.engine",
