@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "applications",
         (
             "privfl.experiment",
+            "privfl.folds",
             "privfl.flower_app",
             "privfl.cli",
             "privfl.clickgroup",
