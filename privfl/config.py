@@ -185,11 +185,46 @@ class SecureConfig:
     global_scale_bits: int = 46
     insecure_he: bool = False  # allow parameters below 128-bit security (tests only)
     debug_check: bool = False  # log decrypted-vs-plaintext error (computed outside the aggregator)
-    min_clients: int = 1
+    # the key holder releases a round's sum only with this many verified clients; None: 3 where the
+    # clients per round allow it, else 2 (a one-client sum is that client's update)
+    min_clients: int | None = None
+    # public packing, fixed before each round by the key holder (never by the server): round 0 packs
+    # |sum| < 2^(bound_bits-1) and sum of weights < 2^(weight_bound_bits-1); later rounds adapt to the
+    # previous released sum plus margin_bits, unless adapt_bounds is false (docs/secure-aggregation.md)
+    bound_bits: int = 16
+    weight_bound_bits: int = 20
+    margin_bits: int = 5
+    adapt_bounds: bool = True
+    # the key holder: "" = the built-in engine starts `privfl keyholder serve` as a child process;
+    # "host:port" = connect to one started apart (deployment). keyholder_key: the key holder's
+    # Ed25519 public key (hex) that clients pin; "" only with a spawned key holder.
+    keyholder: str = ""
+    keyholder_key: str = ""
 
     def validate(self) -> None:
         _choice("secure.scheme", self.scheme, SECURE_SCHEMES)
-        _positive("secure.min_clients", self.min_clients)
+        if self.min_clients is not None and self.min_clients < 2:
+            raise ConfigError(
+                f"secure.min_clients = {self.min_clients}: the key holder refuses sums of fewer than 2 "
+                "clients (a one-client sum is that client's update); use 2 or more, or leave it unset"
+            )
+        for name in ("bound_bits", "weight_bound_bits"):
+            if abs(getattr(self, name)) > 900:
+                raise ConfigError(f"secure.{name} = {getattr(self, name)} must be within +-900")
+        if not 1 <= self.margin_bits <= 16:
+            raise ConfigError(f"secure.margin_bits = {self.margin_bits} must be in 1..16 (default 5)")
+        if self.keyholder_key:
+            try:
+                ok = len(bytes.fromhex(self.keyholder_key)) == 32
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"secure.keyholder_key = {self.keyholder_key!r} is not a 64-hex-digit Ed25519 public "
+                    "key; copy the key `privfl keyholder serve` prints"
+                )
+        if self.keyholder and ":" not in self.keyholder:
+            raise ConfigError(f"secure.keyholder = {self.keyholder!r} must be host:port, e.g. 10.0.0.5:7710")
 
 
 @dataclass(frozen=True)
@@ -218,6 +253,14 @@ class ExperimentConfig:
             )
         if self.train.mode == "central" and self.secure.scheme != "none":
             raise ConfigError("mode 'central' has no clients to aggregate: drop --secure-agg")
+        if self.secure.scheme == "ckks":
+            per_round, needed = clients_per_round(self), min_clients(self)
+            if per_round < needed:
+                raise ConfigError(
+                    f"secure.min_clients = {needed}, but a round samples at most {per_round} client(s) "
+                    f"(train.clients = {self.train.clients}, train.fraction = {self.train.fraction}): the key "
+                    "holder would refuse every round; sample more clients per round (at least 2)"
+                )
         return self
 
     # --- dict / TOML -------------------------------------------------------------------------
@@ -259,6 +302,21 @@ class ExperimentConfig:
                     raise ConfigError(f"{key!r} does not name a config field")
             node[parts[-1]] = value
         return ExperimentConfig.from_dict(raw)
+
+
+def clients_per_round(cfg: ExperimentConfig) -> int:
+    """The most clients a round can hold: round(C*K) (at least 1); user-dp's Poisson sampling: K."""
+    t = cfg.train
+    if t.mode == "user-dp":
+        return t.clients
+    return max(int(round(t.fraction * t.clients)), 1)
+
+
+def min_clients(cfg: ExperimentConfig) -> int:
+    """secure.min_clients, or its default: 3 where a round holds 3 or more clients, else 2."""
+    if cfg.secure.min_clients is not None:
+        return cfg.secure.min_clients
+    return 3 if clients_per_round(cfg) >= 3 else 2
 
 
 # CLI flag -> config field; the CLI builds its options from this table.

@@ -80,20 +80,12 @@ def build_components(cfg: ExperimentConfig, data: PreparedData) -> Components:
 
 
 def make_summation(cfg: ExperimentConfig) -> Summation:
-    """Plaintext sum, or CKKS-encrypted sum when secure.scheme is 'ckks'."""
+    """Plaintext sum, or a CKKS sum released by a key holder in its own process (secure.scheme 'ckks')."""
     if cfg.secure.scheme == "none":
         return PlainSummation()
-    from privfl.fl.secure import CkksParams, CkksSummation
+    from privfl.fl.relay_summation import RelayedCkksSummation
 
-    s = cfg.secure
-    params = CkksParams(
-        poly_modulus_degree=s.poly_modulus_degree,
-        coeff_mod_bit_sizes=tuple(s.coeff_mod_bit_sizes),
-        global_scale_bits=s.global_scale_bits,
-        insecure=s.insecure_he,
-    )
-    params.validate()
-    return CkksSummation(params, debug_check=s.debug_check, min_clients=s.min_clients)
+    return RelayedCkksSummation(cfg, list(range(cfg.train.clients)), debug_check=cfg.secure.debug_check)
 
 
 def default_out(cfg: ExperimentConfig) -> Path:
