@@ -258,8 +258,8 @@ class ExperimentConfig:
             if per_round < needed:
                 raise ConfigError(
                     f"secure.min_clients = {needed}, but a round samples at most {per_round} client(s) "
-                    f"(train.clients = {self.train.clients}, train.fraction = {self.train.fraction}): the key "
-                    "holder would refuse every round; sample more clients per round (at least 2)"
+                    f"(train.clients = {self.train.clients}, train.fraction = {self.train.fraction}): the "
+                    "key holder would refuse every round; sample more clients per round (at least 2)"
                 )
         return self
 

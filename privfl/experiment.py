@@ -294,12 +294,17 @@ def train(
         return run_engine(cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage)
     session = Session(cfg, out, resume=resume, overwrite=overwrite, on_stage=on_stage)
     federation = session.federation()
-    for r in session.rounds():
-        session.begin_round()
-        row = session.end_round(r, federation.run_round(r, session.weights))
-        if on_round is not None:
-            on_round(row)
-    return session.finish()
+    try:
+        for r in session.rounds():
+            session.begin_round()
+            row = session.end_round(r, federation.run_round(r, session.weights))
+            if on_round is not None:
+                on_round(row)
+        return session.finish()
+    finally:
+        close = getattr(session.components.summation, "close", None)
+        if close is not None:
+            close()  # stops a key-holder process the summation started
 
 
 def parameter_count(cfg: ExperimentConfig) -> int:

@@ -5,7 +5,8 @@ experiment seed. Its public half is registered with the key holder at enrolment,
 server's hands: the key holder reads a registry file {client id: public key} that the operator
 assembles from what each client printed. A client signs every contribution it sends:
 
-    signature over  b"privfl-contribution-v1" | run id (16 B) | round (u32) | client id (u32) | sha256(payload)
+    Ed25519 signature over
+        b"privfl-contribution-v1" | run id (16 B) | round (u32) | client id (u32) | sha256(payload)
 
 so the key holder can tell which enrolled client sent which ciphertext, for which run and round,
 and refuse anything the relaying server made up or re-labelled. The key holder signs its round
@@ -42,7 +43,9 @@ def payload_digest(payload: bytes) -> bytes:
 def contribution_message(run_id: bytes, round_index: int, client_id: int, digest: bytes) -> bytes:
     """The bytes a client signs for one contribution (domain-separated, fixed layout)."""
     if len(run_id) != RUN_ID_BYTES or len(digest) != 32:
-        raise CryptoError(f"run id must be {RUN_ID_BYTES} bytes and digest 32, got {len(run_id)}, {len(digest)}")
+        raise CryptoError(
+            f"run id must be {RUN_ID_BYTES} bytes and digest 32, got {len(run_id)}, {len(digest)}"
+        )
     return CONTRIBUTION_DOMAIN + _CONTRIBUTION.pack(run_id, round_index, client_id, digest)
 
 
@@ -87,7 +90,9 @@ class SigningKey:
         try:
             raw = Path(path).read_bytes()
         except OSError as exc:
-            raise CryptoError(f"cannot read the signing key {path} ({exc}); create it with enrolment") from exc
+            raise CryptoError(
+                f"cannot read the signing key {path} ({exc}); create it with enrolment"
+            ) from exc
         return cls.from_bytes(raw)
 
     @classmethod
@@ -125,9 +130,13 @@ def read_registry(path: Path) -> dict[int, bytes]:
     try:
         body = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise CryptoError(f"cannot read the enrolment registry {path} ({exc}); write it with privfl enrolment") from exc
+        raise CryptoError(
+            f"cannot read the enrolment registry {path} ({exc}); write it with privfl enrolment"
+        ) from exc
     if not isinstance(body, dict) or body.get("format") != 1 or not isinstance(body.get("clients"), dict):
-        raise CryptoError(f"{path} is not a privfl enrolment registry (expected format 1 with a 'clients' table)")
+        raise CryptoError(
+            f"{path} is not a privfl enrolment registry (expected format 1 with a 'clients' table)"
+        )
     out: dict[int, bytes] = {}
     for cid, hexkey in body["clients"].items():
         try:

@@ -53,7 +53,7 @@ import numpy as np
 import tenseal as ts
 
 from privfl.errors import ConfigError, CryptoError
-from privfl.fl.aggregate import Contribution, SumResult
+from privfl.fl.aggregate import Contribution
 from privfl.fl.enrolment import (
     RUN_ID_BYTES,
     SigningKey,
@@ -174,7 +174,9 @@ def pack_one(
 def unpack_sum(values: np.ndarray, n_params: int, bounds: tuple[int, int], capacity_bits: int):
     """(vector [n_params], weight) from summed slot values; exact powers of two."""
     b, bw = bounds
-    return np.ldexp(values[:n_params], b - capacity_bits), math.ldexp(float(values[n_params]), bw - capacity_bits)
+    return np.ldexp(values[:n_params], b - capacity_bits), math.ldexp(
+        float(values[n_params]), bw - capacity_bits
+    )
 
 
 # --- the signed round announcement ----------------------------------------------------------------
@@ -237,7 +239,9 @@ class PinnedEncryptor:
         self._geometry = _Geometry.of(self._context)
         self.fingerprint = context_fingerprint(bytes(public_context))
 
-    def check(self, announcement: bytes, signature: bytes, n_params: int, round_index: int) -> RoundAnnouncement:
+    def check(
+        self, announcement: bytes, signature: bytes, n_params: int, round_index: int
+    ) -> RoundAnnouncement:
         """The announcement, once its signature, fingerprint, round and size are what this client expects."""
         if not verify(self.keyholder_key, signed_announcement_message(announcement), signature):
             raise CryptoError(
@@ -271,7 +275,9 @@ class PinnedEncryptor:
         header = RoundAnnouncement.from_bytes(announcement)
         ann = self.check(announcement, signature, x.shape[0], header.round_index)
         if not np.all(np.isfinite(x)):
-            raise CryptoError(f"client {contribution.client_id}'s update has non-finite values; nothing was sent")
+            raise CryptoError(
+                f"client {contribution.client_id}'s update has non-finite values; nothing was sent"
+            )
         values, clamped = pack_one(
             x, float(contribution.weight), ann.bounds, ann.max_clients, self._geometry.capacity_bits
         )
@@ -293,7 +299,9 @@ class PinnedEncryptor:
             ),
             chunks,
         )
-        message = contribution_message(ann.run_id, ann.round_index, contribution.client_id, payload_digest(payload))
+        message = contribution_message(
+            ann.run_id, ann.round_index, contribution.client_id, payload_digest(payload)
+        )
         return payload, key.sign(message), clamped
 
 
@@ -345,7 +353,8 @@ class KeyHolderCore:
             )
         if len(registry) < min_clients:
             raise ConfigError(
-                f"the enrolment registry holds {len(registry)} client(s), fewer than min_clients={min_clients}"
+                f"the enrolment registry holds {len(registry)} client(s), fewer than "
+                f"min_clients={min_clients}: enrol more clients (privfl keyholder register)"
             )
         self.params, self.packing, self.min_clients = params, packing, min_clients
         self.registry = dict(registry)
@@ -374,7 +383,9 @@ class KeyHolderCore:
     def open_round(self, round_index: int, n_params: int) -> tuple[bytes, bytes]:
         """(announcement bytes, key-holder signature) for the round; the same pair if already open."""
         if round_index in self._released:
-            raise CryptoError(f"round {round_index} was already released; the key holder releases one sum per round")
+            raise CryptoError(
+                f"round {round_index} was already released; the key holder releases one sum per round"
+            )
         if not isinstance(n_params, int) or not 0 < n_params < 2**31:
             raise CryptoError(f"n_params={n_params!r} must be a positive integer")
         state = self._rounds.get(round_index)
@@ -494,7 +505,9 @@ class KeyHolderCore:
             self._context = ts.context_from((d / "secret-context.bin").read_bytes())
             self._signer = SigningKey.load(d / "signing-key.bin")
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise CryptoError(f"key-holder state in {d} is unreadable ({exc}); start with an empty --state") from exc
+            raise CryptoError(
+                f"key-holder state in {d} is unreadable ({exc}); start with an empty --state"
+            ) from exc
         if len(self.run_id) != RUN_ID_BYTES or not self._context.has_secret_key():
             raise CryptoError(f"key-holder state in {d} is incomplete; start with an empty --state")
 
@@ -502,7 +515,9 @@ class KeyHolderCore:
 def _new_context(params: CkksParams) -> ts.Context:
     try:
         context = ts.context(
-            ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes)
+            ts.SCHEME_TYPE.CKKS,
+            params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
         )
     except ValueError as exc:
         raise CryptoError(
@@ -605,7 +620,10 @@ def handle(core: KeyHolderCore, frame: bytes) -> tuple[bytes, bool]:
             return encode_frame({"ok": True}, {"announcement": ann, "signature": sig}), True
         if op == "submit":
             reason = core.submit(
-                _int(fields, "round"), _int(fields, "client"), blobs.get("payload", b""), blobs.get("signature", b"")
+                _int(fields, "round"),
+                _int(fields, "client"),
+                blobs.get("payload", b""),
+                blobs.get("signature", b""),
             )
             return encode_frame({"ok": True, "accepted": reason is None, "reason": reason}), True
         if op == "release":
@@ -768,7 +786,8 @@ def spawn_keyholder(
     state_dir: Path | None = None,
     start_timeout: float = 120.0,
 ) -> KeyHolderProcess:
-    """Start `python -m privfl.keyholder_cli serve` (= `privfl keyholder serve`) on 127.0.0.1 (a free port) and wait until it listens."""
+    """Start `python -m privfl.keyholder_cli serve` (= `privfl keyholder serve`) on 127.0.0.1 at a
+    free port, and wait until it listens."""
     workdir = tempfile.TemporaryDirectory(prefix="privfl-keyholder-")
     root = Path(workdir.name)
     (root / "experiment.toml").write_text(config_toml)

@@ -94,7 +94,9 @@ class RelayedCkksSummation:
         cid = contribution.client_id
         t0 = time.perf_counter()
         try:  # the client's half
-            payload, signed, clamped = self._encryptor.seal(contribution, announcement, signature, self._keys[cid])
+            payload, signed, clamped = self._encryptor.seal(
+                contribution, announcement, signature, self._keys[cid]
+            )
         except CryptoError as exc:
             self._rejected += 1
             log.warning("round %d: client %d sends nothing: %s", r, cid, exc)
