@@ -44,6 +44,12 @@ def check_flower_config(cfg: ExperimentConfig) -> None:
     """Refuse settings that need what a Flower server never has: plaintext updates under CKKS."""
     if cfg.secure.scheme == "none":
         return
+    if cfg.secure.scheme == "ckks":
+        raise ConfigError(
+            "secure.scheme = 'ckks' is not yet wired to the Flower engines: their ServerApp would hold "
+            "the secret key. Use --engine builtin, whose key holder runs as its own process "
+            "(docs/secure-aggregation.md)"
+        )
     if cfg.train.record_updates:
         raise ConfigError(
             "train.record_updates keeps each client's plaintext update, which a Flower server never "
