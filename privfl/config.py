@@ -253,6 +253,13 @@ class ExperimentConfig:
             )
         if self.train.mode == "central" and self.secure.scheme != "none":
             raise ConfigError("mode 'central' has no clients to aggregate: drop --secure-agg")
+        if self.secure.scheme == "ckks" and self.train.mode == "user-dp":
+            raise ConfigError(
+                "--mode user-dp with --secure-agg ckks: the key holder releases only sums of at least "
+                "secure.min_clients (>= 2) clients, and under Poisson sampling whether a round reaches "
+                "that depends on who was sampled, which the DP-FedAvg accounting does not cover; use "
+                "--mode dp with --secure-agg ckks, or --mode user-dp without it"
+            )
         if self.secure.scheme == "ckks":
             per_round, needed = clients_per_round(self), min_clients(self)
             if per_round < needed:
