@@ -184,7 +184,7 @@ def check_data_matches(observed: ObservedRun, data, round_index: int) -> None:
     replay reads a per-client update even under secure aggregation: it checks the experiment,
     it is not part of any attack.
     """
-    from attacks.shadow import client_trainer
+    from privfl.attacks.shadow import client_trainer
 
     if round_index in observed.verified_rounds:
         return

@@ -48,7 +48,7 @@ def dp_trainer(cfg: ExperimentConfig, n_mels: int, local: LocalConfig, client, m
         steps_per_round={client.client_id: local.epochs * -(-n // local.batch_size)},
         rounds=1000,
     )
-    return DPSGDTrainer(cfg.model, n_mels, local, cfg.seed, privacy, mode)
+    return DPSGDTrainer(cfg.model, n_mels, local, cfg.seed, privacy, mode, max_grad_norm=cfg.dp.max_grad_norm)
 
 
 def timed(trainer, client, weights, round_index: int) -> tuple[float, float]:

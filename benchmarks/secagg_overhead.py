@@ -2,7 +2,7 @@
 
 For stand-ins of the paper's models (CNN ~85k, LSTM ~105k parameters: 100_000 and 250_000) and
 K=10 clients, runs the same weighted contributions through `PlainSummation` and through the
-built-in engine's `RelayedCkksSummation`: simulated clients pack, encrypt and sign in this process;
+built-in engine's `CkksSummation`: simulated clients pack, encrypt and sign in this process;
 the relay forwards each payload over loopback to a `privfl keyholder serve` child process, which
 verifies the signature, adds the ciphertext into its running sum, and releases one decrypted sum.
 
@@ -41,7 +41,7 @@ import numpy as np
 
 from privfl.config import ExperimentConfig
 from privfl.fl.aggregate import Contribution, PlainSummation
-from privfl.fl.relay_summation import RelayedCkksSummation
+from privfl.fl.secure.summation import CkksSummation
 
 
 def contributions(n_params: int, clients: int, round_index: int) -> Iterator[Contribution]:
@@ -57,7 +57,7 @@ def plain_round(batch: list[Contribution], n_params: int) -> float:
     t0 = time.perf_counter()
     summation.begin_round(0, n_params)
     for c in batch:
-        summation.submit(c)
+        summation.add(c)
     summation.finish()
     return time.perf_counter() - t0
 
@@ -78,13 +78,13 @@ def process_memory_mib(pid: int) -> dict:
     return {"rss_mib": out["VmRSS"], "peak_rss_mib": out["VmHWM"]}
 
 
-def ckks_round(summation: RelayedCkksSummation, batch: list[Contribution], n_params: int, r: int) -> dict:
+def ckks_round(summation: CkksSummation, batch: list[Contribution], n_params: int, r: int) -> dict:
     t0 = time.perf_counter()
     summation.begin_round(r, n_params)
     pid = summation._process.process.pid
     kh_cpu0 = process_cpu_s(pid)
     for c in batch:
-        summation.submit(c)
+        summation.add(c)
     result = summation.finish()
     stats = dict(result.stats)
     stats["round_s"] = time.perf_counter() - t0
@@ -107,7 +107,7 @@ def main() -> None:
     load_before = os.getloadavg()
     results = []
     for n in args.sizes:
-        summation = RelayedCkksSummation(cfg, list(range(args.clients)), debug_check=True)
+        summation = CkksSummation(cfg, debug_check=True)
         try:
             first = ckks_round(summation, list(contributions(n, args.clients, 0)), n, 0)
             steady, plain = [], []

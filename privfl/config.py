@@ -7,16 +7,22 @@ config is written to the run directory as `config.toml` and is enough to rerun t
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 
 from privfl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 MODES = ("central", "fedavg", "dp", "user-dp")
 MODELS = ("cnn", "lstm")
@@ -26,6 +32,11 @@ SPLITS = ("auto", "speaker", "iemocap-paper", "loso")
 SESSION_SPLITS = ("iemocap-paper", "loso")  # IEMOCAP's session protocols
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("auto", "microbatch", "hooks", "functorch", "ew", "ghost")
+"""How per-sample gradients are computed. microbatch: one forward/backward per sample through the
+ordinary model (TF Privacy's microbatches; for the paper LSTM only the recurrence runs per sample);
+the others are Opacus's engines on the DP model (hooks, functorch, ew = expanded weights, ghost =
+ghost clipping, which never forms per-sample gradients)."""
 SECURE_SCHEMES = ("none", "ckks")
 DEFAULT_AUX_SPEAKERS = 4
 
@@ -90,8 +101,6 @@ class DataConfig:
                 "(0.1) give strong label skew, large ones (100) nearly IID"
             )
         if self.speed_perturb:
-            from privfl.data.augment import validate_speed_factors
-
             validate_speed_factors(self.speed_perturb)
         _positive("data.n_mels", self.n_mels)
         _positive("data.max_frames", self.max_frames)
@@ -158,6 +167,7 @@ class DPConfig:
 
     def validate(self) -> None:
         _choice("dp.accountant", self.accountant, ACCOUNTANTS)
+        _choice("dp.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             raise ConfigError(
                 f"dp.noise_multiplier must be > 0, got {self.noise_multiplier}; "
@@ -173,16 +183,144 @@ class DPConfig:
             raise ConfigError(f"dp.clip_norm must be > 0, got {self.clip_norm}")
 
 
-@dataclass(frozen=True)
-class SecureConfig:
-    """Encrypted aggregation of client updates (TenSEAL CKKS)."""
+# --- CKKS secure aggregation ------------------------------------------------------------------
+# total coefficient modulus (bits, all primes including the special one) for each ring degree N.
+HE_STANDARD_128_MAX_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 
-    scheme: str = "none"
+PRECISION_TARGET_BITS = 20  # 2^-20 ~ 1e-6 relative
+
+
+def _noise_bits(poly_modulus_degree: int, n_clients: int) -> float:
+    """log2 of the slot error of a sum of n fresh encryptions, in units of the scale (measured:
+    fresh max ~1.1 N at N=4096 and ~1.4 N at N=8192; independent noises add like sqrt(n))."""
+    return math.log2(poly_modulus_degree) + 1.0 + 0.5 * math.log2(max(n_clients, 1))
+
+
+@dataclass(frozen=True)
+class CkksParams:
+    """CKKS parameters and the public packing policy (docs/secure-aggregation.md).
+
+    poly_modulus_degree: ring degree N; N/2 values per ciphertext.
+    coeff_mod_bit_sizes: prime sizes; all but the last (the special prime) carry data. One data
+        prime is enough for addition: (50, 50) at N=4096 gives ~29 bytes per parameter.
+    global_scale_bits: log2 of the CKKS scale; with range packing it only fixes C = data bits - 2
+        - scale bits, the headroom above the packed values.
+    insecure: allow a modulus larger than the 128-bit standard allows (tests only; the TenSEAL
+        build itself still enforces 128-bit SEAL parameters).
+    max_clients: contributions per round; each client clamps |x_i| to 2^(b-1)/max_clients, so the
+        sum of any max_clients honest contributions cannot wrap.
+    bound_bits, weight_bound_bits: round 0's public bounds, |sum of vectors| < 2^(bound_bits-1) and
+        sum of weights < 2^(weight_bound_bits-1).
+    adapt_bounds: later rounds take both bounds from the previous released sum,
+        ceil(log2 max|sum|) + ceil(log2 max_clients) + margin_bits (the key holder's choice).
+    """
+
     # addition only, so no rescaling primes: one 50-bit data prime + the special prime fit N=4096
     # at 128-bit security and upload ~29 bytes per parameter (docs/secure-aggregation.md)
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: tuple[int, ...] = (50, 50)
     global_scale_bits: int = 46
+    insecure: bool = False
+    max_clients: int = 16
+    bound_bits: int = 16
+    weight_bound_bits: int = 20
+    adapt_bounds: bool = True
+    margin_bits: int = 5
+
+    @property
+    def data_bits(self) -> int:
+        """Bits of the modulus ciphertexts are encrypted at (all primes but the special one)."""
+        return int(sum(self.coeff_mod_bit_sizes[:-1]))
+
+    def headroom_bits(self) -> int:
+        """Bits an adapted bound keeps above the previous sum: room for max_clients and growth."""
+        return math.ceil(math.log2(max(self.max_clients, 1))) + self.margin_bits
+
+    def precision_bits(self) -> float:
+        """Bits of precision of an adapted round's sum relative to its largest value."""
+        return (
+            self.data_bits
+            - 2
+            - _noise_bits(self.poly_modulus_degree, self.max_clients)
+            - self.headroom_bits()
+        )
+
+    def next_bounds(self, bounds: tuple[int, int], peak: float, weight: float) -> tuple[int, int]:
+        """The next round's (vector, weight) bounds from a released sum's max|value| and weight;
+        unchanged without adapt_bounds or where the sum is 0."""
+        if not self.adapt_bounds:
+            return bounds
+        b, bw = bounds
+        if peak > 0 and math.isfinite(peak):
+            b = max(-900, min(math.frexp(peak)[1] + self.headroom_bits(), 900))
+        if weight > 0 and math.isfinite(weight):
+            bw = max(-900, min(math.frexp(weight)[1] + self.headroom_bits(), 900))
+        return b, bw
+
+    def validate(self) -> CkksParams:
+        """Check security (HE standard table), moduli, scale and precision; returns self."""
+        n = self.poly_modulus_degree
+        if n not in HE_STANDARD_128_MAX_BITS:
+            raise ConfigError(
+                f"poly_modulus_degree={n} is not one of {sorted(HE_STANDARD_128_MAX_BITS)}; use 4096 or 8192"
+            )
+        bits = tuple(self.coeff_mod_bit_sizes)
+        if len(bits) < 2:
+            raise ConfigError(
+                f"coeff_mod_bit_sizes={bits} needs at least two primes (the data prime(s) and the special "
+                "prime TenSEAL keeps for key switching), e.g. (50, 50)"
+            )
+        for i, b in enumerate(bits):
+            if not isinstance(b, int) or not 20 <= b <= 60:
+                raise ConfigError(
+                    f"coeff_mod_bit_sizes[{i}]={b!r} is outside the 20..60 bits SEAL can generate"
+                )
+        total, limit = sum(bits), HE_STANDARD_128_MAX_BITS[n]
+        if total > limit:
+            fits = [d for d, m in sorted(HE_STANDARD_128_MAX_BITS.items()) if m >= total]
+            msg = (
+                f"coeff_mod_bit_sizes={bits} totals {total} bits, above the {limit} bits the "
+                f"HomomorphicEncryption.org standard allows at poly_modulus_degree={n} for 128-bit security"
+            )
+            if not self.insecure:
+                fix = f"raise poly_modulus_degree to {fits[0]}" if fits else "use fewer or smaller primes"
+                raise ConfigError(
+                    f"{msg}; drop or shrink primes, {fix}, or pass insecure=True (--insecure-he) for tests"
+                )
+            log.warning("%s; insecure=True, continuing below 128-bit security", msg)
+        s = self.global_scale_bits
+        if not isinstance(s, int) or not 20 <= s <= self.data_bits - 2:
+            raise ConfigError(
+                f"global_scale_bits={s!r} must be in 20..{self.data_bits - 2}: the packed values need 2 bits "
+                f"below the {self.data_bits}-bit data modulus (all primes but the last)"
+            )
+        if not isinstance(self.max_clients, int) or not 1 <= self.max_clients <= 65535:
+            raise ConfigError(f"max_clients={self.max_clients!r} must be an integer in 1..65535")
+        if not isinstance(self.margin_bits, int) or not 1 <= self.margin_bits <= 16:
+            raise ConfigError(f"margin_bits={self.margin_bits!r} must be an integer in 1..16 (default 5)")
+        for name in ("bound_bits", "weight_bound_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or abs(value) > 900:
+                raise ConfigError(f"{name}={value!r} must be an integer within +-900 (default 16 and 20)")
+        precision = self.precision_bits()
+        if precision < PRECISION_TARGET_BITS:
+            raise ConfigError(
+                f"these parameters leave {precision:.1f} bits of precision relative to an adapted round's "
+                f"sum at max_clients={self.max_clients} (need >= {PRECISION_TARGET_BITS}, i.e. 1e-6): use a "
+                "larger data prime (e.g. coeff_mod_bit_sizes=(50, 50)), fewer clients per round, or a "
+                "smaller margin_bits"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class SecureConfig:
+    """Encrypted aggregation of client updates (TenSEAL CKKS); defaults are CkksParams's own."""
+
+    scheme: str = "none"
+    poly_modulus_degree: int = CkksParams.poly_modulus_degree
+    coeff_mod_bit_sizes: tuple[int, ...] = CkksParams.coeff_mod_bit_sizes
+    global_scale_bits: int = CkksParams.global_scale_bits
     insecure_he: bool = False  # allow parameters below 128-bit security (tests only)
     debug_check: bool = False  # log decrypted-vs-plaintext error (computed outside the aggregator)
     # the key holder releases a round's sum only with this many verified clients; None: 3 where the
@@ -191,15 +329,30 @@ class SecureConfig:
     # public packing, fixed before each round by the key holder (never by the server): round 0 packs
     # |sum| < 2^(bound_bits-1) and sum of weights < 2^(weight_bound_bits-1); later rounds adapt to the
     # previous released sum plus margin_bits, unless adapt_bounds is false (docs/secure-aggregation.md)
-    bound_bits: int = 16
-    weight_bound_bits: int = 20
-    margin_bits: int = 5
-    adapt_bounds: bool = True
+    bound_bits: int = CkksParams.bound_bits
+    weight_bound_bits: int = CkksParams.weight_bound_bits
+    margin_bits: int = CkksParams.margin_bits
+    adapt_bounds: bool = CkksParams.adapt_bounds
     # the key holder: "" = the built-in engine starts `privfl keyholder serve` as a child process;
     # "host:port" = connect to one started apart (deployment). keyholder_key: the key holder's
     # Ed25519 public key (hex) that clients pin; "" only with a spawned key holder.
     keyholder: str = ""
     keyholder_key: str = ""
+
+    def ckks_params(self, max_clients: int) -> CkksParams:
+        """The CKKS parameters and packing policy these settings give, for rounds of up to
+        `max_clients` contributions (config.clients_per_round)."""
+        return CkksParams(
+            poly_modulus_degree=self.poly_modulus_degree,
+            coeff_mod_bit_sizes=tuple(self.coeff_mod_bit_sizes),
+            global_scale_bits=self.global_scale_bits,
+            insecure=self.insecure_he,
+            max_clients=max_clients,
+            bound_bits=self.bound_bits,
+            weight_bound_bits=self.weight_bound_bits,
+            adapt_bounds=self.adapt_bounds,
+            margin_bits=self.margin_bits,
+        )
 
     def validate(self) -> None:
         _choice("secure.scheme", self.scheme, SECURE_SCHEMES)
@@ -208,11 +361,6 @@ class SecureConfig:
                 f"secure.min_clients = {self.min_clients}: the key holder refuses sums of fewer than 2 "
                 "clients (a one-client sum is that client's update); use 2 or more, or leave it unset"
             )
-        for name in ("bound_bits", "weight_bound_bits"):
-            if abs(getattr(self, name)) > 900:
-                raise ConfigError(f"secure.{name} = {getattr(self, name)} must be within +-900")
-        if not 1 <= self.margin_bits <= 16:
-            raise ConfigError(f"secure.margin_bits = {self.margin_bits} must be in 1..16 (default 5)")
         if self.keyholder_key:
             try:
                 ok = len(bytes.fromhex(self.keyholder_key)) == 32
@@ -261,6 +409,7 @@ class ExperimentConfig:
                 "--mode dp with --secure-agg ckks, or --mode user-dp without it"
             )
         if self.secure.scheme == "ckks":
+            self.secure.ckks_params(clients_per_round(self)).validate()
             per_round, needed = clients_per_round(self), min_clients(self)
             if per_round < needed:
                 raise ConfigError(
@@ -373,6 +522,17 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return dotted
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested dict (e.g. ExperimentConfig.to_dict()) as {dotted key: value}."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ConfigError(f"{name} {value!r} is not one of {', '.join(options)}")
@@ -444,3 +604,58 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return value
     return value
+
+
+# --- speed perturbation factors (privfl.data.augment applies them) --------------------------------
+MIN_FACTOR = 0.5
+MAX_FACTOR = 2.0
+
+_MAX_RATE_TERM = 1000  # a resampling ratio p/q with larger terms needs a huge sinc kernel
+
+
+def validate_speed_factor(factor: float, sample_rate: int = 16_000) -> tuple[int, int]:
+    """Check `factor` and return the reduced resampling ratio (source, target) it implies at `sample_rate`.
+
+    The factor is rounded to a whole number of Hz (factor * sample_rate); ConfigError if it is not
+    a finite number in [MIN_FACTOR, MAX_FACTOR] or needs an impractically fine ratio.
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ConfigError(f"sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.floating, np.integer)):
+        raise ConfigError(f"speed factor must be a number, got {factor!r}")
+    factor = float(factor)
+    if not math.isfinite(factor) or factor <= 0:
+        raise ConfigError(f"speed factor must be a positive finite number, got {factor!r} (1.0 = unchanged)")
+    if not MIN_FACTOR <= factor <= MAX_FACTOR:
+        raise ConfigError(
+            f"speed factor {factor} is outside [{MIN_FACTOR}, {MAX_FACTOR}]; "
+            "speed perturbation uses factors near 1, e.g. 0.9, 1.0, 1.1"
+        )
+    # torchaudio.functional.speed computes int(factor * rate), which truncates 1.15 * 16000 to 18399
+    # and turns a 23/20 ratio into a 18399/16000 one; round instead.
+    source, target = round(factor * int(sample_rate)), int(sample_rate)
+    gcd = math.gcd(source, target)
+    source, target = source // gcd, target // gcd
+    if max(source, target) > _MAX_RATE_TERM:
+        raise ConfigError(
+            f"speed factor {factor} at {sample_rate} Hz needs resampling by {source}/{target}, "
+            "which is too fine to compute; use a factor with at most two decimals, e.g. 0.95"
+        )
+    return source, target
+
+
+def validate_speed_factors(factors: Iterable[float], sample_rate: int = 16_000) -> tuple[float, ...]:
+    """Check a list of speed factors (e.g. from the config) and return it as a tuple without repeats."""
+    try:
+        values = tuple(float(f) if not isinstance(f, bool) else f for f in factors)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"speed factors must be a list of numbers like [0.9, 1.0, 1.1], got {factors!r}"
+        ) from exc
+    if not values:
+        raise ConfigError("speed factors must not be empty; use [1.0] for no perturbation")
+    for factor in values:
+        validate_speed_factor(factor, sample_rate)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"speed factors {list(values)} repeat a value; list each factor once")
+    return values

@@ -48,12 +48,13 @@ def serve(
     """Hold the secret key; release one verified sum per round to the relay that connects."""
     from privfl.config import ExperimentConfig
     from privfl.errors import ConfigError
-    from privfl.fl.enrolment import read_registry
-    from privfl.fl.keyholder_party import KeyHolderCore, keyholder_settings
-    from privfl.fl.keyholder_party import serve as serve_rounds
+    from privfl.fl.secure.enrolment import read_registry
+    from privfl.fl.secure.keyholder import KeyHolder
+    from privfl.fl.secure.service import keyholder_settings
+    from privfl.fl.secure.service import serve as serve_rounds
 
     cfg = ExperimentConfig.from_toml(config_path).validate()
-    params, packing, needed = keyholder_settings(cfg)
+    params, needed = keyholder_settings(cfg)
     start = None
     if bounds is not None:
         try:
@@ -61,9 +62,7 @@ def serve(
         except ValueError as exc:
             raise ConfigError(f"--bounds {bounds!r} must be two integers 'b,bw', e.g. 16,20") from exc
         start = (b, bw)
-    core = KeyHolderCore(
-        params, packing, read_registry(registry), min_clients=needed, bounds=start, state_dir=state_dir
-    )
+    core = KeyHolder(params, read_registry(registry), min_clients=needed, bounds=start, state_dir=state_dir)
     serve_rounds(core, host, port, announce=lambda line: click.echo(line, nl=True) or sys.stdout.flush())
 
 
@@ -78,7 +77,7 @@ def serve(
 )
 def enrol(client_id: int, key_path: Path) -> None:
     """On a client: create its signing key and print 'ID PUBLIC-KEY' for the key holder's registry."""
-    from privfl.fl.enrolment import SigningKey
+    from privfl.fl.secure.enrolment import SigningKey
 
     key = SigningKey.load_or_create(key_path)
     click.echo(f"{client_id} {key.public_bytes().hex()}")
@@ -91,7 +90,7 @@ def enrol(client_id: int, key_path: Path) -> None:
 def register(registry: Path, client_id: int, public_key: str) -> None:
     """On the key holder: add one client's public key to the registry (created if missing)."""
     from privfl.errors import CryptoError
-    from privfl.fl.enrolment import read_registry, write_registry
+    from privfl.fl.secure.enrolment import read_registry, write_registry
 
     keys = read_registry(registry) if registry.exists() else {}
     try:

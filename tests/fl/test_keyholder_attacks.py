@@ -18,23 +18,20 @@ import tenseal as ts
 from privfl.config import ExperimentConfig
 from privfl.errors import CryptoError
 from privfl.fl.aggregate import Contribution
-from privfl.fl.engines.messages import config_to_text
-from privfl.fl.enrolment import SigningKey, contribution_message, enrol_clients, payload_digest
-from privfl.fl.keyholder_party import (
+from privfl.fl.secure import MAGIC_AGGREGATE, _Header, _read_payload, _write_payload
+from privfl.fl.secure.encryptor import Encryptor
+from privfl.fl.secure.enrolment import SigningKey, contribution_message, enrol_clients, payload_digest
+from privfl.fl.secure.keyholder import KeyHolder, RoundAnnouncement, signed_announcement_message
+from privfl.fl.secure.packing import pack_one
+from privfl.fl.secure.service import (
     KeyHolderClient,
-    KeyHolderCore,
-    PinnedEncryptor,
-    RoundAnnouncement,
     decode_frame,
     encode_frame,
     keyholder_settings,
-    pack_one,
     recv_frame,
     send_frame,
-    signed_announcement_message,
     spawn_keyholder,
 )
-from privfl.fl.secure import MAGIC_AGGREGATE, _Header, _read_payload, _write_payload
 
 N_PARAMS = 3000  # two ciphertexts at N=4096, so chunk handling is exercised
 CLIENTS = [0, 1, 2, 3]
@@ -46,7 +43,7 @@ CFG = ExperimentConfig().override({"secure.scheme": "ckks", "train.clients": 4})
 def party():
     """One key-holder process for the module, its enrolled clients' keys, and the server's relay."""
     keys, registry = enrol_clients(CLIENTS)
-    process = spawn_keyholder(config_to_text(CFG), registry)
+    process = spawn_keyholder(CFG, registry)
     relay = KeyHolderClient(process.address)
     yield process, keys, registry, relay
     relay.shutdown()
@@ -60,7 +57,7 @@ class Round:
         process, self.keys, _, self.relay = party
         self.r = r
         self.announcement, self.signature = self.relay.open_round(r, n_params)
-        self.encryptor = PinnedEncryptor(process.verify_key, self.relay.public_context)
+        self.encryptor = Encryptor(process.verify_key, self.relay.public_context)
         rng = np.random.default_rng([15, r])
         self.updates = {
             c: (rng.normal(0, 0.01, n_params) * (c + 1) * 40, float(40 * (c + 1))) for c in CLIENTS
@@ -174,10 +171,10 @@ def test_attack3_second_sum_of_the_same_round_is_refused(party):
 def test_attack3_a_restarted_key_holder_with_state_still_refuses_the_round(tmp_path):
     keys, registry = enrol_clients(CLIENTS)
     state = tmp_path / "kh-state"
-    first = spawn_keyholder(config_to_text(CFG), registry, state_dir=state)
+    first = spawn_keyholder(CFG, registry, state_dir=state)
     relay = KeyHolderClient(first.address)
     ann, sig = relay.open_round(7, 10)
-    enc = PinnedEncryptor(first.verify_key, relay.public_context)
+    enc = Encryptor(first.verify_key, relay.public_context)
     rng = np.random.default_rng(3)
     for cid in (A, B, C):
         payload, psig, _ = enc.seal(Contribution(cid, rng.normal(size=10), 1.0), ann, sig, keys[cid])
@@ -185,7 +182,7 @@ def test_attack3_a_restarted_key_holder_with_state_still_refuses_the_round(tmp_p
     relay.release(7)
     relay.shutdown()
     first.stop()
-    again = spawn_keyholder(config_to_text(CFG), registry, state_dir=state)
+    again = spawn_keyholder(CFG, registry, state_dir=state)
     relay = KeyHolderClient(again.address)
     try:
         assert relay.verify_key == first.verify_key and relay.public_context == enc_context(enc, relay)
@@ -198,9 +195,9 @@ def test_attack3_a_restarted_key_holder_with_state_still_refuses_the_round(tmp_p
         again.stop()
 
 
-def enc_context(enc: PinnedEncryptor, relay: KeyHolderClient) -> bytes:
+def enc_context(enc: Encryptor, relay: KeyHolderClient) -> bytes:
     """The restarted key holder publishes the same context the clients pinned."""
-    from privfl.fl.secure import context_fingerprint
+    from privfl.fl.secure.payload import context_fingerprint
 
     assert context_fingerprint(relay.public_context) == enc.fingerprint
     return relay.public_context
@@ -210,16 +207,16 @@ def enc_context(enc: PinnedEncryptor, relay: KeyHolderClient) -> bytes:
 def test_attack4_no_bucket_copies_the_key_holder_sees_only_the_sum():
     """A tiny client among large ones: every slot the key holder can decrypt is a slot of the sum.
 
-    Run in-process on the shipped `KeyHolderCore` so the test can look at the key holder's own view
+    Run in-process on the shipped `KeyHolder` so the test can look at the key holder's own view
     (the decrypted slots of the round's ciphertext sum), which the socket never exposes."""
-    params, packing, needed = keyholder_settings(CFG)
+    params, needed = keyholder_settings(CFG)
     keys, registry = enrol_clients(CLIENTS)
-    core = KeyHolderCore(params, packing, registry, min_clients=needed)
+    core = KeyHolder(params, registry, min_clients=needed)
     r, n = 0, 200
     ann_bytes, sig = core.open_round(r, n)
     ann = RoundAnnouncement.from_bytes(ann_bytes)
     assert len(ann.bounds) == 2 and ann.n_values == n + 1  # one vector bound, one weight bound, no copies
-    enc = PinnedEncryptor(core.verify_key, core.public_context)
+    enc = Encryptor(core.verify_key, core.public_context)
     rng = np.random.default_rng(4)
     vectors = {A: rng.normal(0, 1e-4, n), B: rng.normal(0, 100, n), C: rng.normal(0, 100, n)}
     weights = {A: 3.0, B: 200.0, C: 180.0}
@@ -264,9 +261,7 @@ def test_attack5_clients_refuse_bounds_or_contexts_the_key_holder_did_not_sign(p
     own.global_scale = 2.0**46
     public = own.serialize(save_secret_key=False)
     with pytest.raises(CryptoError, match="signed fingerprint"):
-        PinnedEncryptor(party[0].verify_key, public).seal(
-            target, rnd.announcement, rnd.signature, rnd.keys[A]
-        )
+        Encryptor(party[0].verify_key, public).seal(target, rnd.announcement, rnd.signature, rnd.keys[A])
     # the open request carries no bounds; a server that adds some is ignored
     process, _, _, relay = party
     sock = relay._sock

@@ -9,16 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from privfl.config import CkksParams
 from privfl.errors import CryptoError
-from privfl.fl.enrolment import SigningKey, read_registry, verify, write_registry
-from privfl.fl.keyholder_party import (
-    RoundAnnouncement,
-    SumPacking,
-    decode_frame,
-    encode_frame,
-    pack_one,
-    unpack_sum,
-)
+from privfl.fl.secure.enrolment import SigningKey, read_registry, verify, write_registry
+from privfl.fl.secure.keyholder import RoundAnnouncement
+from privfl.fl.secure.packing import pack_one, unpack_sum
+from privfl.fl.secure.service import decode_frame, encode_frame
 
 
 @settings(max_examples=60, deadline=None)
@@ -50,10 +46,10 @@ def test_a_weight_beyond_the_published_bound_is_a_client_fault():
 
 
 def test_bounds_adapt_to_the_released_sum_only():
-    p = SumPacking(max_clients=10, margin_bits=5)
-    assert p.next_bounds((16, 20), np.array([0.3, -3.0]), 500.0) == (2 + 4 + 5, 9 + 4 + 5)
-    assert p.next_bounds((16, 20), np.zeros(2), 0.0) == (16, 20)  # nothing to adapt to
-    assert SumPacking(adapt=False).next_bounds((16, 20), np.array([1e6]), 1e6) == (16, 20)
+    p = CkksParams(max_clients=10, margin_bits=5)
+    assert p.next_bounds((16, 20), 3.0, 500.0) == (2 + 4 + 5, 9 + 4 + 5)
+    assert p.next_bounds((16, 20), 0.0, 0.0) == (16, 20)  # nothing to adapt to
+    assert CkksParams(adapt_bounds=False).next_bounds((16, 20), 1e6, 1e6) == (16, 20)
 
 
 @settings(max_examples=200, deadline=None)

@@ -21,8 +21,8 @@ def test_ckks_run_holds_no_secret_key_and_sums_within_1e6(tiny_config, tmp_path)
         session.end_round(r, federation.run_round(r, session.weights))
     key_holder = summation._process.process
     assert key_holder.pid != os.getpid() and key_holder.poll() is None
-    assert not summation._encryptor._context.has_secret_key()  # all this process holds is public
-    summation.close()
+    assert not summation._encryptor[2]._context.has_secret_key()  # all this process holds is public
+    session.close()
     assert key_holder.poll() is not None
     rows = RunDir(tmp_path / "run").metrics()
     assert all(r["rejected"] == 0 and r["clients"] == 2 for r in rows)

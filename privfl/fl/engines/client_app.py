@@ -1,11 +1,10 @@
-"""privfl's Flower ClientApp: local training, the policy's contribution, CKKS encryption.
+"""privfl's Flower ClientApp: local training, then the summation's client-side encoding.
 
-The ClientApp runs the same `Trainer` and `Policy` the built-in engine runs, built by the same
-`build_components` from the config the ServerApp sends; it only adds the transport. In a
-plaintext run it returns the update (delta, sample count), and the server weights it, exactly as
-`Federation.run_round` does. In an encrypted run it turns the update into its contribution
-itself (user-dp: clip and add its noise share), encrypts it with the public CKKS context from the
-message and returns only the ciphertext.
+The ClientApp runs the same `Trainer`, `Policy` and `Summation` the built-in engine runs, built by
+the same `build_components` from the config the ServerApp sends; it only adds the transport. It
+returns whatever `Summation.encode` makes of the update with the round's public keys: in a
+plaintext run the update itself (the server weights it), in an encrypted run the policy's
+contribution (user-dp: clipped, with its noise share) as a ciphertext.
 
 `app` is what `flwr run` loads on a SuperNode: it prepares the configured corpus from that
 machine's copy (or PRIVFL_CACHE) and trains the client named by the node's `partition-id`.
@@ -16,20 +15,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from privfl.config import ExperimentConfig
-from privfl.fl.engines import EngineError
+from privfl.fl.components import build_components
 from privfl.fl.engines.messages import (
+    KEYHOLDER_KEY,
     NUM_PARTITIONS,
     PARTITION_ID,
+    SIGNING_KEY,
     TrainReport,
     TrainTask,
     config_from_text,
     roll_call_reply,
 )
+from privfl.fl.engines.session import EngineError
 
 DataSource = Callable[[ExperimentConfig], object]  # config -> PreparedData (anything with .clients)
 
@@ -42,15 +43,22 @@ class ClientParty:
     """
 
     def __init__(self, cfg: ExperimentConfig, data) -> None:
-        from privfl.experiment import build_components
-
         self.cfg = cfg
         self.clients = list(data.clients)
-        # The same trainer, policy and sampler as the server's; with CKKS this also builds a
-        # summation (and a key pair) that a client never uses: cheap, and it keeps one wiring.
+        # The same trainer, policy, summation and sampler as the server's; with CKKS this client's
+        # copy of the summation only encodes, with the node's signing key (`enrol`).
         self.components = build_components(cfg, data)
-        self._encryptor = None
-        self._encryptor_context: bytes | None = None
+
+    def enrol(self, client_id: int, node_config) -> None:
+        """CKKS: sign with this node's key; pin the key holder's key from the node config if it has one."""
+        if self.cfg.secure.scheme != "ckks":
+            return
+        pinned = node_config.get(KEYHOLDER_KEY)
+        try:
+            pin = bytes.fromhex(str(pinned)) if pinned else None
+        except ValueError as exc:
+            raise EngineError(f"node config {KEYHOLDER_KEY}={pinned!r} is not a hex key") from exc
+        self.components.summation.enrol(client_id, signing_key(node_config, client_id), pin)
 
     def train(self, client_id: int, task: TrainTask) -> TrainReport:
         """Train client `client_id` from the task's weights; report its update or its ciphertext."""
@@ -71,36 +79,22 @@ class ClientParty:
         t0 = time.perf_counter()
         update = c.trainer.train(self.clients[client_id], task.weights, r)
         train_s = time.perf_counter() - t0
-        stats = dict(update.stats)
-        if self.cfg.train.mode == "user-dp":
-            # the server cannot see whether an encrypted update was clipped; the client says so
-            stats["update_clipped"] = int(float(np.linalg.norm(update.delta)) > self.cfg.dp.clip_norm)
-        if task.he_context is None:
-            return TrainReport(
-                client_id, update.num_samples, update.train_loss, stats, delta=update.delta, train_s=train_s
-            )
-        from privfl.fl.secure import RoundSpec
+        upload = c.summation.encode(update, c.policy.contribution, task.keys)
+        return TrainReport.of(upload, update.train_loss, update.stats, train_s)
 
-        t0 = time.perf_counter()
-        spec = RoundSpec(r, int(task.weights.shape[0]), task.he_bounds)
-        payload = self._encryptor_for(task.he_context).encrypt(c.policy.contribution(update), spec)
-        return TrainReport(
-            client_id,
-            update.num_samples,
-            update.train_loss,
-            stats,
-            ciphertext=payload,
-            train_s=train_s,
-            encrypt_s=time.perf_counter() - t0,
-        )
 
-    def _encryptor_for(self, public_context: bytes):
-        from privfl.fl.secure import Encryptor
+def signing_key(node_config, client_id: int):
+    """This node's Ed25519 signing key: the node config's signing-key path, else
+    $PRIVFL_CACHE/client-keys/client-<id>.key; created there (OS entropy, mode 0600) if missing."""
+    from pathlib import Path
 
-        if self._encryptor is None or public_context != self._encryptor_context:
-            self._encryptor = Encryptor(public_context)  # refuses a context that carries a secret key
-            self._encryptor_context = public_context
-        return self._encryptor
+    from privfl.data.corpora.synthetic import cache_root
+    from privfl.fl.secure.enrolment import SigningKey
+
+    path = node_config.get(SIGNING_KEY)
+    return SigningKey.load_or_create(
+        Path(str(path)) if path else cache_root() / "client-keys" / f"client-{client_id}.key"
+    )
 
 
 def partition_of(context: Context) -> tuple[int, int | None]:
@@ -141,13 +135,19 @@ def make_client_app(load_data: DataSource | None = None) -> ClientApp:
     @app.query()
     def roll_call(message: Message, context: Context) -> Message:
         partition, total = partition_of(context)
-        return roll_call_reply(message, partition, total if total is not None else -1)
+        wants_key = "query" in message.content.config_records and message.content.config_records["query"].get(
+            "ckks", 0
+        )
+        key = signing_key(context.node_config, partition).public_bytes() if wants_key else None
+        return roll_call_reply(message, partition, total if total is not None else -1, key)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
         partition, _ = partition_of(context)
         task = TrainTask.from_content(message.content)
-        return party_for(task).train(partition, task).reply_to(message)
+        party = party_for(task)
+        party.enrol(partition, context.node_config)
+        return party.train(partition, task).reply_to(message)
 
     return app
 

@@ -52,9 +52,10 @@ def test_flower_sim_matches_builtin_over_five_rounds(tmp_path):
     "dotted",
     [
         {"train.mode": "dp", "dp.noise_multiplier": 1.0},
-        {"train.mode": "user-dp", "dp.noise_multiplier": 1.0, "train.fraction": 0.5, "secure.scheme": "ckks"},
+        {"train.mode": "user-dp", "dp.noise_multiplier": 1.0, "train.fraction": 0.5},
+        {"train.mode": "dp", "dp.noise_multiplier": 1.0, "secure.scheme": "ckks"},
     ],
-    ids=["dp", "user-dp-ckks"],
+    ids=["dp", "user-dp", "dp-ckks"],
 )
 def test_flower_sim_private_modes_match_builtin(tmp_path, dotted):
     cfg = tiny().override(dotted)
@@ -91,7 +92,7 @@ def test_without_flwr_privfl_works_and_names_the_extra(tmp_path, monkeypatch):
 # --- deployment runtime: real SuperLink and SuperNodes ---------------------------------------------
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    from privfl.fl.engines.local import LocalDeployment
+    from tests.fl.engines.local_deployment import LocalDeployment
 
     # PRIVFL_CACHE (conftest: the session's cache) is inherited by every subprocess
     with LocalDeployment(tmp_path_factory.mktemp("flower"), num_nodes=N_NODES) as fed:
