@@ -91,3 +91,12 @@ def test_signing_keys_and_registry(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": 1, "clients": {"0": "zz"}}')
     with pytest.raises(CryptoError, match="not a client id and hex key"):
         read_registry(tmp_path / "bad.json")
+
+
+def test_the_key_holder_process_starts_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, privfl.keyholder_cli, privfl.fl.secure.service; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # a small process: the secret key and little else

@@ -20,7 +20,6 @@ spawning), `summation`. The parameters, `CkksParams`, live in `privfl.config`.
 """
 
 from privfl.config import HE_STANDARD_128_MAX_BITS, PRECISION_TARGET_BITS, CkksParams
-from privfl.fl.secure.encryptor import Encryptor
 from privfl.fl.secure.enrolment import SigningKey, enrol_clients, read_registry, write_registry
 from privfl.fl.secure.keyholder import KeyHolder, Released, RoundAnnouncement
 from privfl.fl.secure.packing import pack_one, unpack_sum
@@ -35,7 +34,21 @@ from privfl.fl.secure.payload import (
     context_fingerprint,
 )
 from privfl.fl.secure.service import KeyHolderClient, keyholder_settings, spawn_keyholder
-from privfl.fl.secure.summation import CkksSummation
+
+
+def __getattr__(name: str):
+    """The client and summation sides import privfl.fl.aggregate (and with it torch) only when
+    asked for, so that the key-holder process (`privfl keyholder serve`) starts without torch."""
+    if name == "Encryptor":
+        from privfl.fl.secure.encryptor import Encryptor
+
+        return Encryptor
+    if name == "CkksSummation":
+        from privfl.fl.secure.summation import CkksSummation
+
+        return CkksSummation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FORMAT_VERSION",
