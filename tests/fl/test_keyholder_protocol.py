@@ -24,7 +24,7 @@ from privfl.fl.secure.service import decode_frame, encode_frame
         min_size=1,
         max_size=40,
     ),
-    st.floats(0.0, 1e3),
+    st.floats(0.0, 1e3).filter(lambda v: v == 0 or v > 1e-200),
     st.integers(-20, 40),
 )
 def test_pack_then_unpack_is_exact_or_clamped(values, weight, b):
