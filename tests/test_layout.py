@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "privfl.folds",
             "privfl.flower_app",
             "privfl.cli",
+            "privfl.keyholder_cli",
             "privfl.clickgroup",
             "privfl.bench",
             "privfl.attacks",

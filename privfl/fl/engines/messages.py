@@ -3,15 +3,19 @@
 Two message types:
 
   query (roll call)   server -> every node: {}.  reply: ConfigRecord "node" {partition-id,
-                      num-partitions, privfl-version}. Maps Flower node ids to privfl client ids.
+                      num-partitions, privfl-version, public-key?}. Maps Flower node ids to privfl
+                      client ids (and, with CKKS, gives a spawned key holder the clients' keys).
   train               server -> each sampled client:
                         ConfigRecord "task"   {round, experiment (the config as TOML), sampled
                                                (client ids this round), dp-sigma?, he-bounds?}
                         ArrayRecord  "global" {weights: float32 [n_params]}
-                        ArrayRecord  "he"     {context: public CKKS context bytes}   (CKKS only)
+                        ArrayRecord  "he"     {context: public CKKS context, announcement and
+                                               signature: the key holder's signed round packing,
+                                               keyholder-key}                         (CKKS only)
                       reply:
                         ArrayRecord  "update" {delta: float32 [n_params]}            (plaintext)
-                                           or {ciphertext: privfl CKKS payload bytes} (CKKS)
+                                           or {ciphertext, signature: the client's signed
+                                               CKKS payload}                           (CKKS)
                         MetricRecord "report" {client, num-samples, train-loss, train-s,
                                                encrypt-s, clipped, stat.<name> for Update.stats}
 
@@ -37,6 +41,9 @@ CIPHERTEXT_STYPE = "privfl.ckks-payload"  # Array.stype of an encrypted contribu
 PARTITION_ID = "partition-id"  # Flower's node-config keys, set by the simulation runtime and by
 NUM_PARTITIONS = "num-partitions"  # `flower-supernode --node-config "partition-id=0 num-partitions=3"`
 STAT_PREFIX = "stat."
+PUBLIC_KEY = "public-key"  # roll-call field: the client's Ed25519 public key, hex (CKKS)
+SIGNING_KEY = "signing-key"  # node-config keys a SuperNode may set for CKKS: its signing key's path
+KEYHOLDER_KEY = "keyholder-key"  # and the key holder's public key (hex) it pins
 
 
 def config_to_text(cfg: ExperimentConfig) -> str:
@@ -49,11 +56,19 @@ def config_from_text(text: str) -> ExperimentConfig:
 
 
 # --- roll call -----------------------------------------------------------------------------------
-def roll_call_reply(request: Message, partition_id: int, num_partitions: int) -> Message:
-    node = ConfigRecord(
-        {PARTITION_ID: int(partition_id), NUM_PARTITIONS: int(num_partitions), "privfl-version": __version__}
-    )
-    return Message(RecordDict({"node": node}), reply_to=request)
+def roll_call_reply(
+    request: Message, partition_id: int, num_partitions: int, public_key: bytes | None = None
+) -> Message:
+    """The node's partition, and with CKKS its client's Ed25519 public key (for a key holder the
+    ServerApp spawns; a key holder run apart has its own registry and ignores it)."""
+    info: dict = {
+        PARTITION_ID: int(partition_id),
+        NUM_PARTITIONS: int(num_partitions),
+        "privfl-version": __version__,
+    }
+    if public_key is not None:
+        info[PUBLIC_KEY] = bytes(public_key).hex()
+    return Message(RecordDict({"node": ConfigRecord(info)}), reply_to=request)
 
 
 # --- train: server -> client ---------------------------------------------------------------------
@@ -83,9 +98,15 @@ class TrainTask:
         if self.keys.public_context is not None:
             task["he-bounds"] = list(self.keys.bound_bits)
             records["task"] = ConfigRecord(task)
-            records["he"] = ArrayRecord(
-                {"context": _bytes_array(self.keys.public_context, "privfl.ckks-public-context")}
-            )
+            he = {"context": _bytes_array(self.keys.public_context, "privfl.ckks-public-context")}
+            for name, value in (
+                ("announcement", self.keys.announcement),
+                ("signature", self.keys.signature),
+                ("keyholder-key", self.keys.keyholder_key),
+            ):
+                if value is not None:
+                    he[name] = _bytes_array(value, f"privfl.ckks-{name}")
+            records["he"] = ArrayRecord(he)
         return RecordDict(records)
 
     @classmethod
@@ -99,6 +120,9 @@ class TrainTask:
             int(weights.shape[0]),
             bytes(he["context"].data) if he is not None else None,
             tuple(int(b) for b in task.get("he-bounds", [])),
+            announcement=_optional_bytes(he, "announcement"),
+            signature=_optional_bytes(he, "signature"),
+            keyholder_key=_optional_bytes(he, "keyholder-key"),
         )
         return cls(
             round_index=int(task["round"]),
@@ -120,9 +144,11 @@ class TrainReport:
     train_loss: float
     stats: dict
     delta: np.ndarray | None = None  # float32 [n_params], plaintext runs
-    ciphertext: bytes | None = None  # privfl CKKS payload, encrypted runs
+    ciphertext: bytes | None = None  # privfl CKKS payload, encrypted runs (b"": the client sent nothing)
+    signature: bytes | None = None  # the client's Ed25519 signature of its payload (CKKS)
     train_s: float = 0.0
     encrypt_s: float = 0.0
+    encrypt_cpu_s: float = 0.0
     clipped: bool = False  # the client's policy clipped its update (hidden inside a ciphertext)
 
     @classmethod
@@ -135,8 +161,10 @@ class TrainReport:
             dict(stats),
             delta=upload.delta,
             ciphertext=upload.ciphertext,
+            signature=upload.signature,
             train_s=train_s,
             encrypt_s=upload.encode_s,
+            encrypt_cpu_s=upload.encode_cpu_s,
             clipped=upload.clipped,
         )
 
@@ -148,8 +176,10 @@ class TrainReport:
             self.num_samples,
             delta=self.delta,
             ciphertext=self.ciphertext,
+            signature=self.signature,
             clipped=self.clipped,
             encode_s=self.encrypt_s,
+            encode_cpu_s=self.encrypt_cpu_s,
         )
 
     def reply_to(self, request: Message) -> Message:
@@ -169,13 +199,16 @@ class TrainReport:
             "train-loss": float(self.train_loss),
             "train-s": float(self.train_s),
             "encrypt-s": float(self.encrypt_s),
+            "encrypt-cpu-s": float(self.encrypt_cpu_s),
             "clipped": int(self.clipped),
         }
         for key, value in self.stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 report[STAT_PREFIX + key] = value
-        key = "delta" if self.delta is not None else "ciphertext"
-        return RecordDict({"update": ArrayRecord({key: update}), "report": MetricRecord(report)})
+        arrays = {"delta" if self.delta is not None else "ciphertext": update}
+        if self.signature is not None:
+            arrays["signature"] = _bytes_array(self.signature, "privfl.ed25519-signature")
+        return RecordDict({"update": ArrayRecord(arrays), "report": MetricRecord(report)})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReport:
@@ -191,10 +224,16 @@ class TrainReport:
             stats=stats,
             delta=delta,
             ciphertext=ciphertext,
+            signature=_optional_bytes(update, "signature"),
             train_s=float(report["train-s"]),
             encrypt_s=float(report["encrypt-s"]),
+            encrypt_cpu_s=float(report.get("encrypt-cpu-s", 0.0)),
             clipped=bool(report.get("clipped", 0)),
         )
+
+
+def _optional_bytes(record: ArrayRecord | None, name: str) -> bytes | None:
+    return bytes(record[name].data) if record is not None and name in record else None
 
 
 def _bytes_array(data: bytes, stype: str) -> Array:

@@ -52,9 +52,10 @@ def test_flower_sim_matches_builtin_over_five_rounds(tmp_path):
     "dotted",
     [
         {"train.mode": "dp", "dp.noise_multiplier": 1.0},
-        {"train.mode": "user-dp", "dp.noise_multiplier": 1.0, "train.fraction": 0.5, "secure.scheme": "ckks"},
+        {"train.mode": "user-dp", "dp.noise_multiplier": 1.0, "train.fraction": 0.5},
+        {"train.mode": "dp", "dp.noise_multiplier": 1.0, "secure.scheme": "ckks"},
     ],
-    ids=["dp", "user-dp-ckks"],
+    ids=["dp", "user-dp", "dp-ckks"],
 )
 def test_flower_sim_private_modes_match_builtin(tmp_path, dotted):
     cfg = tiny().override(dotted)
