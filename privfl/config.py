@@ -26,6 +26,7 @@ SPLITS = ("auto", "speaker", "iemocap-paper", "loso")
 SESSION_SPLITS = ("iemocap-paper", "loso")  # IEMOCAP's session protocols
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
+NOISE_SOURCES = ("os", "seeded")  # dp.noise: privacy randomness from OS entropy, or from the seed
 SECURE_SCHEMES = ("none", "ckks")
 DEFAULT_AUX_SPEAKERS = 4
 
@@ -155,9 +156,14 @@ class DPConfig:
     clip_norm: float = 1.0  # user-dp: per-update clipping bound S
     accountant: str = "rdp"
     grad_sample_mode: str = "auto"  # Opacus per-sample gradient engine; auto picks per model
+    # privacy randomness (noise, record and client samples): "os" = each party's own OS entropy,
+    # never written or sent; "seeded" = derived from `seed` for bit-identical reruns, which voids
+    # the guarantee against anyone who holds the seed (privfl.randomness)
+    noise: str = "os"
 
     def validate(self) -> None:
         _choice("dp.accountant", self.accountant, ACCOUNTANTS)
+        _choice("dp.noise", self.noise, NOISE_SOURCES)
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             raise ConfigError(
                 f"dp.noise_multiplier must be > 0, got {self.noise_multiplier}; "
@@ -289,6 +295,7 @@ FLAG_FIELDS: dict[str, str] = {
     "max_grad_norm": "dp.max_grad_norm",
     "clip_norm": "dp.clip_norm",
     "accountant": "dp.accountant",
+    "dp_noise": "dp.noise",
     "secure_agg": "secure.scheme",
     "insecure_he": "secure.insecure_he",
 }

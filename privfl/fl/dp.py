@@ -13,6 +13,10 @@ aggregation the server never sees an un-noised sum: the k sampled clients each a
 N(0, sigma^2 S^2 / k) before encrypting, so the decrypted sum carries exactly the noise the
 analysis assumes (see docs/privacy.md for why k, and what dropouts would do).
 
+Privacy randomness (record samples, DP-SGD noise, noise shares, server noise, the client sample)
+comes from `privfl.randomness`: each party's OS entropy unless `dp.noise = "seeded"`. Under either
+mode a client discloses only its update (`AccountedReports`): no sample count, loss or clip count.
+
 `build_dp_components(cfg, data, local)` checks everything it can before training starts and
 wires either mode into `privfl.experiment`.
 """
@@ -32,11 +36,19 @@ from torch import nn
 from privfl.config import ExperimentConfig, ModelConfig
 from privfl.errors import ConfigError, PrivacyError
 from privfl.fl.aggregate import Contribution, Summation, SumResult, clip_update, gaussian_noise
-from privfl.fl.client import ClientData, LocalConfig, LocalTrainer, Update, derive_seed
-from privfl.fl.federation import Components, FedAvgPolicy, sample_clients
+from privfl.fl.client import ClientData, LocalConfig, LocalTrainer, Update
+from privfl.fl.federation import Components
 from privfl.models import PaperLSTM, build_model, canonical_parameters, get_flat, set_flat
+from privfl.observers import Setting
 from privfl.parallel import thread_map, torch_threads
-from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy, check_delta, default_delta
+from privfl.privacy import (
+    RecordLevelPrivacy,
+    UserLevelPrivacy,
+    check_delta,
+    default_delta,
+    default_user_delta,
+)
+from privfl.randomness import CLIENT_SAMPLE_TAG, USER_SAMPLE_TAG, PrivacyRandomness
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +60,6 @@ ghost clipping, which never forms per-sample gradients)."""
 
 AUTO_GRAD_SAMPLE_MODE = {"cnn": "microbatch", "lstm": "microbatch"}
 """What grad_sample_mode = "auto" picks per model: the fastest in benchmarks/dp_overhead.py."""
-
-_NOISE_STREAM = 1  # derive_seed(base, _NOISE_STREAM) seeds DP-SGD noise; base itself seeds sampling
-_USER_SAMPLE_TAG = 0x05A3D  # user-dp client sampling: default_rng([seed, round, tag])
-_USER_SERVER_NOISE_TAG = 0x0DF5  # user-dp server noise: default_rng([seed, round, tag])
-_USER_CLIENT_NOISE_TAG = 0x0DFC  # user-dp noise share: default_rng([seed, round, client, tag])
 
 
 # --- checks ------------------------------------------------------------------------------------------
@@ -268,9 +275,10 @@ def _engine(model_cfg: ModelConfig, n_mels: int, mode: str, max_grad_norm: float
 class DPSGDTrainer:
     """DP-SGD local training (Abadi et al. 2016) that spends each client's privacy in one accountant.
 
-    A Trainer: train(data, global_weights, round_index) -> Update. Sampling and noise are seeded
-    from derive_seed(seed, round, client); the optimizer is rebuilt every call (momentum restarts,
-    as in LocalTrainer), the accountants in `privacy` never are.
+    A Trainer: train(data, global_weights, round_index) -> Update. The record sample and the
+    noise come from `randomness.client_dpsgd(round, client)` (the client's OS entropy unless
+    seeded); the optimizer is rebuilt every call (momentum restarts, as in LocalTrainer), the
+    accountants in `privacy` never are.
     """
 
     def __init__(
@@ -278,12 +286,12 @@ class DPSGDTrainer:
         model_cfg: ModelConfig,
         n_mels: int,
         local: LocalConfig,
-        seed: int,
+        randomness: PrivacyRandomness,
         privacy: RecordLevelPrivacy,
         grad_sample_mode: str = "auto",
     ) -> None:
         self.local = local
-        self.seed = seed
+        self.randomness = randomness
         self.privacy = privacy
         self.grad_sample_mode = resolve_grad_sample_mode(grad_sample_mode, model_cfg.name)
         validate_dp_model(build_model(model_cfg, n_mels, dp=True))
@@ -301,9 +309,7 @@ class DPSGDTrainer:
                 f"client {cid} now holds {data.num_samples} utterances, its accountant was planned for "
                 f"{round(self.local.batch_size / rate)}; rebuild the components for the new data"
             )
-        base = derive_seed(self.seed, round_index, cid)
-        sampling = torch.Generator().manual_seed(base)
-        noise = torch.Generator().manual_seed(derive_seed(base, _NOISE_STREAM))
+        sampling, noise = self.randomness.client_dpsgd(round_index, cid)
         batches = (poisson_batch(data.num_samples, rate, sampling) for _ in range(steps))
         update = self._run(data, global_weights, round_index, batches, noise)
         self.privacy.spend(cid, steps, rate, round_index)
@@ -353,10 +359,54 @@ class DPSGDTrainer:
 
 
 # --- user-level DP -----------------------------------------------------------------------------------
-def poisson_clients(n_clients: int, rate: float, seed: int, round_index: int) -> list[int]:
-    """Each client independently with probability `rate`, seeded from [seed, round] (may be empty)."""
-    rng = np.random.default_rng([seed, round_index, _USER_SAMPLE_TAG])
+def poisson_clients(n_clients: int, rate: float, rng: np.random.Generator) -> list[int]:
+    """Each client independently with probability `rate`, drawn from rng (may be empty)."""
     return np.flatnonzero(rng.random(n_clients) < rate).tolist()
+
+
+def fixed_size_clients(n_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:
+    """McMahan et al.'s selection, m = max(round(C*K), 1) clients without replacement, from rng."""
+    if fraction >= 1.0:
+        return list(range(n_clients))
+    m = max(int(round(fraction * n_clients)), 1)
+    return sorted(rng.choice(n_clients, size=m, replace=False).tolist())
+
+
+def disclosed(update: Update) -> Update:
+    """What the server learns of a DP client's round besides its contribution: who and when.
+
+    The sample count, training loss and per-step statistics (clip counts, steps, empty batches)
+    are not covered by the analysis, so they never leave the client (docs/privacy.md).
+    """
+    return Update(update.client_id, update.round, update.delta, 0, math.nan, {})
+
+
+class AccountedReports:
+    """A Trainer whose Updates carry only what a DP client discloses (`disclosed`)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def train(self, data: ClientData, global_weights: np.ndarray, round_index: int) -> Update:
+        return disclosed(self.inner.train(data, global_weights, round_index))
+
+
+class EqualWeightFedAvg:
+    """FedAvg with weight 1 per client (record-level DP): w + sum_k delta_k / k.
+
+    Sample-count weights would need n_k in the clear, and n_k is what add/remove-one adjacency
+    changes; the CKKS sum carries the count k it divides by.
+    """
+
+    def contribution(self, update: Update) -> Contribution:
+        return Contribution(update.client_id, update.delta.astype(np.float64), 1.0)
+
+    def server_step(
+        self, weights: np.ndarray, result: SumResult, round_index: int
+    ) -> tuple[np.ndarray, dict]:
+        if result.count == 0 or result.weight <= 0:
+            return weights, {"skipped": True}
+        return (weights + result.vector / result.weight).astype(np.float32), {}
 
 
 class UserDPPolicy:
@@ -365,15 +415,23 @@ class UserDPPolicy:
     contribution: clip the update to L2 norm S, weight 1 (plus this client's noise share when the
     sum is encrypted). server_step: add N(0, sigma^2 S^2) unless the clients did, divide by the
     expected count qK (a fixed denominator, so one client moves the result by at most S / qK),
-    and compose one round into the accountant.
+    and compose one round into the accountant. The sample and the server's noise come from the
+    server's randomness, each noise share from the client's own (`privfl.randomness`).
+
+    On a client process (Flower) `announce(round, k)` replaces `sample`: the client learns only
+    that it was sampled and the round's count k, which its noise share needs.
     """
 
     def __init__(
-        self, n_clients: int, privacy: UserLevelPrivacy, seed: int, noise_on_clients: bool = False
+        self,
+        n_clients: int,
+        privacy: UserLevelPrivacy,
+        randomness: PrivacyRandomness,
+        noise_on_clients: bool = False,
     ) -> None:
         self.n_clients = n_clients
         self.privacy = privacy
-        self.seed = seed
+        self.randomness = randomness
         self.noise_on_clients = noise_on_clients
         self._round: int | None = None
         self._sampled = 0
@@ -384,9 +442,19 @@ class UserDPPolicy:
         return self.privacy.sample_rate * self.n_clients
 
     def sample(self, round_index: int) -> list[int]:
-        chosen = poisson_clients(self.n_clients, self.privacy.sample_rate, self.seed, round_index)
+        rng = self.randomness.server_sample(round_index, USER_SAMPLE_TAG)
+        chosen = poisson_clients(self.n_clients, self.privacy.sample_rate, rng)
         self._round, self._sampled, self._clipped = round_index, len(chosen), 0
         return chosen
+
+    def announce(self, round_index: int, sampled_count: int) -> None:
+        """What a sampled client is told of the round's sample: its size k (>= 1, itself included)."""
+        if sampled_count < 1:
+            raise PrivacyError(
+                f"round {round_index}: a sampled client was told the round has {sampled_count} clients; "
+                "server and client must run the same privfl version"
+            )
+        self._round, self._sampled, self._clipped = round_index, int(sampled_count), 0
 
     def contribution(self, update: Update) -> Contribution:
         if update.round != self._round:
@@ -399,7 +467,7 @@ class UserDPPolicy:
             # k sampled clients each add variance sigma^2 S^2 / k: the decrypted sum has exactly
             # the server noise of the analysis, whatever k the Poisson draw gave
             std = self.privacy.noise_multiplier * self.privacy.clip_norm / math.sqrt(self._sampled)
-            rng = np.random.default_rng([self.seed, update.round, update.client_id, _USER_CLIENT_NOISE_TAG])
+            rng = self.randomness.client_noise_share(update.round, update.client_id)
             vector = vector + gaussian_noise(vector.shape[0], std, rng)
         return Contribution(update.client_id, vector, 1.0)
 
@@ -424,10 +492,12 @@ class UserDPPolicy:
                     self._sampled,
                 )
         if missing > 0:
-            rng = np.random.default_rng([self.seed, round_index, _USER_SERVER_NOISE_TAG])
+            rng = self.randomness.server_noise(round_index)
             total = total + gaussian_noise(weights.shape[0], std * math.sqrt(missing), rng)
         new = (weights.astype(np.float64) + total / self.expected_clients).astype(np.float32)
         self.privacy.spend_round()
+        # the clipped fraction and the missing share depend on who was sampled: the server may
+        # know them, the run directory must not (UserLevelPrivacy.withheld drops them)
         stats = {
             "clipped_fraction": self._clipped / result.count if result.count else 0.0,
             "noise_std": std / self.expected_clients,
@@ -513,22 +583,25 @@ def _record_level(
         sample_rates={cid: local.batch_size / n for cid, n in sizes.items()},
         steps_per_round={cid: local.epochs * -(-n // local.batch_size) for cid, n in sizes.items()},
         rounds=t.rounds,
+        setting=Setting(d.noise, cfg.secure.scheme != "none", t.record_updates),
     )
-    trainer = DPSGDTrainer(cfg.model, n_mels, local, cfg.seed, privacy, d.grad_sample_mode)
+    randomness = PrivacyRandomness(d.noise, cfg.seed)
+    trainer = DPSGDTrainer(cfg.model, n_mels, local, randomness, privacy, d.grad_sample_mode)
     log.info(
-        "record-level DP: sigma=%.4g C=%g delta=%g accountant=%s grad_sample_mode=%s",
+        "record-level DP: sigma=%.4g C=%g delta=%g accountant=%s grad_sample_mode=%s noise from %s",
         privacy.noise_multiplier,
         privacy.max_grad_norm,
         delta,
         d.accountant,
         trainer.grad_sample_mode,
+        "the seed" if d.noise == "seeded" else "OS entropy",
     )
-    n, fraction, seed = len(clients), t.fraction, cfg.seed
+    n, fraction = len(clients), t.fraction
     return Components(
-        trainer=trainer,
-        policy=FedAvgPolicy(),
+        trainer=AccountedReports(trainer),
+        policy=EqualWeightFedAvg(),
         summation=make_summation(cfg),
-        sampler=lambda r: sample_clients(n, fraction, seed, r),
+        sampler=lambda r: fixed_size_clients(n, fraction, randomness.server_sample(r, CLIENT_SAMPLE_TAG)),
         privacy=privacy,
     )
 
@@ -542,7 +615,7 @@ def _user_level(
 ) -> Components:
     d, t = cfg.dp, cfg.train
     k = len(clients)
-    delta = d.delta if d.delta is not None else default_delta(k)
+    delta = d.delta if d.delta is not None else default_user_delta(k)
     check_delta(delta, k, "the number of clients")
     encrypted = cfg.secure.scheme != "none"
     if encrypted and cfg.secure.min_clients > 1:
@@ -559,19 +632,21 @@ def _user_level(
         accountant=d.accountant,
         sample_rate=t.fraction,
         rounds=t.rounds,
+        setting=Setting(d.noise, encrypted, t.record_updates),
     )
-    policy = UserDPPolicy(k, privacy, cfg.seed, noise_on_clients=encrypted)
+    policy = UserDPPolicy(k, privacy, PrivacyRandomness(d.noise, cfg.seed), noise_on_clients=encrypted)
     log.info(
-        "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s",
+        "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s from %s",
         privacy.noise_multiplier,
         privacy.clip_norm,
         t.fraction,
         delta,
         d.accountant,
         "clients" if encrypted else "server",
+        "the seed" if d.noise == "seeded" else "OS entropy",
     )
     return Components(
-        trainer=LocalTrainer(cfg.model, n_mels, local, cfg.seed),
+        trainer=AccountedReports(LocalTrainer(cfg.model, n_mels, local, cfg.seed)),
         policy=policy,
         summation=SkipEmptyRounds(make_summation(cfg)),
         sampler=policy.sample,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
@@ -60,35 +59,42 @@ class ClientParty:
                 f"this node is partition {client_id}, but the experiment has {len(self.clients)} clients: "
                 f"start SuperNodes with partition-id 0..{len(self.clients) - 1}"
             )
-        sampled = list(c.sampler(r))  # also readies user-dp's policy for this round, as on the server
-        if sorted(sampled) != sorted(task.sampled):
-            raise EngineError(
-                f"round {r}: this client samples {sorted(sampled)}, the server sampled "
-                f"{sorted(task.sampled)}; server and clients must run the same privfl version and config"
-            )
-        if client_id not in sampled:
-            raise EngineError(f"round {r}: client {client_id} was not sampled this round")
+        private = self.cfg.train.mode in ("dp", "user-dp")
+        if self.cfg.train.mode == "user-dp" and task.he_context is not None:
+            # the client knows it was sampled and the round's count k (its noise share needs k),
+            # never who else was: the sample is the server's secret
+            if task.sampled_count is None:
+                raise EngineError(
+                    f"round {r}: a user-dp CKKS task without sampled-count; server and clients must run "
+                    "the same privfl version"
+                )
+            c.policy.announce(r, task.sampled_count)
         t0 = time.perf_counter()
         update = c.trainer.train(self.clients[client_id], task.weights, r)
         train_s = time.perf_counter() - t0
-        stats = dict(update.stats)
-        if self.cfg.train.mode == "user-dp":
-            # the server cannot see whether an encrypted update was clipped; the client says so
-            stats["update_clipped"] = int(float(np.linalg.norm(update.delta)) > self.cfg.dp.clip_norm)
         if task.he_context is None:
+            if private:
+                return TrainReport.dp_only(client_id, delta=update.delta)
             return TrainReport(
-                client_id, update.num_samples, update.train_loss, stats, delta=update.delta, train_s=train_s
+                client_id,
+                update.num_samples,
+                update.train_loss,
+                update.stats,
+                delta=update.delta,
+                train_s=train_s,
             )
         from privfl.fl.secure import RoundSpec
 
         t0 = time.perf_counter()
         spec = RoundSpec(r, int(task.weights.shape[0]), task.he_bounds)
         payload = self._encryptor_for(task.he_context).encrypt(c.policy.contribution(update), spec)
+        if private:
+            return TrainReport.dp_only(client_id, ciphertext=payload)
         return TrainReport(
             client_id,
             update.num_samples,
             update.train_loss,
-            stats,
+            update.stats,
             ciphertext=payload,
             train_s=train_s,
             encrypt_s=time.perf_counter() - t0,

@@ -17,6 +17,7 @@ aggregate (see docs/deployment.md for what that does and does not protect agains
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,7 +134,14 @@ class FlowerRounds:
                 delta = NO_DELTA
             else:
                 delta = report.delta
-            update = Update(cid, r, delta, report.num_samples, report.train_loss, report.stats)
+            update = Update(
+                cid,
+                r,
+                delta,
+                report.num_samples if report.num_samples is not None else 0,  # DP: not reported
+                report.train_loss if report.train_loss is not None else math.nan,
+                report.stats,
+            )
             if self._ckks is None:
                 c.summation.submit(c.policy.contribution(update))
             updates.append(update)
@@ -143,11 +151,8 @@ class FlowerRounds:
         result = self._ckks.finish() if self._ckks is not None and updates else c.summation.finish()
         new_weights, step_stats = c.policy.server_step(weights, result, r)
         server_s = time.perf_counter() - t0
-        if self._ckks is not None and "clipped_fraction" in step_stats:
-            clipped = sum(int(u.stats.get("update_clipped", 0)) for u in updates)
-            step_stats["clipped_fraction"] = clipped / len(updates) if updates else 0.0
         stats = {
-            "train_s": sum(reports[cid].train_s for cid in selected),
+            "train_s": sum(reports[cid].train_s or 0.0 for cid in selected),
             "server_s": server_s,
             "exchange_s": self._last_exchange_s,
             "clients": len(selected),
@@ -155,7 +160,7 @@ class FlowerRounds:
             **step_stats,
         }
         if self._ckks is not None:
-            stats["encrypt_s"] = sum(reports[cid].encrypt_s for cid in selected)
+            stats["encrypt_s"] = sum(reports[cid].encrypt_s or 0.0 for cid in selected)
         return RoundOutcome(new_weights, updates, selected, stats)
 
     def _exchange(self, r: int, weights: np.ndarray, selected: list[int]) -> dict[int, TrainReport]:
@@ -168,11 +173,12 @@ class FlowerRounds:
         he_context, he_bounds = None, ()
         if self._ckks is not None:
             he_context, he_bounds = self._ckks.public_context, tuple(self._ckks.round_spec.bound_bits)
+        # user-dp with CKKS: each client's noise share is sigma^2 S^2 / k, so it must know k; no
+        # client is ever told who else was sampled
+        count = len(selected) if self._ckks is not None and self.session.cfg.train.mode == "user-dp" else None
         messages = [
             Message(
-                TrainTask(
-                    r, self.experiment, tuple(selected), weights, sigma, he_context, he_bounds
-                ).to_content(),
+                TrainTask(r, self.experiment, weights, sigma, count, he_context, he_bounds).to_content(),
                 dst_node_id=self.node_of[cid],
                 message_type=TRAIN,
                 group_id=str(r),
@@ -225,18 +231,12 @@ class FlowerRounds:
 
     def _account(self, r: int, report: TrainReport) -> None:
         """Record-level DP: mirror the client's accountant from the public schedule (its own lives
-        with the client); a report that disagrees with the plan is refused."""
+        with the client, which reports no step count: only its update leaves it)."""
         p = self._record_level
         if p is None:
             return
         cid = report.client_id
-        steps = int(report.stats.get("steps", -1))
-        if steps != p.steps_per_round[cid]:
-            raise EngineError(
-                f"round {r}: client {cid} reports {steps} DP-SGD steps, its accountant plans "
-                f"{p.steps_per_round[cid]}; server and client configs differ"
-            )
-        p.spend(cid, steps, p.sample_rates[cid], r)
+        p.spend(cid, p.steps_per_round[cid], p.sample_rates[cid], r)
 
 
 def _ckks_of(summation):
