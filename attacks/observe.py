@@ -106,6 +106,8 @@ class ObservedRun:
         p = self.summary.get("privacy")
         if not p or "epsilon" not in p or "delta" not in p:
             return None
+        if p.get("noise") == "seeded":
+            return None  # no DP guarantee against anyone who holds the seed (config.toml has it)
         eps = float(p["epsilon"])
         if not np.isfinite(eps):
             return None
