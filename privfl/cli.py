@@ -188,7 +188,9 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
             progress.start_task(rounds)
             info = f"val UAR {row['val_uar']:.3f}" if "val_uar" in row else ""
             if "epsilon" in row:
-                info += f"  eps {row['epsilon']:.2f}" + (" (seeded noise)" if row.get("noise") == "seeded" else "")
+                info += f"  eps {row['epsilon']:.2f}"
+                if row.get("noise") == "seeded":
+                    info += " (seeded noise: no DP guarantee against seed holders)"
             progress.update(rounds, completed=row["round"], info=info)
 
         summary = run_training(
