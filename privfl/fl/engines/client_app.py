@@ -4,8 +4,9 @@ The ClientApp runs the same `Trainer` and `Policy` the built-in engine runs, bui
 `build_components` from the config the ServerApp sends; it only adds the transport. In a
 plaintext run it returns the update (delta, sample count), and the server weights it, exactly as
 `Federation.run_round` does. In an encrypted run it turns the update into its contribution
-itself (user-dp: clip and add its noise share), encrypts it with the public CKKS context from the
-message and returns only the ciphertext.
+itself (user-dp: clip and add its noise share, drawn from this process's OS entropy), encrypts it
+with the public CKKS context from the message and returns only the ciphertext. Under `dp` and
+`user-dp` the reply carries the client id and the update alone (`TrainReport.dp_only`).
 
 `app` is what `flwr run` loads on a SuperNode: it prepares the configured corpus from that
 machine's copy (or PRIVFL_CACHE) and trains the client named by the node's `partition-id`.
