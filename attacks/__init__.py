@@ -2,19 +2,19 @@
 
 Importable without the CLI:
 
-    from attacks import run_attacks, write_report
+    from privfl.attacks import run_attacks, write_report
     observed, results = run_attacks("runs/plain")          # gender + membership
     write_report("runs/plain/attacks", observed, results)     # attack.json + roc.png
 
 Threat model and measured results: docs/attacks.md.
 """
 
-from attacks.gender import GenderAttackConfig, gender_attack
-from attacks.membership import MembershipAttackConfig, membership_attack
-from attacks.observe import ObservedRun
-from attacks.report import render_table, write_report
-from attacks.result import AttackResult, AttackRow
-from attacks.suite import ATTACKS, run_attacks
+from privfl.attacks.gender import GenderAttackConfig, gender_attack
+from privfl.attacks.membership import MembershipAttackConfig, membership_attack
+from privfl.attacks.observe import ObservedRun
+from privfl.attacks.report import render_table, write_report
+from privfl.attacks.result import AttackResult, AttackRow
+from privfl.attacks.suite import ATTACKS, run_attacks
 
 __all__ = [
     "ATTACKS",

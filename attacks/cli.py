@@ -144,10 +144,10 @@ def _execute(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from attacks.gender import GenderAttackConfig
-    from attacks.membership import MembershipAttackConfig
-    from attacks.report import render_table, write_report
-    from attacks.suite import run_attacks
+    from privfl.attacks.gender import GenderAttackConfig
+    from privfl.attacks.membership import MembershipAttackConfig
+    from privfl.attacks.report import render_table, write_report
+    from privfl.attacks.suite import run_attacks
 
     picked = _rounds(rounds)
     gender = GenderAttackConfig(rounds=picked, max_rounds=max_rounds, bootstrap=bootstrap, seed=seed, **g)

@@ -21,9 +21,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from attacks.observe import NOT_OBSERVED, ObservedRun, check_data_matches
-from attacks.result import AttackResult, AttackRow, scored_row
-from attacks.shadow import (
+from privfl.attacks.observe import NOT_OBSERVED, ObservedRun, check_data_matches
+from privfl.attacks.result import AttackResult, AttackRow, scored_row
+from privfl.attacks.shadow import (
     check_auxiliary,
     client_trainer,
     local_updates,
@@ -324,7 +324,7 @@ def _per_round(rounds: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> li
     """AUC and balanced accuracy (at P >= 0.5) of each attacked round on its own."""
     from sklearn.metrics import roc_auc_score
 
-    from attacks.metrics import balanced_accuracy
+    from privfl.attacks.metrics import balanced_accuracy
 
     out = []
     for r in np.unique(rounds):

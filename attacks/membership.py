@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.observe import NOT_OBSERVED, ObservedRun, Privacy, check_data_matches
-from attacks.result import AttackResult, AttackRow, scored_row
-from privfl.data.dataset import PreparedData, SpeechSet
+from privfl.attacks.observe import NOT_OBSERVED, ObservedRun, Privacy, check_data_matches
+from privfl.attacks.result import AttackResult, AttackRow, scored_row
+from privfl.data.dataset import ClientData, PreparedData, SpeechSet
 from privfl.errors import AttackError, ConfigError
-from privfl.experiment import Evaluator
-from privfl.fl.client import ClientData
+from privfl.evaluate import Evaluator
 from privfl.models import build_model, canonical_parameters, set_flat
 from privfl.parallel import torch_threads
 
@@ -416,7 +415,7 @@ def _concat_xy(parts: list[SpeechSet]) -> SpeechSet:
 
 
 def _lira_row(observed, data, pool, config, privacy, progress) -> AttackRow:
-    from attacks.shadow import shadow_federation
+    from privfl.attacks.shadow import shadow_federation
 
     rng = np.random.default_rng([config.seed, 0x11AA])
     cands, labels = balanced_sets(data.train, pool, rng, limit=config.lira_candidates)

@@ -13,11 +13,12 @@ largest eps that the pairs force is an empirical lower bound on the true epsilon
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
+
+from privfl.privacy import dp_tpr_bound
 
 LOW_FPRS: tuple[float, ...] = (0.01, 0.001)
 """The false-positive rates at which TPR is reported (Carlini et al. 2022: attacks matter at low FPR)."""
@@ -169,16 +170,6 @@ def attack_metrics(
 
 
 # --- differential privacy ------------------------------------------------------------------------
-def dp_tpr_bound(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
-    """The largest TPR any attack may reach at each FPR under (epsilon, delta)-DP (Kairouz et al. 2015)."""
-    fpr = np.asarray(fpr, dtype=np.float64)
-    # e^700 * fpr already exceeds 1 for every representable fpr > 0, so capping the exponent
-    # keeps huge epsilons (weak DP) from overflowing without changing the bound
-    a = math.exp(min(epsilon, 700.0)) * fpr + delta
-    b = 1.0 - math.exp(-epsilon) * (1.0 - delta - fpr)
-    return np.clip(np.minimum(a, b), 0.0, 1.0)
-
-
 def dp_bound_violations(fpr: np.ndarray, tpr: np.ndarray, epsilon: float, delta: float) -> int:
     """How many ROC points lie above the (epsilon, delta) region (beyond float rounding)."""
     return int(np.sum(np.asarray(tpr) > dp_tpr_bound(fpr, epsilon, delta) + 1e-9))

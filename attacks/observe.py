@@ -188,7 +188,7 @@ def check_data_matches(observed: ObservedRun, data, round_index: int) -> None:
     cannot be replayed: its record samples and noise are each client's secret, which is the point;
     only the counts are checked there.
     """
-    from attacks.shadow import client_trainer
+    from privfl.attacks.shadow import client_trainer
 
     if round_index in observed.verified_rounds:
         return

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from attacks.metrics import dp_tpr_bound
-from attacks.result import AttackResult
 from privfl import __version__
+from privfl.attacks.result import AttackResult
+from privfl.privacy import dp_tpr_bound
 from privfl.runs import atomic_write_json
 
 REPORT_VERSION = 1

@@ -6,14 +6,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from attacks.metrics import (
+from privfl.attacks.metrics import (
     attack_metrics,
     clopper_pearson,
     dp_bound_violations,
-    dp_tpr_bound,
     empirical_epsilon,
     roc,
 )
+from privfl.privacy import dp_tpr_bound
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from privfl.config import ExperimentConfig
-from privfl.data.dataset import PreparedData, SpeechSet
+from privfl.data.dataset import ClientData, PreparedData, SpeechSet
 from privfl.errors import AttackError
-from privfl.fl.client import ClientData, LocalConfig, LocalTrainer
+from privfl.fl.client import LocalConfig, LocalTrainer
 
 SHADOW_ID_BASE = 1_000_000
 """Shadow clients get ids far above real ones, so their per-client seeds never equal a real client's."""
@@ -36,7 +36,7 @@ def client_trainer(
     """
     t = cfg.train
     if t.mode == "dp":
-        from privfl.experiment import build_components
+        from privfl.fl.components import build_components
 
         overrides: dict = {"secure.scheme": "none"}  # encryption changes nothing a client computes
         if privacy and privacy.get("sigma") is not None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from attacks.gender import GenderAttackConfig, gender_attack, gender_preflight
-from attacks.membership import MembershipAttackConfig, membership_attack, membership_preflight
-from attacks.observe import ObservedRun
-from attacks.result import AttackResult
+from privfl.attacks.gender import GenderAttackConfig, gender_attack, gender_preflight
+from privfl.attacks.membership import MembershipAttackConfig, membership_attack, membership_preflight
+from privfl.attacks.observe import ObservedRun
+from privfl.attacks.result import AttackResult
 from privfl.data.dataset import prepare
 from privfl.errors import ConfigError
 

@@ -33,7 +33,7 @@ def attack_command() -> list[str]:
     if "attack" in main.commands:
         exe = shutil.which("privfl") or str(Path(sys.executable).with_name("privfl"))
         return [exe, "attack", "all"]
-    return [sys.executable, "-m", "attacks.cli", "all"]
+    return [sys.executable, "-m", "privfl.attacks.cli", "all"]
 
 
 def ensure_run(path: Path, rounds: int) -> float:

@@ -9,7 +9,7 @@ flower, ... so load from other processes falls on both alike. No evaluation in t
     python benchmarks/engine_overhead.py [--clients 10] [--repeats 5] [--speakers 24] [--deployment]
 
 With --deployment it also runs the workload on Flower's Deployment Runtime on this machine (a
-SuperLink and K SuperNodes as subprocesses, `flwr run`; privfl.fl.engines.local), after a
+SuperLink and K SuperNodes as subprocesses, `flwr run`; tests/fl/engines/local_deployment.py), after a
 built-in run of the same config, and reports that ratio too (not interleaved: one run each).
 
 Target: the built-in engine at least 3x faster per round at K=10. Prints the ratio of median
@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -162,8 +163,10 @@ def main() -> None:
 def deployment_rounds(cfg: ExperimentConfig, clients: int) -> dict:
     """Median round time (no evaluation) of a built-in run and of a local Flower deployment run."""
     from privfl.experiment import train
-    from privfl.fl.engines.local import LocalDeployment
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests/ helpers
     from privfl.runs import RunDir
+    from tests.fl.engines.local_deployment import LocalDeployment
 
     cfg = cfg.override({"train.eval_every": 10_000})  # evaluate only after the last round, not timed
     root = Path(tempfile.mkdtemp(prefix="privfl-engine-bench-deploy-"))

@@ -24,8 +24,8 @@ import torch
 
 from privfl.config import ExperimentConfig
 from privfl.data.dataset import prepare
-from privfl.experiment import build_components
 from privfl.fl.client import derive_seed, sgd_epochs
+from privfl.fl.components import build_components
 from privfl.fl.federation import Federation
 from privfl.models import build_model, initial_weights, set_flat
 

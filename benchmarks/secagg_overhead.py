@@ -48,7 +48,7 @@ def plain_round(batch: list[Contribution], n_params: int) -> float:
     t0 = time.perf_counter()
     summation.begin_round(0, n_params)
     for c in batch:
-        summation.submit(c)
+        summation.add(c)
     summation.finish()
     return time.perf_counter() - t0
 
@@ -57,7 +57,7 @@ def ckks_round(summation: CkksSummation, batch: list[Contribution], n_params: in
     t0, c0 = time.perf_counter(), time.process_time()
     summation.begin_round(round_index, n_params)
     for c in batch:
-        summation.submit(c)
+        summation.add(c)
     result = summation.finish()
     stats = dict(result.stats)
     stats["round_s"] = time.perf_counter() - t0

@@ -240,7 +240,7 @@ def synth(out: Path, speakers: int, utterances_per_emotion: int, seed: int) -> N
     """Write the built-in synthetic emotional speech corpus as 16 kHz WAV + metadata.csv."""
     from rich.progress import Progress
 
-    from privfl.data.synthetic import SynthConfig, generate_corpus
+    from privfl.data.synthesis import SynthConfig, generate_corpus
 
     cfg = SynthConfig(speakers=speakers, utterances_per_emotion=utterances_per_emotion, seed=seed)
     cfg.validate()
@@ -297,7 +297,7 @@ def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flag
 
 def _register_subcommands() -> None:
     """Command groups that live beside the training CLI: attacks/ and privfl.bench."""
-    from attacks.cli import attack
+    from privfl.attacks.cli import attack
     from privfl.bench.cli import bench
 
     main.add_command(attack)

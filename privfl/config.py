@@ -7,16 +7,22 @@ config is written to the run directory as `config.toml` and is enough to rerun t
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 
-from privfl.errors import ConfigError
+from privfl.errors import ConfigError, PrivacyError
+
+log = logging.getLogger(__name__)
 
 MODES = ("central", "fedavg", "dp", "user-dp")
 MODELS = ("cnn", "lstm")
@@ -27,6 +33,11 @@ SESSION_SPLITS = ("iemocap-paper", "loso")  # IEMOCAP's session protocols
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
 NOISE_SOURCES = ("os", "seeded")  # dp.noise: privacy randomness from OS entropy, or from the seed
+GRAD_SAMPLE_MODES = ("auto", "microbatch", "hooks", "functorch", "ew", "ghost")
+"""How per-sample gradients are computed. microbatch: one forward/backward per sample through the
+ordinary model (TF Privacy's microbatches; for the paper LSTM only the recurrence runs per sample);
+the others are Opacus's engines on the DP model (hooks, functorch, ew = expanded weights, ghost =
+ghost clipping, which never forms per-sample gradients)."""
 SECURE_SCHEMES = ("none", "ckks")
 DEFAULT_AUX_SPEAKERS = 4
 
@@ -91,8 +102,6 @@ class DataConfig:
                 "(0.1) give strong label skew, large ones (100) nearly IID"
             )
         if self.speed_perturb:
-            from privfl.data.augment import validate_speed_factors
-
             validate_speed_factors(self.speed_perturb)
         _positive("data.n_mels", self.n_mels)
         _positive("data.max_frames", self.max_frames)
@@ -164,6 +173,7 @@ class DPConfig:
     def validate(self) -> None:
         _choice("dp.accountant", self.accountant, ACCOUNTANTS)
         _choice("dp.noise", self.noise, NOISE_SOURCES)
+        _choice("dp.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             raise ConfigError(
                 f"dp.noise_multiplier must be > 0, got {self.noise_multiplier}; "
@@ -179,23 +189,157 @@ class DPConfig:
             raise ConfigError(f"dp.clip_norm must be > 0, got {self.clip_norm}")
 
 
-@dataclass(frozen=True)
-class SecureConfig:
-    """Encrypted aggregation of client updates (TenSEAL CKKS)."""
+# --- CKKS secure aggregation ------------------------------------------------------------------
+# total coefficient modulus (bits, all primes including the special one) for each ring degree N.
+HE_STANDARD_128_MAX_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 
-    scheme: str = "none"
+PRECISION_TARGET_BITS = 20  # 2^-20 ~ 1e-6 relative
+_MAX_BOUND_BITS = 1000
+
+
+def _noise_bits(poly_modulus_degree: int, n_clients: int) -> float:
+    """log2 of the slot error of a sum of n fresh encryptions, in units of the scale (measured:
+    fresh max ~1.1 N at N=4096 and ~1.4 N at N=8192; independent noises add like sqrt(n))."""
+    return math.log2(poly_modulus_degree) + 1.0 + 0.5 * math.log2(max(n_clients, 1))
+
+
+@dataclass(frozen=True)
+class CkksParams:
+    """CKKS parameters and the range-packing policy.
+
+    poly_modulus_degree: ring degree N; N/2 values per ciphertext.
+    coeff_mod_bit_sizes: prime sizes; all but the last (the special prime) carry data. One data
+        prime is enough for addition: (50, 50) at N=4096 gives ~29 bytes per parameter.
+    global_scale_bits: log2 of the CKKS scale; with range packing it only fixes C = data bits - 2
+        - scale bits, the headroom above the packed values.
+    insecure: allow a modulus larger than the 128-bit standard allows (tests only; the TenSEAL
+        build itself still enforces 128-bit SEAL parameters).
+    max_clients: contributions per round the precision budget (and the aggregator) allows.
+    bound_bits: a fixed public bound 2^(bound_bits-1) on sum_k max|x_k| for every round (no
+        calibration, no adaptation); None adapts to the previous round.
+    calibration_bound_bits: the bounds packed in the first round (or while nothing is known).
+    margin_bits: later rounds use bound = ceil(log2 M_prev) + margin_bits (tolerates 2^(margin-1)x
+        growth of M between rounds).
+    """
+
     # addition only, so no rescaling primes: one 50-bit data prime + the special prime fit N=4096
     # at 128-bit security and upload ~29 bytes per parameter (docs/secure-aggregation.md)
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: tuple[int, ...] = (50, 50)
     global_scale_bits: int = 46
+    insecure: bool = False
+    max_clients: int = 256
+    bound_bits: int | None = None
+    calibration_bound_bits: tuple[int, ...] = (-4, 6, 16, 26)
+    margin_bits: int = 5
+
+    @property
+    def data_bits(self) -> int:
+        """Bits of the modulus ciphertexts are encrypted at (all primes but the special one)."""
+        return int(sum(self.coeff_mod_bit_sizes[:-1]))
+
+    def precision_bits(self) -> float:
+        """Worst-case bits of precision relative to M at max_clients, over calibration and adapted
+        rounds (the larger of the calibration spacing and the margin costs bits)."""
+        cal = self.calibration_bound_bits
+        spacing = max((b - a for a, b in zip(cal, cal[1:], strict=False)), default=0)
+        slack = max(spacing, self.margin_bits) + 1
+        return self.data_bits - 2 - _noise_bits(self.poly_modulus_degree, self.max_clients) - slack
+
+    def validate(self) -> CkksParams:
+        """Check security (HE standard table), moduli, scale and precision; returns self."""
+        n = self.poly_modulus_degree
+        if n not in HE_STANDARD_128_MAX_BITS:
+            raise ConfigError(
+                f"poly_modulus_degree={n} is not one of {sorted(HE_STANDARD_128_MAX_BITS)}; use 4096 or 8192"
+            )
+        bits = tuple(self.coeff_mod_bit_sizes)
+        if len(bits) < 2:
+            raise ConfigError(
+                f"coeff_mod_bit_sizes={bits} needs at least two primes (the data prime(s) and the special "
+                "prime TenSEAL keeps for key switching), e.g. (50, 50)"
+            )
+        for i, b in enumerate(bits):
+            if not isinstance(b, int) or not 20 <= b <= 60:
+                raise ConfigError(
+                    f"coeff_mod_bit_sizes[{i}]={b!r} is outside the 20..60 bits SEAL can generate"
+                )
+        total, limit = sum(bits), HE_STANDARD_128_MAX_BITS[n]
+        if total > limit:
+            fits = [d for d, m in sorted(HE_STANDARD_128_MAX_BITS.items()) if m >= total]
+            msg = (
+                f"coeff_mod_bit_sizes={bits} totals {total} bits, above the {limit} bits the "
+                f"HomomorphicEncryption.org standard allows at poly_modulus_degree={n} for 128-bit security"
+            )
+            if not self.insecure:
+                fix = f"raise poly_modulus_degree to {fits[0]}" if fits else "use fewer or smaller primes"
+                raise ConfigError(
+                    f"{msg}; drop or shrink primes, {fix}, or pass insecure=True (--insecure-he) for tests"
+                )
+            log.warning("%s; insecure=True, continuing below 128-bit security", msg)
+        s = self.global_scale_bits
+        if not isinstance(s, int) or not 20 <= s <= self.data_bits - 2:
+            raise ConfigError(
+                f"global_scale_bits={s!r} must be in 20..{self.data_bits - 2}: the packed values need 2 bits "
+                f"below the {self.data_bits}-bit data modulus (all primes but the last)"
+            )
+        if not isinstance(self.max_clients, int) or self.max_clients < 1:
+            raise ConfigError(f"max_clients={self.max_clients!r} must be a positive integer")
+        if not isinstance(self.margin_bits, int) or not 1 <= self.margin_bits <= 16:
+            raise ConfigError(f"margin_bits={self.margin_bits!r} must be an integer in 1..16 (default 5)")
+        cal = tuple(self.calibration_bound_bits)
+        if (
+            not cal
+            or any(not isinstance(b, int) or abs(b) > _MAX_BOUND_BITS for b in cal)
+            or list(cal) != sorted(set(cal))
+        ):
+            raise ConfigError(
+                f"calibration_bound_bits={cal} must be strictly increasing integers "
+                f"within +-{_MAX_BOUND_BITS}, "
+                "e.g. (-4, 6, 16, 26)"
+            )
+        if self.bound_bits is not None and (
+            not isinstance(self.bound_bits, int) or abs(self.bound_bits) > 900
+        ):
+            raise ConfigError(f"bound_bits={self.bound_bits!r} must be None or an integer within +-900")
+        precision = self.precision_bits()
+        if precision < PRECISION_TARGET_BITS:
+            raise ConfigError(
+                f"these parameters leave {precision:.1f} bits of precision relative to the round's update "
+                f"magnitude at max_clients={self.max_clients} (need >= {PRECISION_TARGET_BITS}, i.e. 1e-6): "
+                "use a larger data prime (e.g. coeff_mod_bit_sizes=(50, 50)), a smaller max_clients or "
+                "margin_bits, "
+                "or calibration_bound_bits spaced closer together"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class SecureConfig:
+    """Encrypted aggregation of client updates (TenSEAL CKKS); defaults are CkksParams's own."""
+
+    scheme: str = "none"
+    poly_modulus_degree: int = CkksParams.poly_modulus_degree
+    coeff_mod_bit_sizes: tuple[int, ...] = CkksParams.coeff_mod_bit_sizes
+    global_scale_bits: int = CkksParams.global_scale_bits
     insecure_he: bool = False  # allow parameters below 128-bit security (tests only)
     debug_check: bool = False  # log decrypted-vs-plaintext error (computed outside the aggregator)
     min_clients: int = 1
 
+    def ckks_params(self) -> CkksParams:
+        """The CKKS parameters these settings give (packing policy at its defaults)."""
+        return CkksParams(
+            poly_modulus_degree=self.poly_modulus_degree,
+            coeff_mod_bit_sizes=tuple(self.coeff_mod_bit_sizes),
+            global_scale_bits=self.global_scale_bits,
+            insecure=self.insecure_he,
+        )
+
     def validate(self) -> None:
         _choice("secure.scheme", self.scheme, SECURE_SCHEMES)
         _positive("secure.min_clients", self.min_clients)
+        if self.scheme == "ckks":
+            self.ckks_params().validate()
 
 
 @dataclass(frozen=True)
@@ -224,6 +368,12 @@ class ExperimentConfig:
             )
         if self.train.mode == "central" and self.secure.scheme != "none":
             raise ConfigError("mode 'central' has no clients to aggregate: drop --secure-agg")
+        if self.train.mode == "user-dp" and self.secure.scheme != "none" and self.secure.min_clients > 1:
+            raise PrivacyError(
+                f"secure.min_clients = {self.secure.min_clients} makes whether a round is aggregated depend "
+                "on who was sampled, which the DP-FedAvg accounting does not cover; use "
+                "secure.min_clients = 1 with --mode user-dp"
+            )
         return self
 
     # --- dict / TOML -------------------------------------------------------------------------
@@ -315,6 +465,17 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return dotted
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested dict (e.g. ExperimentConfig.to_dict()) as {dotted key: value}."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ConfigError(f"{name} {value!r} is not one of {', '.join(options)}")
@@ -386,3 +547,58 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return value
     return value
+
+
+# --- speed perturbation factors (privfl.data.augment applies them) --------------------------------
+MIN_FACTOR = 0.5
+MAX_FACTOR = 2.0
+
+_MAX_RATE_TERM = 1000  # a resampling ratio p/q with larger terms needs a huge sinc kernel
+
+
+def validate_speed_factor(factor: float, sample_rate: int = 16_000) -> tuple[int, int]:
+    """Check `factor` and return the reduced resampling ratio (source, target) it implies at `sample_rate`.
+
+    The factor is rounded to a whole number of Hz (factor * sample_rate); ConfigError if it is not
+    a finite number in [MIN_FACTOR, MAX_FACTOR] or needs an impractically fine ratio.
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ConfigError(f"sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.floating, np.integer)):
+        raise ConfigError(f"speed factor must be a number, got {factor!r}")
+    factor = float(factor)
+    if not math.isfinite(factor) or factor <= 0:
+        raise ConfigError(f"speed factor must be a positive finite number, got {factor!r} (1.0 = unchanged)")
+    if not MIN_FACTOR <= factor <= MAX_FACTOR:
+        raise ConfigError(
+            f"speed factor {factor} is outside [{MIN_FACTOR}, {MAX_FACTOR}]; "
+            "speed perturbation uses factors near 1, e.g. 0.9, 1.0, 1.1"
+        )
+    # torchaudio.functional.speed computes int(factor * rate), which truncates 1.15 * 16000 to 18399
+    # and turns a 23/20 ratio into a 18399/16000 one; round instead.
+    source, target = round(factor * int(sample_rate)), int(sample_rate)
+    gcd = math.gcd(source, target)
+    source, target = source // gcd, target // gcd
+    if max(source, target) > _MAX_RATE_TERM:
+        raise ConfigError(
+            f"speed factor {factor} at {sample_rate} Hz needs resampling by {source}/{target}, "
+            "which is too fine to compute; use a factor with at most two decimals, e.g. 0.95"
+        )
+    return source, target
+
+
+def validate_speed_factors(factors: Iterable[float], sample_rate: int = 16_000) -> tuple[float, ...]:
+    """Check a list of speed factors (e.g. from the config) and return it as a tuple without repeats."""
+    try:
+        values = tuple(float(f) if not isinstance(f, bool) else f for f in factors)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"speed factors must be a list of numbers like [0.9, 1.0, 1.1], got {factors!r}"
+        ) from exc
+    if not values:
+        raise ConfigError("speed factors must not be empty; use [1.0] for no perturbation")
+    for factor in values:
+        validate_speed_factor(factor, sample_rate)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"speed factors {list(values)} repeat a value; list each factor once")
+    return values

@@ -1,4 +1,8 @@
-"""`privfl train` as a library call: config -> prepared data -> federation -> run directory."""
+"""`privfl train` as a library call: config -> prepared data -> federation -> run directory.
+
+`Session` is one run's bookkeeping; `train` builds it and hands it to an engine (the built-in
+loop here, or `privfl.fl.engines`), which only ever sees it through `engines.Session`.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
 from privfl import __version__
-from privfl.config import ExperimentConfig
-from privfl.data.dataset import PreparedData, SpeechSet, Stage, prepare
+from privfl.config import ExperimentConfig, flatten
+from privfl.data.dataset import Stage, prepare
 from privfl.errors import ConfigError, RunError
-from privfl.fl.aggregate import PlainSummation, Summation
-from privfl.fl.client import LocalConfig, LocalTrainer
-from privfl.fl.federation import Components, FedAvgPolicy, Federation, RoundOutcome, sample_clients
-from privfl.metrics import accuracy, confusion, uar
+from privfl.evaluate import Evaluator
+from privfl.fl.components import build_components
+from privfl.fl.engines.session import run_rounds
+from privfl.fl.federation import Federation, RoundOutcome
 from privfl.models import build_model, count_parameters, initial_weights, set_flat
 from privfl.plots import uar_curves
 from privfl.runs import RunDir
@@ -27,74 +27,6 @@ from privfl.runs import RunDir
 log = logging.getLogger(__name__)
 
 RoundCallback = Callable[[dict], None]
-
-
-class Evaluator:
-    """Scores flat global weights on a SpeechSet: UAR, accuracy, loss, confusion."""
-
-    def __init__(self, cfg: ExperimentConfig, n_mels: int, batch_size: int = 256) -> None:
-        self.model = build_model(cfg.model, n_mels)
-        self.batch_size = batch_size
-
-    def predict(self, weights: np.ndarray, data: SpeechSet) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [n, classes], per-sample cross-entropy [n]) under the given weights."""
-        set_flat(self.model, weights)
-        self.model.eval()
-        logits = []
-        with torch.inference_mode():
-            for s in range(0, len(data), self.batch_size):
-                logits.append(
-                    self.model(data.x[s : s + self.batch_size], data.lengths[s : s + self.batch_size])
-                )
-        out = torch.cat(logits) if logits else torch.zeros(0, 4)
-        losses = nn.functional.cross_entropy(out, data.y, reduction="none")
-        return out.numpy(), losses.numpy()
-
-    def scores(self, weights: np.ndarray, data: SpeechSet) -> dict:
-        logits, losses = self.predict(weights, data)
-        y, pred = data.y.numpy(), logits.argmax(axis=1)
-        return {
-            "uar": uar(y, pred, logits.shape[1]),
-            "acc": accuracy(y, pred),
-            "loss": float(losses.mean()),
-            "confusion": confusion(y, pred, logits.shape[1]).tolist(),
-        }
-
-
-def build_components(cfg: ExperimentConfig, data: PreparedData) -> Components:
-    """Choose trainer, policy, summation and sampler from the mode and secure-aggregation settings."""
-    t = cfg.train
-    local = LocalConfig(t.local_epochs, t.batch_size, t.lr, t.momentum)
-    if t.mode in ("dp", "user-dp"):
-        from privfl.fl.dp import build_dp_components
-
-        return build_dp_components(cfg, data, local)
-    trainer = LocalTrainer(cfg.model, data.n_mels, local, cfg.seed)
-    n = len(data.clients)
-    fraction = t.fraction if t.mode != "central" else 1.0
-    return Components(
-        trainer=trainer,
-        policy=FedAvgPolicy(),
-        summation=make_summation(cfg),
-        sampler=lambda r: sample_clients(n, fraction, cfg.seed, r),
-    )
-
-
-def make_summation(cfg: ExperimentConfig) -> Summation:
-    """Plaintext sum, or CKKS-encrypted sum when secure.scheme is 'ckks'."""
-    if cfg.secure.scheme == "none":
-        return PlainSummation()
-    from privfl.fl.secure import CkksParams, CkksSummation
-
-    s = cfg.secure
-    params = CkksParams(
-        poly_modulus_degree=s.poly_modulus_degree,
-        coeff_mod_bit_sizes=tuple(s.coeff_mod_bit_sizes),
-        global_scale_bits=s.global_scale_bits,
-        insecure=s.insecure_he,
-    )
-    params.validate()
-    return CkksSummation(params, debug_check=s.debug_check, min_clients=s.min_clients)
 
 
 def default_out(cfg: ExperimentConfig) -> Path:
@@ -107,24 +39,12 @@ def check_resumable(saved: ExperimentConfig, given: ExperimentConfig) -> None:
     """A resumed run may only extend its rounds; anything else would mix two experiments."""
     a, b = saved.to_dict(), given.to_dict()
     a["train"].pop("rounds"), b["train"].pop("rounds")
-    diff = [
-        k for k in sorted(set(_flatten(a)) | set(_flatten(b))) if _flatten(a).get(k) != _flatten(b).get(k)
-    ]
+    diff = [k for k in sorted(set(flatten(a)) | set(flatten(b))) if flatten(a).get(k) != flatten(b).get(k)]
     if diff:
         raise ConfigError(
             f"--resume: the given config differs from the run's config.toml in {', '.join(diff)}; "
             "resume with the run's own config (only train.rounds may change)"
         )
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Session:
@@ -304,18 +224,16 @@ def train(
     on_round: RoundCallback | None = None,
     on_stage: Stage | None = None,
 ) -> dict:
-    """Run (or resume) one experiment on the built-in engine; returns the summary (summary.json)."""
+    """Run (or resume) one experiment on cfg.train.engine; returns the summary (summary.json)."""
     if cfg.train.engine != "builtin":
-        from privfl.fl.engines import run_engine
+        from privfl.fl.engines import check_engine, run_engine
 
-        return run_engine(cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage)
+        check_engine(cfg.validate())  # the engine's own requirements fail before any data work
+        session = Session(cfg, out, resume=resume, overwrite=overwrite, on_stage=on_stage)
+        run_engine(session, on_round)
+        return session.finish()
     session = Session(cfg, out, resume=resume, overwrite=overwrite, on_stage=on_stage)
-    federation = session.federation()
-    for r in session.rounds():
-        session.begin_round()
-        row = session.end_round(r, federation.run_round(r, session.weights))
-        if on_round is not None:
-            on_round(row)
+    run_rounds(session, session.federation(), on_round)
     return session.finish()
 
 

@@ -500,3 +500,35 @@ def _rounds_done(report: RecordLevelPrivacy | UserLevelPrivacy) -> int:
     if isinstance(report, UserLevelPrivacy):
         return sum(n for _, _, n in report.accountant.history)
     return report.last_round
+
+
+# --- what a guarantee bounds: any attack's ROC against an (epsilon, delta)-DP mechanism -------------
+_EXP_MAX = 40.0  # beyond this e^-eps < 1e-17: the AUC bound is 1 to double precision
+
+
+def dp_tpr_bound(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
+    """The largest TPR any attack may reach at each FPR under (epsilon, delta)-DP (Kairouz et al. 2015)."""
+    fpr = np.asarray(fpr, dtype=np.float64)
+    # e^700 * fpr already exceeds 1 for every representable fpr > 0, so capping the exponent
+    # keeps huge epsilons (weak DP) from overflowing without changing the bound
+    a = math.exp(min(epsilon, 700.0)) * fpr + delta
+    b = 1.0 - math.exp(-epsilon) * (1.0 - delta - fpr)
+    return np.clip(np.minimum(a, b), 0.0, 1.0)
+
+
+def dp_auc_bound(epsilon: float, delta: float) -> float:
+    """Largest ROC AUC any attack may reach against an (epsilon, delta)-DP mechanism: the area under
+    `dp_tpr_bound`, in closed form. 0.5 at (0, 0); tends to 1 as epsilon grows.
+
+    The two lines meet at x* = (1 - delta) / (1 + e^eps); the second reaches 1 at FPR = 1 - delta.
+    """
+    if not 0.0 <= delta < 1.0 or epsilon < 0:
+        raise ValueError(f"need epsilon >= 0 and delta in [0, 1), got {epsilon}, {delta}")
+    if epsilon > _EXP_MAX:
+        return 1.0  # within 1e-17 of it; exp would overflow
+    e = math.exp(epsilon)
+    x = (1.0 - delta) / (1.0 + e)
+    below = e * x * x / 2.0 + delta * x  # integral of e^eps t + delta over [0, x*]
+    rest = 1.0 - delta - x  # integral of 1 - e^-eps (1 - delta - t) over [x*, 1 - delta] ...
+    above = rest - (rest * rest) / (2.0 * e)
+    return min(1.0, below + above + delta)  # ... and of 1 over [1 - delta, 1]

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from privfl.config import ExperimentConfig
+from privfl.data.dataset import ClientData
 from privfl.errors import RunError
-from privfl.fl.client import ClientData, Update
+from privfl.fl.client import Update
 from privfl.runs import RunDir
 
 

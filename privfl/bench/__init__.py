@@ -8,7 +8,7 @@ The `privfl bench` commands (privfl.bench.cli) and benchmarks/*.py are thin wrap
 
 from privfl.bench.grid import DEFENCES, AttackPlan, Grid, GridPoint, default_grid, defence_of
 from privfl.bench.paper_fig2 import Fig2Setting, fig2_settings, paper_base, run_paper_fig2
-from privfl.bench.privacy_utility import dp_auc_bound, dp_tpr_bound, run_privacy_utility
+from privfl.bench.privacy_utility import run_privacy_utility
 from privfl.bench.reporter import Reporter
 
 __all__ = [
@@ -20,8 +20,6 @@ __all__ = [
     "Reporter",
     "default_grid",
     "defence_of",
-    "dp_auc_bound",
-    "dp_tpr_bound",
     "fig2_settings",
     "paper_base",
     "run_paper_fig2",

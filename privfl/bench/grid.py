@@ -86,7 +86,7 @@ class AttackPlan:
 
     def configs(self, seed: int) -> tuple[Any, Any]:
         """(GenderAttackConfig, MembershipAttackConfig) for a run with this seed; ConfigError if bad."""
-        from attacks import GenderAttackConfig, MembershipAttackConfig
+        from privfl.attacks import GenderAttackConfig, MembershipAttackConfig
 
         return (
             _attack_config(GenderAttackConfig, "attacks.gender", dict(self.gender), seed),

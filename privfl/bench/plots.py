@@ -159,7 +159,7 @@ def uar_vs_epsilon(points: list[dict], path: Path) -> None:
 
 def attack_vs_epsilon(points: list[dict], path: Path) -> None:
     """Membership and gender attack AUC against epsilon, with the largest AUC (eps, delta)-DP allows."""
-    from privfl.bench.privacy_utility import dp_auc_bound
+    from privfl.privacy import dp_auc_bound
 
     fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.4), sharey=True)
     deltas = sorted({p["delta"] for p in points if p.get("delta") is not None})

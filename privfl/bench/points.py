@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from privfl.config import ExperimentConfig
+from privfl.config import ExperimentConfig, flatten
 from privfl.errors import ConfigError
 from privfl.runs import RunDir
 
@@ -73,18 +73,8 @@ def ensure_run(
 
 
 def _differences(a: ExperimentConfig, b: ExperimentConfig) -> list[str]:
-    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
     return [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # --- what a point needs installed -----------------------------------------------------------------
@@ -112,10 +102,10 @@ def missing_for(cfg: ExperimentConfig) -> str | None:
 
 def missing_attacks() -> str | None:
     """Why the attacks cannot run in this installation, or None."""
-    why = _missing(("attacks",), "the privacy attacks")
+    why = _missing(("privfl.attacks",), "the privacy attacks")
     if why:
         return why
-    import attacks
+    import privfl.attacks as attacks
 
     if not hasattr(attacks, "run_attacks") or not hasattr(attacks, "write_report"):
         return "the attacks package lacks run_attacks/write_report (an older or unfinished version)"

@@ -33,40 +33,6 @@ TIMING_KEYS = ("point", "seed", "status", "setup_s", "train_s", "attack_s", "wal
 BENCH_FILE = "bench.json"  # in each point's run directory: its attack summary and the plan that made it
 
 
-_EXP_MAX = 40.0  # beyond this e^-eps < 1e-17: the bounds are 1 to double precision
-
-
-# --- the DP bound ---------------------------------------------------------------------------------
-def dp_tpr_bound(fpr: float, epsilon: float, delta: float) -> float:
-    """Largest TPR any test may reach at this FPR against an (epsilon, delta)-DP mechanism.
-
-    TPR <= min(1, e^eps FPR + delta, 1 - e^-eps (1 - delta - FPR)) (Kairouz et al. 2015).
-    """
-    if epsilon > _EXP_MAX:
-        return 1.0 if fpr > 0 or delta > 0 else 0.0
-    a = math.exp(epsilon) * fpr + delta
-    b = 1.0 - math.exp(-epsilon) * (1.0 - delta - fpr)
-    return max(0.0, min(1.0, a, b))
-
-
-def dp_auc_bound(epsilon: float, delta: float) -> float:
-    """Largest ROC AUC any attack may reach against an (epsilon, delta)-DP mechanism: the area under
-    `dp_tpr_bound`, in closed form. 0.5 at (0, 0); tends to 1 as epsilon grows.
-
-    The two lines meet at x* = (1 - delta) / (1 + e^eps); the second reaches 1 at FPR = 1 - delta.
-    """
-    if not 0.0 <= delta < 1.0 or epsilon < 0:
-        raise ValueError(f"need epsilon >= 0 and delta in [0, 1), got {epsilon}, {delta}")
-    if epsilon > _EXP_MAX:
-        return 1.0  # within 1e-17 of it; exp would overflow
-    e = math.exp(epsilon)
-    x = (1.0 - delta) / (1.0 + e)
-    below = e * x * x / 2.0 + delta * x  # integral of e^eps t + delta over [0, x*]
-    rest = 1.0 - delta - x  # integral of 1 - e^-eps (1 - delta - t) over [x*, 1 - delta] ...
-    above = rest - (rest * rest) / (2.0 * e)
-    return min(1.0, below + above + delta)  # ... and of 1 over [1 - delta, 1]
-
-
 # --- statistics over seeds ------------------------------------------------------------------------
 def spread(values: list[float | None]) -> dict[str, Any] | None:
     """mean, sample standard deviation (0 for one value), min, max and n of the non-missing values."""
@@ -327,7 +293,7 @@ def _read_json(path: Path) -> dict:
 
 def _attack(grid: Grid, seed: int, path: Path, rep: Reporter) -> tuple[dict, float]:
     """Attack one finished run: (summary of the results, seconds); the full report goes to path/attacks."""
-    from attacks import run_attacks, write_report
+    from privfl.attacks import run_attacks, write_report
 
     gender, membership = grid.attacks.configs(seed)
     t0 = time.perf_counter()
@@ -389,7 +355,7 @@ def _corpus_version(cfg) -> dict[str, str]:
     """The synthetic generator's version: its corpus, and so the numbers, change when it does."""
     if cfg.data.dataset != "synthetic":
         return {}
-    from privfl.data.synthetic import GENERATOR_VERSION
+    from privfl.data.synthesis import GENERATOR_VERSION
 
     return {"synthetic_generator": GENERATOR_VERSION}
 

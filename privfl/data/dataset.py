@@ -15,9 +15,24 @@ from privfl.data.partition import partition
 from privfl.data.records import Corpus, Utterance
 from privfl.data.splits import Split
 from privfl.errors import DataError
-from privfl.fl.client import ClientData
 
 Stage = Callable[[str, int, int], None]  # (stage name, done, total)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's local training set. x: [n, frames, n_mels]; lengths, y: [n]."""
+
+    client_id: int
+    x: torch.Tensor
+    lengths: torch.Tensor
+    y: torch.Tensor
+    speakers: tuple[str, ...] = ()
+    genders: tuple[str, ...] = ()  # one per speaker
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.y.shape[0])
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ def load_corpus_for(cfg: DataConfig, progress: Stage | None = None) -> Corpus:
     """The configured corpus: the cached built-in synthetic one, or a real one read from data_dir."""
     if cfg.dataset == "synthetic":
         from privfl.data.corpora.synthetic import ensure_synthetic, load_synthetic
-        from privfl.data.synthetic import SynthConfig
+        from privfl.data.synthesis import SynthConfig
 
         synth = SynthConfig(
             speakers=cfg.speakers, utterances_per_emotion=cfg.utterances_per_emotion, seed=cfg.corpus_seed

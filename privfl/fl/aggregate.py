@@ -7,15 +7,23 @@ hands the sums to the round loop, which divides:
 
     w_{t+1} = w_t + sum_k vector_k / denominator,   denominator = sum_k weight_k (FedAvg)
 
-The encrypted policy in `privfl.fl.secure` implements the same three methods.
+A summation also owns what travels: `encode` runs on the client and turns its `Update` into an
+`Upload` (plaintext: the update itself, which the server weights; encrypted: the contribution as
+a ciphertext), `submit` runs on the server and adds an Upload into the round's sum. Round loops
+call the two in that order and never look at the scheme. The encrypted summation is
+`privfl.fl.secure.CkksSummation`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+from privfl.errors import CryptoError
+from privfl.fl.client import Update
 
 
 @dataclass(frozen=True)
@@ -29,24 +37,67 @@ class Contribution:
     client_id: int
     vector: np.ndarray
     weight: float
+    clipped: bool = False  # the policy clipped the update to its norm bound
+
+
+ContributionRule = Callable[[Update], Contribution]
+"""A policy's `contribution` method: how an Update is weighted (and clipped, noised) for the sum."""
+
+
+@dataclass(frozen=True)
+class RoundKeys:
+    """The public material every client of a round encodes with: the round and model size, and for
+    an encrypted sum the public context and the round's packing bounds (no secret key, ever)."""
+
+    round_index: int
+    n_params: int
+    public_context: bytes | None = None
+    bound_bits: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What one client sends the server for one round: its update in the clear (a plaintext sum; the
+    server applies the policy) or its contribution as a ciphertext (the client applied the policy).
+
+    clipped: the client's policy clipped its update (the server cannot see this in a ciphertext).
+    encode_s: seconds the client spent encoding (encryption).
+    """
+
+    client_id: int
+    round_index: int
+    num_samples: int
+    delta: np.ndarray | None = None
+    ciphertext: bytes | None = None
+    clipped: bool = False
+    encode_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class SumResult:
-    """The sums a summation policy returns at the end of a round."""
+    """The sums a summation policy returns at the end of a round; clipped: contributions clipped."""
 
     vector: np.ndarray
     weight: float
     count: int
     stats: dict = field(default_factory=dict)
+    clipped: int = 0
 
 
 class Summation(Protocol):
     """A policy that sums contributions of one round; plaintext or encrypted."""
 
-    def begin_round(self, round_index: int, n_params: int) -> None: ...
+    def begin_round(self, round_index: int, n_params: int) -> RoundKeys:
+        """Start a round on the server; returns what its clients need to encode."""
+        ...
 
-    def submit(self, contribution: Contribution) -> None: ...
+    def encode(self, update: Update, contribution: ContributionRule, keys: RoundKeys) -> Upload:
+        """The client side: what this client sends for `update`."""
+        ...
+
+    def submit(self, upload: Upload, contribution: ContributionRule) -> None:
+        """The server side: add one client's Upload into the round's sum."""
+        ...
 
     def finish(self) -> SumResult: ...
 
@@ -90,6 +141,7 @@ class PlainSummation:
         self._vector: np.ndarray | None = None
         self._weight = 0.0
         self._count = 0
+        self._clipped = 0
 
     def state(self) -> dict:
         return {}  # nothing carries over from one round to the next
@@ -97,12 +149,28 @@ class PlainSummation:
     def load_state(self, state: dict) -> None:
         pass
 
-    def begin_round(self, round_index: int, n_params: int) -> None:
+    def begin_round(self, round_index: int, n_params: int) -> RoundKeys:
         self._vector = np.zeros(n_params, dtype=np.float64)
         self._weight = 0.0
         self._count = 0
+        self._clipped = 0
+        return RoundKeys(round_index, n_params)
 
-    def submit(self, contribution: Contribution) -> None:
+    def encode(self, update: Update, contribution: ContributionRule, keys: RoundKeys) -> Upload:
+        """The update in the clear: the server applies the policy (and may record the update)."""
+        return Upload(update.client_id, update.round, update.num_samples, delta=update.delta)
+
+    def submit(self, upload: Upload, contribution: ContributionRule) -> None:
+        if upload.delta is None:
+            raise CryptoError(
+                f"client {upload.client_id} sent a ciphertext to a plaintext summation; "
+                "server and clients must run the same secure.scheme"
+            )
+        update = Update(upload.client_id, upload.round_index, upload.delta, upload.num_samples, 0.0)
+        self.add(contribution(update))
+
+    def add(self, contribution: Contribution) -> None:
+        """Add one contribution to the running sum."""
         if self._vector is None:
             raise RuntimeError("begin_round() must be called before submit()")
         if contribution.vector.shape != self._vector.shape:
@@ -113,10 +181,11 @@ class PlainSummation:
         self._vector += contribution.vector
         self._weight += float(contribution.weight)
         self._count += 1
+        self._clipped += int(contribution.clipped)
 
     def finish(self) -> SumResult:
         if self._vector is None:
             raise RuntimeError("begin_round() must be called before finish()")
-        result = SumResult(self._vector, self._weight, self._count, {})
+        result = SumResult(self._vector, self._weight, self._count, {}, self._clipped)
         self._vector = None
         return result

@@ -1,4 +1,4 @@
-"""A client's data and its local training: E epochs of minibatch SGD from the global weights.
+"""A client's local training: E epochs of minibatch SGD from the global weights.
 
 The trainer returns an `Update` (the weight delta and the sample count); turning it into what is
 sent (weighting, clipping, noise, encryption) is the aggregation policy's job, not the client's.
@@ -13,23 +13,8 @@ import torch
 from torch import nn
 
 from privfl.config import ModelConfig
+from privfl.data.dataset import ClientData
 from privfl.models import build_model, get_flat, set_flat
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """One client's local training set. x: [n, frames, n_mels]; lengths, y: [n]."""
-
-    client_id: int
-    x: torch.Tensor
-    lengths: torch.Tensor
-    y: torch.Tensor
-    speakers: tuple[str, ...] = ()
-    genders: tuple[str, ...] = ()  # one per speaker
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.y.shape[0])
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ Privacy randomness (record samples, DP-SGD noise, noise shares, server noise, th
 comes from `privfl.randomness`: each party's OS entropy unless `dp.noise = "seeded"`. Under either
 mode a client discloses only its update (`AccountedReports`): no sample count, loss or clip count.
 
-`build_dp_components(cfg, data, local)` checks everything it can before training starts and
-wires either mode into `privfl.experiment`.
+The mechanisms own their parameters (clip bound, noise multiplier's use); the accountants in
+`privfl.privacy` only account and report. `privfl.fl.components` builds and wires both.
 """
 
 from __future__ import annotations
@@ -27,36 +27,32 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from privfl.config import ExperimentConfig, ModelConfig
+from privfl.config import GRAD_SAMPLE_MODES, ModelConfig
+from privfl.data.dataset import ClientData
 from privfl.errors import ConfigError, PrivacyError
-from privfl.fl.aggregate import Contribution, Summation, SumResult, clip_update, gaussian_noise
-from privfl.fl.client import ClientData, LocalConfig, LocalTrainer, Update
-from privfl.fl.federation import Components
-from privfl.models import PaperLSTM, build_model, canonical_parameters, get_flat, set_flat
-from privfl.observers import Setting
-from privfl.parallel import thread_map, torch_threads
-from privfl.privacy import (
-    RecordLevelPrivacy,
-    UserLevelPrivacy,
-    check_delta,
-    default_delta,
-    default_user_delta,
+from privfl.fl.aggregate import (
+    Contribution,
+    ContributionRule,
+    RoundKeys,
+    Summation,
+    SumResult,
+    Upload,
+    clip_update,
+    gaussian_noise,
 )
-from privfl.randomness import CLIENT_SAMPLE_TAG, USER_SAMPLE_TAG, PrivacyRandomness
+from privfl.fl.client import LocalConfig, Update
+from privfl.models import PaperLSTM, build_model, canonical_parameters, get_flat, set_flat
+from privfl.parallel import thread_map, torch_threads
+from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy
+from privfl.randomness import USER_SAMPLE_TAG, PrivacyRandomness
 
 log = logging.getLogger(__name__)
-
-GRAD_SAMPLE_MODES = ("auto", "microbatch", "hooks", "functorch", "ew", "ghost")
-"""How per-sample gradients are computed. microbatch: one forward/backward per sample through the
-ordinary model (TF Privacy's microbatches; for the paper LSTM only the recurrence runs per sample);
-the others are Opacus's engines on the DP model (hooks, functorch, ew = expanded weights, ghost =
-ghost clipping, which never forms per-sample gradients)."""
 
 AUTO_GRAD_SAMPLE_MODE = {"cnn": "microbatch", "lstm": "microbatch"}
 """What grad_sample_mode = "auto" picks per model: the fastest in benchmarks/dp_overhead.py."""
@@ -289,13 +285,16 @@ class DPSGDTrainer:
         randomness: PrivacyRandomness,
         privacy: RecordLevelPrivacy,
         grad_sample_mode: str = "auto",
+        *,
+        max_grad_norm: float,
     ) -> None:
         self.local = local
         self.randomness = randomness
         self.privacy = privacy
+        self.max_grad_norm = float(max_grad_norm)  # the mechanism's clip bound C
         self.grad_sample_mode = resolve_grad_sample_mode(grad_sample_mode, model_cfg.name)
         validate_dp_model(build_model(model_cfg, n_mels, dp=True))
-        self.engine = _engine(model_cfg, n_mels, self.grad_sample_mode, privacy.max_grad_norm)
+        self.engine = _engine(model_cfg, n_mels, self.grad_sample_mode, self.max_grad_norm)
         self.model = self.engine.module
 
     def train(self, data: ClientData, global_weights: np.ndarray, round_index: int) -> Update:
@@ -329,7 +328,7 @@ class DPSGDTrainer:
         optimizer = self.engine.optimizer(
             base,
             noise_multiplier=self.privacy.noise_multiplier,
-            max_grad_norm=self.privacy.max_grad_norm,
+            max_grad_norm=self.max_grad_norm,
             expected_batch_size=self.local.batch_size,
             loss_reduction="mean",
             generator=noise,
@@ -349,7 +348,7 @@ class DPSGDTrainer:
                     )
                     loss_sum += batch_loss
                     seen += int(idx.numel())
-                    clipped += int((norms > self.privacy.max_grad_norm).sum())
+                    clipped += int((norms > self.max_grad_norm).sum())
                 optimizer.step()
                 steps += 1
         optimizer.zero_grad(set_to_none=True)
@@ -428,14 +427,16 @@ class UserDPPolicy:
         privacy: UserLevelPrivacy,
         randomness: PrivacyRandomness,
         noise_on_clients: bool = False,
+        *,
+        clip_norm: float,
     ) -> None:
         self.n_clients = n_clients
         self.privacy = privacy
         self.randomness = randomness
         self.noise_on_clients = noise_on_clients
+        self.clip_norm = float(clip_norm)  # the mechanism's clip bound S
         self._round: int | None = None
         self._sampled = 0
-        self._clipped = 0
 
     @property
     def expected_clients(self) -> float:
@@ -444,7 +445,7 @@ class UserDPPolicy:
     def sample(self, round_index: int) -> list[int]:
         rng = self.randomness.server_sample(round_index, USER_SAMPLE_TAG)
         chosen = poisson_clients(self.n_clients, self.privacy.sample_rate, rng)
-        self._round, self._sampled, self._clipped = round_index, len(chosen), 0
+        self._round, self._sampled = round_index, len(chosen)
         return chosen
 
     def announce(self, round_index: int, sampled_count: int) -> None:
@@ -454,27 +455,26 @@ class UserDPPolicy:
                 f"round {round_index}: a sampled client was told the round has {sampled_count} clients; "
                 "server and client must run the same privfl version"
             )
-        self._round, self._sampled, self._clipped = round_index, int(sampled_count), 0
+        self._round, self._sampled = round_index, int(sampled_count)
 
     def contribution(self, update: Update) -> Contribution:
         if update.round != self._round:
             raise RuntimeError(
                 f"UserDPPolicy.sample() was not called for round {update.round}; use it as the sampler"
             )
-        vector, was_clipped = clip_update(update.delta.astype(np.float64), self.privacy.clip_norm)
-        self._clipped += int(was_clipped)
+        vector, was_clipped = clip_update(update.delta.astype(np.float64), self.clip_norm)
         if self.noise_on_clients:
             # k sampled clients each add variance sigma^2 S^2 / k: the decrypted sum has exactly
             # the server noise of the analysis, whatever k the Poisson draw gave
-            std = self.privacy.noise_multiplier * self.privacy.clip_norm / math.sqrt(self._sampled)
+            std = self.privacy.noise_multiplier * self.clip_norm / math.sqrt(self._sampled)
             rng = self.randomness.client_noise_share(update.round, update.client_id)
             vector = vector + gaussian_noise(vector.shape[0], std, rng)
-        return Contribution(update.client_id, vector, 1.0)
+        return Contribution(update.client_id, vector, 1.0, clipped=was_clipped)
 
     def server_step(
         self, weights: np.ndarray, result: SumResult, round_index: int
     ) -> tuple[np.ndarray, dict]:
-        std = self.privacy.noise_multiplier * self.privacy.clip_norm
+        std = self.privacy.noise_multiplier * self.clip_norm
         total = np.asarray(result.vector, dtype=np.float64) if result.count else np.zeros(weights.shape[0])
         # share of the required variance sigma^2 S^2 the server must add itself: all of it without
         # client noise or when nobody was sampled; the missing shares when an encrypted aggregator
@@ -499,7 +499,7 @@ class UserDPPolicy:
         # the clipped fraction and the missing share depend on who was sampled: the server may
         # know them, the run directory must not (UserLevelPrivacy.withheld drops them)
         stats = {
-            "clipped_fraction": self._clipped / result.count if result.count else 0.0,
+            "clipped_fraction": result.clipped / result.count if result.count else 0.0,
             "noise_std": std / self.expected_clients,
             "server_noise_share": missing,
         }
@@ -517,13 +517,21 @@ class SkipEmptyRounds:
         self._n_params = 0
         self._count = 0
 
-    def begin_round(self, round_index: int, n_params: int) -> None:
+    def begin_round(self, round_index: int, n_params: int) -> RoundKeys:
         self._n_params, self._count = n_params, 0
-        self.inner.begin_round(round_index, n_params)
+        return self.inner.begin_round(round_index, n_params)
 
-    def submit(self, contribution: Contribution) -> None:
+    def encode(self, update: Update, contribution: ContributionRule, keys: RoundKeys) -> Upload:
+        return self.inner.encode(update, contribution, keys)
+
+    def submit(self, upload: Upload, contribution: ContributionRule) -> None:
         self._count += 1
-        self.inner.submit(contribution)
+        self.inner.submit(upload, contribution)
+
+    def add(self, contribution: Contribution) -> None:
+        """Both sides in one process: add one contribution (see PlainSummation.add)."""
+        self._count += 1
+        self.inner.add(contribution)
 
     def finish(self) -> SumResult:
         if self._count == 0:
@@ -535,120 +543,3 @@ class SkipEmptyRounds:
 
     def load_state(self, state: dict) -> None:
         self.inner.load_state(state)
-
-
-# --- wiring ------------------------------------------------------------------------------------------
-def build_dp_components(cfg: ExperimentConfig, data, local: LocalConfig) -> Components:
-    """Trainer, policy, summation, sampler and privacy report for mode dp or user-dp.
-
-    Every check that can fail does so here, before the first round: sample rates, delta, the
-    noise multiplier for a target epsilon, the model's layers, secure-aggregation settings.
-    """
-    from privfl.experiment import make_summation  # experiment imports this module lazily too
-
-    mode = cfg.train.mode
-    if mode == "dp":
-        return _record_level(cfg, data.clients, data.n_mels, local, make_summation)
-    if mode == "user-dp":
-        return _user_level(cfg, data.clients, data.n_mels, local, make_summation)
-    raise ConfigError(f"build_dp_components handles modes dp and user-dp, got {mode!r}")
-
-
-def _record_level(
-    cfg: ExperimentConfig,
-    clients: Sequence[ClientData],
-    n_mels: int,
-    local: LocalConfig,
-    make_summation: Callable[[ExperimentConfig], Summation],
-) -> Components:
-    d, t = cfg.dp, cfg.train
-    resolve_grad_sample_mode(d.grad_sample_mode, cfg.model.name)  # a typo fails before sigma is solved
-    sizes = {c.client_id: c.num_samples for c in clients}
-    for cid, n in sizes.items():
-        if n < local.batch_size:
-            raise PrivacyError(
-                f"client {cid} holds {n} utterances, fewer than --batch-size {local.batch_size}: its "
-                f"Poisson sample rate B/n would exceed 1; use --batch-size {max(min(sizes.values()), 1)} "
-                "or fewer --clients"
-            )
-    n_max = max(sizes.values())
-    delta = d.delta if d.delta is not None else default_delta(n_max)
-    check_delta(delta, n_max, "the largest client's utterance count")
-    privacy = RecordLevelPrivacy(
-        noise_multiplier=d.noise_multiplier,
-        target_epsilon=d.target_epsilon,
-        max_grad_norm=d.max_grad_norm,
-        delta=delta,
-        accountant=d.accountant,
-        sample_rates={cid: local.batch_size / n for cid, n in sizes.items()},
-        steps_per_round={cid: local.epochs * -(-n // local.batch_size) for cid, n in sizes.items()},
-        rounds=t.rounds,
-        setting=Setting(d.noise, cfg.secure.scheme != "none", t.record_updates),
-    )
-    randomness = PrivacyRandomness(d.noise, cfg.seed)
-    trainer = DPSGDTrainer(cfg.model, n_mels, local, randomness, privacy, d.grad_sample_mode)
-    log.info(
-        "record-level DP: sigma=%.4g C=%g delta=%g accountant=%s grad_sample_mode=%s noise from %s",
-        privacy.noise_multiplier,
-        privacy.max_grad_norm,
-        delta,
-        d.accountant,
-        trainer.grad_sample_mode,
-        "the seed" if d.noise == "seeded" else "OS entropy",
-    )
-    n, fraction = len(clients), t.fraction
-    return Components(
-        trainer=AccountedReports(trainer),
-        policy=EqualWeightFedAvg(),
-        summation=make_summation(cfg),
-        sampler=lambda r: fixed_size_clients(n, fraction, randomness.server_sample(r, CLIENT_SAMPLE_TAG)),
-        privacy=privacy,
-    )
-
-
-def _user_level(
-    cfg: ExperimentConfig,
-    clients: Sequence[ClientData],
-    n_mels: int,
-    local: LocalConfig,
-    make_summation: Callable[[ExperimentConfig], Summation],
-) -> Components:
-    d, t = cfg.dp, cfg.train
-    k = len(clients)
-    delta = d.delta if d.delta is not None else default_user_delta(k)
-    check_delta(delta, k, "the number of clients")
-    encrypted = cfg.secure.scheme != "none"
-    if encrypted and cfg.secure.min_clients > 1:
-        raise PrivacyError(
-            f"secure.min_clients = {cfg.secure.min_clients} makes whether a round is aggregated depend on "
-            "who was sampled, which the DP-FedAvg accounting does not cover; use secure.min_clients = 1 "
-            "with --mode user-dp"
-        )
-    privacy = UserLevelPrivacy(
-        noise_multiplier=d.noise_multiplier,
-        target_epsilon=d.target_epsilon,
-        clip_norm=d.clip_norm,
-        delta=delta,
-        accountant=d.accountant,
-        sample_rate=t.fraction,
-        rounds=t.rounds,
-        setting=Setting(d.noise, encrypted, t.record_updates),
-    )
-    policy = UserDPPolicy(k, privacy, PrivacyRandomness(d.noise, cfg.seed), noise_on_clients=encrypted)
-    log.info(
-        "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s from %s",
-        privacy.noise_multiplier,
-        privacy.clip_norm,
-        t.fraction,
-        delta,
-        d.accountant,
-        "clients" if encrypted else "server",
-        "the seed" if d.noise == "seeded" else "OS entropy",
-    )
-    return Components(
-        trainer=AccountedReports(LocalTrainer(cfg.model, n_mels, local, cfg.seed)),
-        policy=policy,
-        summation=SkipEmptyRounds(make_summation(cfg)),
-        sampler=policy.sample,
-        privacy=privacy,
-    )

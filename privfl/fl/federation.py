@@ -1,21 +1,26 @@
 """The FedAvg round loop, independent of how updates travel (engine) or are summed (policy).
 
 One round (McMahan et al. 2017, Algorithm 1):
-  sample clients -> each trains locally from w_t -> policy turns each Update into a Contribution
-  -> summation adds them (plaintext or encrypted) -> policy's server step gives w_{t+1}.
+  sample clients -> each trains locally from w_t -> the summation encodes each Update on the
+  client (plaintext: as is; encrypted: the policy's Contribution as a ciphertext) and adds it on
+  the server -> policy's server step gives w_{t+1}.
+
+`Federation.run_round` is the one round loop: the built-in engine calls it with in-process
+clients, the Flower engine with clients behind a Grid (`ClientGate`). Neither names the scheme.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from privfl.fl.aggregate import Contribution, PlainSummation, Summation, SumResult
-from privfl.fl.client import ClientData, Update
+from privfl.data.dataset import ClientData
+from privfl.fl.aggregate import Contribution, PlainSummation, RoundKeys, Summation, SumResult, Upload
+from privfl.fl.client import Update
 
 
 class Trainer(Protocol):
@@ -83,51 +88,75 @@ class PrivacyReport(Protocol):
     def summary(self) -> dict: ...
 
 
-@dataclass
-class Components:
-    """The pluggable pieces of a federation for one config."""
+class ClientGate(Protocol):
+    """Where a round's sampled clients train and encode: in this process or behind a transport.
 
-    trainer: Trainer
-    policy: Policy
-    summation: Summation
-    sampler: Sampler
-    privacy: PrivacyReport | None = None
+    train_round yields, in the order of `selected`, each client's Update (its delta may be empty
+    when the server cannot see it) and Upload; once exhausted, `round_stats` holds the round's
+    seconds of local training ("train_s") and of transport ("exchange_s", when there is one).
+    """
+
+    round_stats: dict
+
+    def train_round(
+        self, round_index: int, weights: np.ndarray, selected: list[int], keys: RoundKeys
+    ) -> Iterator[tuple[Update, Upload]]: ...
+
+
+class InProcessClients:
+    """The built-in gate: every client trains and encodes here, one after another."""
+
+    def __init__(self, trainer: Trainer, clients: Sequence[ClientData], policy: Policy, summation: Summation):
+        self.trainer = trainer
+        self.clients = list(clients)
+        self.policy = policy
+        self.summation = summation
+        self.round_stats: dict = {}
+
+    def train_round(
+        self, round_index: int, weights: np.ndarray, selected: list[int], keys: RoundKeys
+    ) -> Iterator[tuple[Update, Upload]]:
+        self.round_stats = {"train_s": 0.0}
+        for cid in selected:  # one at a time, so the server sums each upload as it arrives
+            t0 = time.perf_counter()
+            update = self.trainer.train(self.clients[cid], weights, round_index)
+            self.round_stats["train_s"] += time.perf_counter() - t0
+            yield update, self.summation.encode(update, self.policy.contribution, keys)
 
 
 class Federation:
-    """Runs rounds over an in-process set of clients."""
+    """Runs rounds: sample, let the gate's clients train and encode, sum on the server, step."""
 
     def __init__(
         self,
-        trainer: Trainer,
+        trainer: Trainer | None,
         clients: Sequence[ClientData],
         sampler: Sampler,
         policy: Policy | None = None,
         summation: Summation | None = None,
+        *,
+        gate: ClientGate | None = None,
     ) -> None:
-        self.trainer = trainer
-        self.clients = list(clients)
         self.sampler = sampler
         self.policy = policy or FedAvgPolicy()
         self.summation = summation or PlainSummation()
+        self.gate = gate or InProcessClients(trainer, clients, self.policy, self.summation)
 
     def run_round(self, round_index: int, weights: np.ndarray) -> RoundOutcome:
-        selected = self.sampler(round_index)
-        self.summation.begin_round(round_index, weights.shape[0])
+        selected = list(self.sampler(round_index))
+        keys = self.summation.begin_round(round_index, weights.shape[0])
         updates: list[Update] = []
-        train_s = 0.0
-        for cid in selected:
-            t0 = time.perf_counter()
-            update = self.trainer.train(self.clients[cid], weights, round_index)
-            train_s += time.perf_counter() - t0
-            self.summation.submit(self.policy.contribution(update))
+        for update, upload in self.gate.train_round(round_index, weights, selected, keys):
+            self.summation.submit(upload, self.policy.contribution)  # in the sampled order
             updates.append(update)
+        gate_stats = self.gate.round_stats
         t0 = time.perf_counter()
         result = self.summation.finish()
         new_weights, step_stats = self.policy.server_step(weights, result, round_index)
         stats = {
-            "train_s": train_s,
+            "train_s": gate_stats.get("train_s", 0.0),
             "server_s": time.perf_counter() - t0,
+            **{k: v for k, v in gate_stats.items() if k != "train_s"},
             "clients": len(selected),
             **result.stats,
             **step_stats,

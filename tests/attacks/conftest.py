@@ -1,4 +1,4 @@
-"""Fixtures for the attack tests: small SpeechSets built in memory (no corpus needed)."""
+"""Fixtures for the attack tests: small SpeechSets built in memory, and one small recorded run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from privfl.config import ExperimentConfig
 from privfl.data.dataset import SpeechSet
+from privfl.experiment import train
 
 
 def make_speech_set(
@@ -34,3 +36,28 @@ def aux_set() -> SpeechSet:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+RECORDED = {
+    "data.speakers": 12,
+    "data.utterances_per_emotion": 3,
+    "data.aux_speakers": 4,
+    "data.max_frames": 100,
+    "data.partition": "by-speaker",
+    "model.conv_channels": 8,
+    "model.fc_hidden": 32,
+    "train.clients": 4,
+    "train.rounds": 2,
+    "train.batch_size": 6,
+    "train.record_updates": True,
+}
+"""12 synthetic speakers (4 train, 2 val, 2 test, 4 aux), 4 single-speaker clients, recorded updates."""
+
+
+@pytest.fixture(scope="session")
+def recorded_run(tmp_path_factory):
+    """12 synthetic speakers (4 train, 2 val, 2 test, 4 aux), 4 single-speaker clients, 2 recorded rounds."""
+    cfg = ExperimentConfig().override(RECORDED)
+    out = tmp_path_factory.mktemp("attack-run") / "run"
+    train(cfg, out)
+    return out

@@ -8,19 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from attacks.metrics import (
+from privfl.attacks.metrics import (
     _point_metrics,
     attack_metrics,
     balanced_accuracy,
     clopper_pearson,
     dp_bound_violations,
-    dp_tpr_bound,
     empirical_epsilon,
     fast_metrics,
     roc,
     tpr_at_fpr,
 )
-from attacks.result import dp_check
+from privfl.attacks.result import dp_check
+from privfl.privacy import dp_tpr_bound
 
 
 def test_auc_and_low_fpr_rates_by_hand():

@@ -11,37 +11,14 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
-from attacks import GenderAttackConfig, MembershipAttackConfig, run_attacks, write_report
-from attacks.cli import attack
+from privfl.attacks import GenderAttackConfig, MembershipAttackConfig, run_attacks, write_report
+from privfl.attacks.cli import attack
 from privfl.config import ExperimentConfig
 from privfl.errors import AttackError, RunError
 from privfl.experiment import train
-
-RECORDED = {
-    "data.speakers": 12,
-    "data.utterances_per_emotion": 3,
-    "data.aux_speakers": 4,
-    "data.max_frames": 100,
-    "data.partition": "by-speaker",
-    "model.conv_channels": 8,
-    "model.fc_hidden": 32,
-    "train.clients": 4,
-    "train.rounds": 2,
-    "train.batch_size": 6,
-    "train.record_updates": True,
-}
-"""12 synthetic speakers (4 train, 2 val, 2 test, 4 aux), 4 single-speaker clients, recorded updates."""
+from tests.attacks.conftest import RECORDED
 
 FAST = ["--shadow-clients", "8", "--max-rounds", "1", "--bootstrap", "50", "--candidates", "6"]
-
-
-@pytest.fixture(scope="module")
-def recorded_run(tmp_path_factory):
-    """12 synthetic speakers (4 train, 2 val, 2 test, 4 aux), 4 single-speaker clients, 2 recorded rounds."""
-    cfg = ExperimentConfig().override(RECORDED)
-    out = tmp_path_factory.mktemp("attack-run") / "run"
-    train(cfg, out)
-    return out
 
 
 @pytest.fixture()

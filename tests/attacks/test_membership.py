@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.membership import (
+from privfl.attacks.membership import (
     MembershipAttackConfig,
     balanced_sets,
     gradient_cosines,

@@ -9,7 +9,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from attacks.result import AttackResult, AttackRow
+from privfl.attacks.result import AttackResult, AttackRow
 from privfl.bench.cli import bench
 from privfl.bench.grid import Grid, GridPoint
 from privfl.bench.points import DONE, EXTEND, run_state

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from privfl.data.augment import speed_perturb, validate_speed_factor, validate_speed_factors
+from privfl.config import validate_speed_factor, validate_speed_factors
+from privfl.data.augment import speed_perturb
 from privfl.errors import ConfigError
 
 SR = 16_000

@@ -31,7 +31,7 @@ def test_fedavg_round_is_mcmahan_average_of_client_weights():
     policy, summation = FedAvgPolicy(), PlainSummation()
     summation.begin_round(1, 3)
     for k, (wk, n) in enumerate(zip(locals_, counts, strict=True)):
-        summation.submit(policy.contribution(Update(k, 1, (wk - w_t).astype(np.float32), n, 0.0)))
+        summation.add(policy.contribution(Update(k, 1, (wk - w_t).astype(np.float32), n, 0.0)))
     new, _ = policy.server_step(w_t, summation.finish(), 1)
     expected = (10 * locals_[0] + 30 * locals_[1] + 60 * locals_[2]) / 100
     # = [0.1+0+0.3, 0-0.6-0.6, 0.2+0.9+0.6] = [0.4, -1.2, 1.7]
@@ -43,7 +43,7 @@ def test_summation_rejects_wrong_length():
     s = PlainSummation()
     s.begin_round(1, 3)
     with pytest.raises(ValueError, match="3"):
-        s.submit(Contribution(0, np.zeros(4), 1.0))
+        s.add(Contribution(0, np.zeros(4), 1.0))
 
 
 def test_empty_round_keeps_weights():

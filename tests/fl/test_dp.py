@@ -13,15 +13,16 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from torch import nn
 
 from privfl.config import ExperimentConfig, ModelConfig
+from privfl.data.dataset import ClientData
 from privfl.errors import ConfigError, PrivacyError
 from privfl.fl.aggregate import Contribution, PlainSummation, SumResult
-from privfl.fl.client import ClientData, LocalConfig, LocalTrainer, Update, derive_seed
+from privfl.fl.client import LocalConfig, LocalTrainer, Update, derive_seed
+from privfl.fl.components import build_components
 from privfl.fl.dp import (
     AccountedReports,
     DPSGDTrainer,
     SkipEmptyRounds,
     UserDPPolicy,
-    build_dp_components,
     poisson_batch,
     poisson_clients,
     resolve_grad_sample_mode,
@@ -75,7 +76,15 @@ def privacy_for(data, batch_size, sigma=1.0, clip=1.0, epochs=1, target_epsilon=
 
 
 def trainer_for(model: str, engine: str, privacy, local: LocalConfig, randomness=SEEDED) -> DPSGDTrainer:
-    return DPSGDTrainer(SMALL[model], MELS, local, randomness, privacy=privacy, grad_sample_mode=engine)
+    return DPSGDTrainer(
+        SMALL[model],
+        MELS,
+        local,
+        randomness,
+        privacy=privacy,
+        grad_sample_mode=engine,
+        max_grad_norm=privacy.max_grad_norm,
+    )
 
 
 def per_sample_grads(model_cfg: ModelConfig, weights: np.ndarray, data: ClientData, idx) -> list[np.ndarray]:
@@ -148,7 +157,9 @@ def test_noise_has_std_sigma_c_over_expected_batch():
     sigma, clip, batch, lr, steps = 2.0, 0.5, 4, 0.1, 3
     wide = ModelConfig(name="cnn", conv_channels=4, fc_hidden=64)  # 5k parameters to average over
     privacy = privacy_for([data], batch, sigma, clip)
-    trainer = DPSGDTrainer(wide, MELS, LocalConfig(1, batch, lr), 7, privacy, "microbatch")
+    trainer = DPSGDTrainer(
+        wide, MELS, LocalConfig(1, batch, lr), SEEDED, privacy, "microbatch", max_grad_norm=clip
+    )
     w = initial_weights(wide, MELS, 0)
     empty = [torch.zeros(0, dtype=torch.int64)] * steps
     update = trainer._run(data, w, 1, empty, torch.Generator().manual_seed(5))
@@ -277,24 +288,24 @@ def dp_config(mode: str = "dp", **dotted) -> ExperimentConfig:
 def test_batch_larger_than_a_clients_data_is_refused_before_training():
     data = _Data([client_data(0, n=20), client_data(1, n=6)])
     with pytest.raises(PrivacyError, match=r"client 1 holds 6 utterances.*--batch-size 10.*--batch-size 6"):
-        build_dp_components(dp_config(**{"train.batch_size": 10}), data, LocalConfig(1, 10, 0.1))
+        build_components(dp_config(**{"train.batch_size": 10}), data)
 
 
 def test_delta_not_below_one_over_n_is_refused():
     data = _Data([client_data(0, n=20)])
     with pytest.raises(PrivacyError, match=r"dp.delta = 0.2"):
-        build_dp_components(dp_config(**{"dp.delta": 0.2}), data, LocalConfig(1, 5, 0.1))
+        build_components(dp_config(**{"dp.delta": 0.2}), data)
     five = _Data([client_data(i) for i in range(5)])
     with pytest.raises(
         PrivacyError, match=r"dp.delta = 0.5 is not below 1/n = 0.2 for the number of clients"
     ):
-        build_dp_components(dp_config("user-dp", **{"dp.delta": 0.5}), five, LocalConfig(1, 5, 0.1))
+        build_components(dp_config("user-dp", **{"dp.delta": 0.5}), five)
 
 
 def test_unreachable_target_epsilon_is_refused_before_training():
     cfg = dp_config(**{"dp.noise_multiplier": None, "dp.target_epsilon": 1e-5})
     with pytest.raises(PrivacyError, match="target_epsilon"):
-        build_dp_components(cfg, _Data([client_data()]), LocalConfig(1, 5, 0.1))
+        build_components(cfg, _Data([client_data()]))
 
 
 @pytest.mark.parametrize(
@@ -312,9 +323,9 @@ def test_bad_dp_values_are_config_errors(dotted, match):
         dp_config(**dotted)
 
 
-def test_build_dp_components_record_level_defaults():
+def test_build_components_record_level_defaults():
     data = _Data([client_data(0, n=20), client_data(1, n=15)])
-    comps = build_dp_components(dp_config(), data, LocalConfig(1, 5, 0.1))
+    comps = build_components(dp_config(), data)
     assert isinstance(comps.trainer, AccountedReports) and isinstance(comps.trainer.inner, DPSGDTrainer)
     assert comps.privacy.delta == 1e-3  # 1/(10*20) -> 1e-3
     assert comps.privacy.sample_rates == {0: 0.25, 1: 5 / 15}
@@ -332,7 +343,9 @@ def user_policy(k=10, q=0.4, sigma=1.0, clip=1.0, seed=0, noise_on_clients=False
         sample_rate=q,
         rounds=5,
     )
-    return UserDPPolicy(k, privacy, PrivacyRandomness("seeded", seed), noise_on_clients), privacy
+    return UserDPPolicy(
+        k, privacy, PrivacyRandomness("seeded", seed), noise_on_clients, clip_norm=clip
+    ), privacy
 
 
 def update(cid: int, vector: np.ndarray, round_index: int) -> Update:
@@ -361,7 +374,7 @@ def test_user_level_server_step_divides_by_the_expected_count():
     summation.begin_round(3, 4)
     deltas = {cid: np.full(4, 0.1 * (cid + 1)) for cid in chosen}
     for cid in chosen:
-        summation.submit(policy.contribution(update(cid, deltas[cid], 3)))
+        summation.add(policy.contribution(update(cid, deltas[cid], 3)))
     w = np.ones(4, dtype=np.float32)
     new, stats = policy.server_step(w, summation.finish(), 3)
     from privfl.fl.aggregate import clip_update
@@ -446,16 +459,13 @@ def test_empty_rounds_skip_the_inner_summation():
     assert result.count == 0 and result.vector.tolist() == [0.0, 0.0, 0.0]
     s = SkipEmptyRounds(PlainSummation())
     s.begin_round(2, 2)
-    s.submit(Contribution(0, np.array([1.0, 2.0]), 1.0))
+    s.add(Contribution(0, np.array([1.0, 2.0]), 1.0))
     assert s.finish().vector.tolist() == [1.0, 2.0]
 
 
 def test_user_level_with_ckks_refuses_a_minimum_client_count():
-    cfg = dp_config(
-        "user-dp", **{"secure.scheme": "ckks", "secure.min_clients": 3, "secure.insecure_he": True}
-    )
-    with pytest.raises(PrivacyError, match="min_clients = 3"):
-        build_dp_components(cfg, _Data([client_data(i) for i in range(5)]), LocalConfig(1, 5, 0.1))
+    with pytest.raises(PrivacyError, match="min_clients = 3"):  # by ExperimentConfig.validate()
+        dp_config("user-dp", **{"secure.scheme": "ckks", "secure.min_clients": 3, "secure.insecure_he": True})
 
 
 class _Outcome:

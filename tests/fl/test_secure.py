@@ -191,8 +191,8 @@ def test_summation_matches_plain_summation_across_rounds_and_adapts_its_bound() 
         for cid in range(5):
             w = float(rng.integers(10, 100))
             c = Contribution(cid, rng.normal(0, scale, n) * w, w)
-            secure.submit(c)
-            plain.submit(c)
+            secure.add(c)
+            plain.add(c)
         got, want = secure.finish(), plain.finish()
         assert relative_error(got.vector, want.vector) <= 1e-6
         assert got.weight == pytest.approx(want.weight, rel=1e-6) and got.count == want.count == 5
@@ -205,7 +205,7 @@ def test_summation_matches_plain_summation_across_rounds_and_adapts_its_bound() 
 def test_debug_error_is_only_reported_when_asked() -> None:
     summation = CkksSummation(PARAMS)
     summation.begin_round(0, 4)
-    summation.submit(Contribution(0, np.ones(4), 1.0))
+    summation.add(Contribution(0, np.ones(4), 1.0))
     assert "max_abs_error" not in summation.finish().stats
 
 
@@ -278,7 +278,7 @@ def test_fewer_than_min_clients_raises() -> None:
     summation = CkksSummation(PARAMS, min_clients=3)
     summation.begin_round(0, 10)
     for cid in range(2):
-        summation.submit(Contribution(cid, np.ones(10), 1.0))
+        summation.add(Contribution(cid, np.ones(10), 1.0))
     with pytest.raises(CryptoError, match=r"only 2 contribution\(s\).*min_clients=3"):
         summation.finish()
 
@@ -384,8 +384,8 @@ def test_clients_refuse_updates_they_cannot_encode(key_holder: KeyHolder) -> Non
 def test_a_fixed_bound_too_small_raises_instead_of_returning_a_wrapped_sum() -> None:
     summation = CkksSummation(CkksParams(bound_bits=2))  # carries sum_k max|x_k| < 2
     summation.begin_round(0, 5)
-    summation.submit(Contribution(0, np.full(5, 1.5), 1.0))
-    summation.submit(Contribution(1, np.full(5, 1.5), 1.0))
+    summation.add(Contribution(0, np.full(5, 1.5), 1.0))
+    summation.add(Contribution(1, np.full(5, 1.5), 1.0))
     with pytest.raises(RangeOverflow, match="bound_bits"):
         summation.finish()
 
@@ -397,7 +397,7 @@ def test_a_sudden_jump_in_magnitude_fails_one_round_then_the_bound_adapts() -> N
         summation.begin_round(r, 50)
         vectors = [rng.normal(0, scale, 50) for _ in range(3)]
         for cid, v in enumerate(vectors):
-            summation.submit(Contribution(cid, v, 1.0))
+            summation.add(Contribution(cid, v, 1.0))
         if r == 1:
             with pytest.raises(RangeOverflow):
                 summation.finish()

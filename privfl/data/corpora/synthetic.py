@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from privfl.data.records import EMOTIONS, Corpus, Utterance
-from privfl.data.synthetic import GENERATOR_VERSION, METADATA_COLUMNS, SynthConfig, generate_corpus
+from privfl.data.synthesis import GENERATOR_VERSION, METADATA_COLUMNS, SynthConfig, generate_corpus
 from privfl.errors import DataError
 
 _LAYOUT = "metadata.csv (columns id,path,speaker,gender,emotion) and wav/<speaker>/<id>.wav"

@@ -1,12 +1,14 @@
 """Federation engines other than the built-in loop: transports only, never a second implementation.
 
-`flower-sim` runs the same rounds as `Federation.run_round` through Flower (flwr 1.42): a ServerApp
-(`server_app.py`) sends the global weights to ClientApps (`client_app.py`) as Flower Messages and
-sums what comes back with the session's own summation policy; `simulation.py` runs both apps in
-this process on Flower's Simulation Runtime. The same two apps run on Flower's Deployment Runtime
-(`flower-superlink`, `flower-supernode`, `flwr run`; see docs/deployment.md); `local.py` starts
-such a deployment on this machine (tests, benchmarks).
+`flower-sim` runs `Federation.run_round` itself with its clients behind Flower (flwr 1.42): the
+ServerApp side (`server_app.py`, `FlowerRounds`) sends the global weights and the round's public
+keys to ClientApps (`client_app.py`) as Flower Messages and sums their Uploads with the session's
+own summation; `simulation.py` runs both apps in this process on Flower's Simulation Runtime and
+is the one module that touches Flower internals. The same two apps run on Flower's Deployment
+Runtime (`flower-superlink`, `flower-supernode`, `flwr run`; see docs/deployment.md), whose
+ServerApp entry is `privfl.flower_app`.
 
+An engine receives a built `Session` (the protocol below) and never imports the layer above.
 Flower is an optional dependency: nothing here imports it until an engine is used.
 """
 
@@ -15,16 +17,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from privfl.config import ExperimentConfig
-from privfl.errors import ConfigError, PrivflError
+from privfl.errors import ConfigError
+from privfl.fl.engines.session import EngineError, Session
+
+__all__ = ["EngineError", "Session", "check_engine", "check_flower_config", "require_flower", "run_engine"]
 
 FLOWER_INSTALL_HINT = 'pip install -e ".[flower]"'
-
-
-class EngineError(PrivflError):
-    """A federation engine could not complete a round (a client failed, timed out or is missing)."""
 
 
 def require_flower(engine: str = "flower-sim") -> None:
@@ -57,25 +57,19 @@ def check_flower_config(cfg: ExperimentConfig) -> None:
         )
 
 
-def run_engine(
-    cfg: ExperimentConfig,
-    out: Path | None = None,
-    *,
-    resume: Path | None = None,
-    overwrite: bool = False,
-    on_round: Callable[[dict], None] | None = None,
-    on_stage: Callable[[str, int, int], None] | None = None,
-) -> dict:
-    """Run (or resume) one experiment on cfg.train.engine; returns the summary (summary.json)."""
+def check_engine(cfg: ExperimentConfig) -> None:
+    """Refuse an unknown engine, a missing Flower or settings Flower cannot honour; no data work."""
     if cfg.train.engine != "flower-sim":
         raise ConfigError(
             f"train.engine {cfg.train.engine!r} has no engine adapter; use builtin or flower-sim"
         )
     require_flower(cfg.train.engine)
-    cfg.validate()
     check_flower_config(cfg)
+
+
+def run_engine(session: Session, on_round: Callable[[dict], None] | None = None) -> None:
+    """Run the session's remaining rounds on session.cfg.train.engine (checked by check_engine)."""
+    check_engine(session.cfg)
     from privfl.fl.engines.simulation import run_flower_simulation
 
-    return run_flower_simulation(
-        cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage
-    )
+    run_flower_simulation(session, on_round)

@@ -1,12 +1,11 @@
-"""privfl's Flower ClientApp: local training, the policy's contribution, CKKS encryption.
+"""privfl's Flower ClientApp: local training, then the summation's client-side encoding.
 
-The ClientApp runs the same `Trainer` and `Policy` the built-in engine runs, built by the same
-`build_components` from the config the ServerApp sends; it only adds the transport. In a
-plaintext run it returns the update (delta, sample count), and the server weights it, exactly as
-`Federation.run_round` does. In an encrypted run it turns the update into its contribution
-itself (user-dp: clip and add its noise share, drawn from this process's OS entropy), encrypts it
-with the public CKKS context from the message and returns only the ciphertext. Under `dp` and
-`user-dp` the reply carries the client id and the update alone (`TrainReport.dp_only`).
+The ClientApp runs the same `Trainer`, `Policy` and `Summation` the built-in engine runs, built by
+the same `build_components` from the config the ServerApp sends; it only adds the transport. It
+returns whatever `Summation.encode` makes of the update with the round's public keys: in a
+plaintext run the update itself (the server weights it), in an encrypted run the policy's
+contribution (user-dp: clipped, with its noise share drawn from this process's OS entropy) as a
+ciphertext. Under `dp` and `user-dp` the reply carries the client id and the update alone.
 
 `app` is what `flwr run` loads on a SuperNode: it prepares the configured corpus from that
 machine's copy (or PRIVFL_CACHE) and trains the client named by the node's `partition-id`.
@@ -21,7 +20,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from privfl.config import ExperimentConfig
-from privfl.fl.engines import EngineError
+from privfl.fl.components import build_components
 from privfl.fl.engines.messages import (
     NUM_PARTITIONS,
     PARTITION_ID,
@@ -30,6 +29,7 @@ from privfl.fl.engines.messages import (
     config_from_text,
     roll_call_reply,
 )
+from privfl.fl.engines.session import EngineError
 
 DataSource = Callable[[ExperimentConfig], object]  # config -> PreparedData (anything with .clients)
 
@@ -42,15 +42,12 @@ class ClientParty:
     """
 
     def __init__(self, cfg: ExperimentConfig, data) -> None:
-        from privfl.experiment import build_components
-
         self.cfg = cfg
         self.clients = list(data.clients)
-        # The same trainer, policy and sampler as the server's; with CKKS this also builds a
-        # summation (and a key pair) that a client never uses: cheap, and it keeps one wiring.
+        # The same trainer, policy, summation and sampler as the server's; with CKKS the summation
+        # also makes a key pair a client never uses (it encodes with the server's public context):
+        # cheap, and it keeps one wiring.
         self.components = build_components(cfg, data)
-        self._encryptor = None
-        self._encryptor_context: bytes | None = None
 
     def train(self, client_id: int, task: TrainTask) -> TrainReport:
         """Train client `client_id` from the task's weights; report its update or its ciphertext."""
@@ -60,8 +57,7 @@ class ClientParty:
                 f"this node is partition {client_id}, but the experiment has {len(self.clients)} clients: "
                 f"start SuperNodes with partition-id 0..{len(self.clients) - 1}"
             )
-        private = self.cfg.train.mode in ("dp", "user-dp")
-        if self.cfg.train.mode == "user-dp" and task.he_context is not None:
+        if self.cfg.train.mode == "user-dp" and task.keys.public_context is not None:
             # the client knows it was sampled and the round's count k (its noise share needs k),
             # never who else was: the sample is the server's secret
             if task.sampled_count is None:
@@ -73,41 +69,9 @@ class ClientParty:
         t0 = time.perf_counter()
         update = c.trainer.train(self.clients[client_id], task.weights, r)
         train_s = time.perf_counter() - t0
-        if task.he_context is None:
-            if private:
-                return TrainReport.dp_only(client_id, delta=update.delta)
-            return TrainReport(
-                client_id,
-                update.num_samples,
-                update.train_loss,
-                update.stats,
-                delta=update.delta,
-                train_s=train_s,
-            )
-        from privfl.fl.secure import RoundSpec
-
-        t0 = time.perf_counter()
-        spec = RoundSpec(r, int(task.weights.shape[0]), task.he_bounds)
-        payload = self._encryptor_for(task.he_context).encrypt(c.policy.contribution(update), spec)
-        if private:
-            return TrainReport.dp_only(client_id, ciphertext=payload)
-        return TrainReport(
-            client_id,
-            update.num_samples,
-            update.train_loss,
-            update.stats,
-            ciphertext=payload,
-            train_s=train_s,
-            encrypt_s=time.perf_counter() - t0,
-        )
-
-    def _encryptor_for(self, public_context: bytes):
-        from privfl.fl.secure import Encryptor
-
-        if self._encryptor is None or public_context != self._encryptor_context:
-            self._encryptor = Encryptor(public_context)  # refuses a context that carries a secret key
-            self._encryptor_context = public_context
-        return self._encryptor
+        upload = c.summation.encode(update, c.policy.contribution, task.keys)
+        private = self.cfg.train.mode in ("dp", "user-dp")
+        return TrainReport.of(upload, update.train_loss, update.stats, train_s, private=private)
 
 
 def partition_of(context: Context) -> tuple[int, int | None]:

@@ -18,7 +18,8 @@ Two message types:
                                            DP modes: {client} only (privfl.fl.dp.disclosed)
 
 Everything a client needs travels in the message: the ServerApp's config is the only one. A client
-is never told who else was sampled; under DP it reports nothing the analysis does not cover.
+is never told who else was sampled, and never says whether its update was clipped; under DP it
+reports nothing the analysis does not cover.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from privfl import __version__
 from privfl.config import ExperimentConfig
+from privfl.fl.aggregate import RoundKeys, Upload
 
 QUERY = "query"
 TRAIN = "train"
@@ -67,9 +69,12 @@ class TrainTask:
     experiment: str  # TOML
     weights: np.ndarray  # float32 [n_params]
     noise_multiplier: float | None = None  # the server's sigma (DP modes); clients train with it
+    keys: RoundKeys | None = None  # the round's public keys (Summation.begin_round); None: plaintext
     sampled_count: int | None = None  # user-dp with CKKS: the round's k, which sets the noise share
-    he_context: bytes | None = None  # public CKKS context (no secret key)
-    he_bounds: tuple[int, ...] = ()  # the round's public packing bounds (RoundSpec.bound_bits)
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            object.__setattr__(self, "keys", RoundKeys(self.round_index, int(self.weights.shape[0])))
 
     def to_content(self) -> RecordDict:
         task: dict = {"round": self.round_index, "experiment": self.experiment}
@@ -81,11 +86,11 @@ class TrainTask:
             "task": ConfigRecord(task),
             "global": ArrayRecord({"weights": Array(np.ascontiguousarray(self.weights, dtype=np.float32))}),
         }
-        if self.he_context is not None:
-            task["he-bounds"] = list(self.he_bounds)
+        if self.keys.public_context is not None:
+            task["he-bounds"] = list(self.keys.bound_bits)
             records["task"] = ConfigRecord(task)
             records["he"] = ArrayRecord(
-                {"context": _bytes_array(self.he_context, "privfl.ckks-public-context")}
+                {"context": _bytes_array(self.keys.public_context, "privfl.ckks-public-context")}
             )
         return RecordDict(records)
 
@@ -95,14 +100,20 @@ class TrainTask:
         he = content.array_records.get("he")
         sigma = task.get("dp-sigma")
         count = task.get("sampled-count")
+        weights = np.array(content.array_records["global"]["weights"].numpy(), dtype=np.float32)
+        keys = RoundKeys(
+            int(task["round"]),
+            int(weights.shape[0]),
+            bytes(he["context"].data) if he is not None else None,
+            tuple(int(b) for b in task.get("he-bounds", [])),
+        )
         return cls(
             round_index=int(task["round"]),
             experiment=str(task["experiment"]),
-            weights=np.array(content.array_records["global"]["weights"].numpy(), dtype=np.float32),
+            weights=weights,
             noise_multiplier=float(sigma) if sigma is not None else None,
+            keys=keys,
             sampled_count=int(count) if count is not None else None,
-            he_context=bytes(he["context"].data) if he is not None else None,
-            he_bounds=tuple(int(b) for b in task.get("he-bounds", [])),
         )
 
 
@@ -111,8 +122,9 @@ class TrainTask:
 class TrainReport:
     """What one client returns: its update in the clear, or its encrypted contribution.
 
-    Under a DP mode num_samples, train_loss and the timings are None and stats is empty: only
-    `client` and the update travel (`dp_only`).
+    Under a DP mode (`private`) num_samples, train_loss and the timings are None and stats is
+    empty: only `client` and the update travel. No report says whether the policy clipped the
+    update: under user-dp that bit depends on the client's data and is not accounted.
     """
 
     client_id: int
@@ -125,11 +137,38 @@ class TrainReport:
     encrypt_s: float | None = 0.0
 
     @classmethod
-    def dp_only(cls, client_id: int, *, delta=None, ciphertext=None) -> TrainReport:
-        """A DP client's report: its id and its update, nothing the analysis does not cover."""
-        return cls(client_id, None, None, {}, delta, ciphertext, None, None)
+    def of(
+        cls, upload: Upload, train_loss: float, stats: dict, train_s: float, *, private: bool = False
+    ) -> TrainReport:
+        """The report carrying one client's Upload (private: its id and update, nothing else)."""
+        if private:
+            return cls(upload.client_id, None, None, {}, upload.delta, upload.ciphertext, None, None)
+        return cls(
+            upload.client_id,
+            upload.num_samples,
+            train_loss,
+            dict(stats),
+            delta=upload.delta,
+            ciphertext=upload.ciphertext,
+            train_s=train_s,
+            encrypt_s=upload.encode_s,
+        )
+
+    def upload(self, round_index: int) -> Upload:
+        """The Upload this report carries, for the server's Summation.submit."""
+        return Upload(
+            self.client_id,
+            round_index,
+            self.num_samples if self.num_samples is not None else 0,  # DP: not reported
+            delta=self.delta,
+            ciphertext=self.ciphertext,
+            encode_s=self.encrypt_s or 0.0,
+        )
 
     def reply_to(self, request: Message) -> Message:
+        return Message(self.to_content(), reply_to=request)
+
+    def to_content(self) -> RecordDict:
         if (self.delta is None) == (self.ciphertext is None):
             raise ValueError("a report carries exactly one of delta and ciphertext")
         update = (
@@ -149,10 +188,7 @@ class TrainReport:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 report[STAT_PREFIX + key] = value
         key = "delta" if self.delta is not None else "ciphertext"
-        return Message(
-            RecordDict({"update": ArrayRecord({key: update}), "report": MetricRecord(report)}),
-            reply_to=request,
-        )
+        return RecordDict({"update": ArrayRecord({key: update}), "report": MetricRecord(report)})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReport:

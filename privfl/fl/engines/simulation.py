@@ -18,7 +18,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
 from flwr.app.user_config import UserConfig
@@ -40,10 +39,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
-from privfl.config import ExperimentConfig
-from privfl.fl.engines import EngineError
 from privfl.fl.engines.client_app import make_client_app
 from privfl.fl.engines.server_app import FlowerRounds
+from privfl.fl.engines.session import EngineError, Session
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +138,8 @@ def _quiet_flower() -> Iterator[None]:
         flwr_logger.setLevel(before)
 
 
-def run_flower_simulation(
-    cfg: ExperimentConfig,
-    out: Path | None = None,
-    *,
-    resume: Path | None = None,
-    overwrite: bool = False,
-    on_round: Callable[[dict], None] | None = None,
-    on_stage: Callable[[str, int, int], None] | None = None,
-) -> dict:
-    """The experiment on Flower's Simulation Runtime; writes the same run directory as `train`."""
-    from privfl.experiment import Session
-
-    session = Session(cfg, out, resume=resume, overwrite=overwrite, on_stage=on_stage)
+def run_flower_simulation(session: Session, on_round: Callable[[dict], None] | None = None) -> None:
+    """The session's remaining rounds on Flower's Simulation Runtime; the caller finishes the run."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -164,4 +151,3 @@ def run_flower_simulation(
     client_app = make_client_app(load_data=lambda _cfg: session.data)
     with _quiet_flower():
         simulate(server_app, client_app, num_supernodes=len(session.data.clients))
-    return session.finish()

@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 
 import privfl.data.corpora.synthetic as corpora_synthetic
-import privfl.data.synthetic as synthetic
+import privfl.data.synthesis as synthesis
 import privfl.parallel as parallel
 from privfl.data.corpora.synthetic import cache_root, corpus_key, ensure_synthetic, load_synthetic
 from privfl.data.records import EMOTIONS
-from privfl.data.synthetic import SynthConfig, draw_speaker, generate_corpus, speaker_gender
+from privfl.data.synthesis import SynthConfig, draw_speaker, generate_corpus, speaker_gender
 from privfl.errors import ConfigError, DataError
 
 TINY = SynthConfig(speakers=4, utterances_per_emotion=2, seed=7)
@@ -180,17 +180,17 @@ def test_corpus_appearing_meanwhile_is_not_overwritten(tmp_path):
 @pytest.mark.parametrize("tilt_db", [-6.0, 0.0, 3.0, 12.0])
 def test_tilt_sets_the_gain_at_3khz_and_keeps_dc(tilt_db):
     t = np.arange(16000) / 16000
-    tone = synthetic.apply_tilt(np.sin(2 * np.pi * 3000 * t), tilt_db, 16000)[4000:]
+    tone = synthesis.apply_tilt(np.sin(2 * np.pi * 3000 * t), tilt_db, 16000)[4000:]
     gain_db = 20 * np.log10(np.sqrt(2 * np.mean(tone**2)))
     assert gain_db == pytest.approx(-tilt_db, abs=0.05)
-    assert synthetic.apply_tilt(np.ones(4000), tilt_db, 16000)[-1] == pytest.approx(1.0, abs=1e-6)
+    assert synthesis.apply_tilt(np.ones(4000), tilt_db, 16000)[-1] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_resonator_cascade_peaks_at_its_formants():
     impulse = np.zeros(16000)
     impulse[0] = 1.0
     freqs = np.tile([500.0, 1500.0], (200, 1))  # 200 blocks of 80 samples, constant formants
-    out = synthetic.resonate(impulse, freqs, np.full_like(freqs, 80.0), 16000, 80)
+    out = synthesis.resonate(impulse, freqs, np.full_like(freqs, 80.0), 16000, 80)
     spectrum = np.abs(np.fft.rfft(out))
     hz = np.fft.rfftfreq(out.size, 1 / 16000)
     low, high = (hz > 300) & (hz < 1000), (hz > 1000) & (hz < 2500)

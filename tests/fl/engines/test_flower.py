@@ -132,7 +132,7 @@ def test_without_flwr_privfl_works_and_names_the_extra(tmp_path, monkeypatch):
 # --- deployment runtime: real SuperLink and SuperNodes ---------------------------------------------
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    from privfl.fl.engines.local import LocalDeployment
+    from tests.fl.engines.local_deployment import LocalDeployment
 
     # PRIVFL_CACHE (conftest: the session's cache) is inherited by every subprocess
     with LocalDeployment(tmp_path_factory.mktemp("flower"), num_nodes=N_NODES) as fed:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from privfl.bench.privacy_utility import dp_auc_bound, dp_tpr_bound
+from privfl.privacy import dp_auc_bound, dp_tpr_bound
 
 
 def test_no_privacy_loss_allows_only_chance():
@@ -28,15 +28,6 @@ def test_closed_form_equals_the_area_under_the_tpr_bound(eps, delta):
     y = np.array([dp_tpr_bound(v, eps, delta) for v in x])
     area = float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
     assert dp_auc_bound(eps, delta) == pytest.approx(area, abs=1e-5)
-
-
-def test_tpr_bound_agrees_with_the_attack_modules_check():
-    from attacks.metrics import dp_tpr_bound as attacks_bound
-
-    fpr = np.linspace(0, 1, 101)
-    for eps, delta in ((0.5, 1e-5), (2.0, 1e-3), (6.0, 0.05)):
-        ours = np.array([dp_tpr_bound(f, eps, delta) for f in fpr])
-        assert np.allclose(ours, attacks_bound(fpr, eps, delta))
 
 
 def test_bound_grows_with_epsilon_and_delta_and_tends_to_one():

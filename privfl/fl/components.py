@@ -1,0 +1,190 @@
+"""The composition root: one config and its prepared data -> trainer, policy, summation, sampler, privacy.
+
+Every engine runs what `build_components` returns and nothing else: the built-in loop, the
+Flower ServerApp and each Flower ClientApp (from the config the server sends). The choices:
+
+  mode fedavg/central  LocalTrainer, FedAvgPolicy, McMahan's fixed-fraction sampler
+  mode dp              DPSGDTrainer on every client (record-level DP), EqualWeightFedAvg
+  mode user-dp         LocalTrainer, UserDPPolicy (DP-FedAvg) which is also the Poisson sampler
+  DP modes             privacy randomness per party (privfl.randomness, dp.noise); the trainer
+                       behind AccountedReports: a client discloses its update and nothing else
+  secure.scheme        PlainSummation or CkksSummation (user-dp: behind SkipEmptyRounds)
+
+Every check that can fail does so here or in `ExperimentConfig.validate()`, before the first round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from privfl.config import ExperimentConfig
+from privfl.data.dataset import ClientData
+from privfl.errors import PrivacyError
+from privfl.fl.aggregate import PlainSummation, Summation
+from privfl.fl.client import LocalConfig, LocalTrainer
+from privfl.fl.dp import (
+    AccountedReports,
+    DPSGDTrainer,
+    EqualWeightFedAvg,
+    SkipEmptyRounds,
+    UserDPPolicy,
+    fixed_size_clients,
+    resolve_grad_sample_mode,
+)
+from privfl.fl.federation import FedAvgPolicy, Policy, PrivacyReport, Sampler, Trainer, sample_clients
+from privfl.observers import Setting
+from privfl.privacy import (
+    RecordLevelPrivacy,
+    UserLevelPrivacy,
+    check_delta,
+    default_delta,
+    default_user_delta,
+)
+from privfl.randomness import CLIENT_SAMPLE_TAG, PrivacyRandomness
+
+log = logging.getLogger(__name__)
+
+
+class ClientsData(Protocol):
+    """What the components are built from: the clients' shards and the feature width."""
+
+    clients: Sequence[ClientData]
+    n_mels: int
+
+
+@dataclass
+class Components:
+    """The pluggable pieces of a federation for one config."""
+
+    trainer: Trainer
+    policy: Policy
+    summation: Summation
+    sampler: Sampler
+    privacy: PrivacyReport | None = None
+
+
+def build_components(cfg: ExperimentConfig, data: ClientsData) -> Components:
+    """Choose trainer, policy, summation and sampler from the mode and secure-aggregation settings."""
+    t = cfg.train
+    local = LocalConfig(t.local_epochs, t.batch_size, t.lr, t.momentum)
+    if t.mode == "dp":
+        return _record_level(cfg, data.clients, data.n_mels, local)
+    if t.mode == "user-dp":
+        return _user_level(cfg, data.clients, data.n_mels, local)
+    trainer = LocalTrainer(cfg.model, data.n_mels, local, cfg.seed)
+    n = len(data.clients)
+    fraction = t.fraction if t.mode != "central" else 1.0
+    return Components(
+        trainer=trainer,
+        policy=FedAvgPolicy(),
+        summation=make_summation(cfg),
+        sampler=lambda r: sample_clients(n, fraction, cfg.seed, r),
+    )
+
+
+def make_summation(cfg: ExperimentConfig) -> Summation:
+    """Plaintext sum, or CKKS-encrypted sum when secure.scheme is 'ckks'."""
+    if cfg.secure.scheme == "none":
+        return PlainSummation()
+    from privfl.fl.secure.summation import CkksSummation  # TenSEAL loads only when asked for
+
+    s = cfg.secure
+    return CkksSummation(s.ckks_params(), debug_check=s.debug_check, min_clients=s.min_clients)
+
+
+def _record_level(
+    cfg: ExperimentConfig,
+    clients: Sequence[ClientData],
+    n_mels: int,
+    local: LocalConfig,
+) -> Components:
+    d, t = cfg.dp, cfg.train
+    resolve_grad_sample_mode(d.grad_sample_mode, cfg.model.name)  # a typo fails before sigma is solved
+    sizes = {c.client_id: c.num_samples for c in clients}
+    for cid, n in sizes.items():
+        if n < local.batch_size:
+            raise PrivacyError(
+                f"client {cid} holds {n} utterances, fewer than --batch-size {local.batch_size}: its "
+                f"Poisson sample rate B/n would exceed 1; use --batch-size {max(min(sizes.values()), 1)} "
+                "or fewer --clients"
+            )
+    n_max = max(sizes.values())
+    delta = d.delta if d.delta is not None else default_delta(n_max)
+    check_delta(delta, n_max, "the largest client's utterance count")
+    privacy = RecordLevelPrivacy(
+        noise_multiplier=d.noise_multiplier,
+        target_epsilon=d.target_epsilon,
+        max_grad_norm=d.max_grad_norm,
+        delta=delta,
+        accountant=d.accountant,
+        sample_rates={cid: local.batch_size / n for cid, n in sizes.items()},
+        steps_per_round={cid: local.epochs * -(-n // local.batch_size) for cid, n in sizes.items()},
+        rounds=t.rounds,
+        setting=Setting(d.noise, cfg.secure.scheme != "none", t.record_updates),
+    )
+    randomness = PrivacyRandomness(d.noise, cfg.seed)
+    trainer = DPSGDTrainer(
+        cfg.model, n_mels, local, randomness, privacy, d.grad_sample_mode, max_grad_norm=d.max_grad_norm
+    )
+    log.info(
+        "record-level DP: sigma=%.4g C=%g delta=%g accountant=%s grad_sample_mode=%s noise from %s",
+        privacy.noise_multiplier,
+        trainer.max_grad_norm,
+        delta,
+        d.accountant,
+        trainer.grad_sample_mode,
+        "the seed" if d.noise == "seeded" else "OS entropy",
+    )
+    n, fraction = len(clients), t.fraction
+    return Components(
+        trainer=AccountedReports(trainer),
+        policy=EqualWeightFedAvg(),
+        summation=make_summation(cfg),
+        sampler=lambda r: fixed_size_clients(n, fraction, randomness.server_sample(r, CLIENT_SAMPLE_TAG)),
+        privacy=privacy,
+    )
+
+
+def _user_level(
+    cfg: ExperimentConfig,
+    clients: Sequence[ClientData],
+    n_mels: int,
+    local: LocalConfig,
+) -> Components:
+    d, t = cfg.dp, cfg.train
+    k = len(clients)
+    delta = d.delta if d.delta is not None else default_user_delta(k)
+    check_delta(delta, k, "the number of clients")
+    encrypted = cfg.secure.scheme != "none"
+    privacy = UserLevelPrivacy(
+        noise_multiplier=d.noise_multiplier,
+        target_epsilon=d.target_epsilon,
+        clip_norm=d.clip_norm,
+        delta=delta,
+        accountant=d.accountant,
+        sample_rate=t.fraction,
+        rounds=t.rounds,
+        setting=Setting(d.noise, encrypted, t.record_updates),
+    )
+    randomness = PrivacyRandomness(d.noise, cfg.seed)
+    policy = UserDPPolicy(k, privacy, randomness, noise_on_clients=encrypted, clip_norm=d.clip_norm)
+    log.info(
+        "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s from %s",
+        privacy.noise_multiplier,
+        policy.clip_norm,
+        t.fraction,
+        delta,
+        d.accountant,
+        "clients" if encrypted else "server",
+        "the seed" if d.noise == "seeded" else "OS entropy",
+    )
+    return Components(
+        trainer=AccountedReports(LocalTrainer(cfg.model, n_mels, local, cfg.seed)),
+        policy=policy,
+        summation=SkipEmptyRounds(make_summation(cfg)),
+        sampler=policy.sample,
+        privacy=privacy,
+    )

@@ -1,0 +1,61 @@
+"""Shadow clients: one known-gender speaker each, trained by the trainer the run's clients used."""
+
+import numpy as np
+import pytest
+
+from privfl.attacks.shadow import (
+    SHADOW_ID_BASE,
+    check_auxiliary,
+    known_gender_speakers,
+    local_updates,
+    sample_shadow_clients,
+    shadow_client_data,
+)
+from privfl.errors import AttackError
+from tests.attacks.conftest import make_speech_set
+
+
+def test_known_gender_speakers_leave_out_unknown_genders():
+    aux = make_speech_set({"a": "female", "b": "male", "c": "unknown", "d": "female"}, per_speaker=2)
+    assert known_gender_speakers(aux) == {"female": ["a", "d"], "male": ["b"]}
+
+
+def test_shadow_clients_alternate_genders_and_hold_one_speaker_each(aux_set, rng):
+    shadows = sample_shadow_clients(aux_set, 12, 5, rng)
+    assert [s.gender for s in shadows] == ["female", "male"] * 6
+    for s in shadows:
+        assert len(s.indices) == 5 and len(set(s.indices.tolist())) == 5
+        assert {aux_set.speakers[i] for i in s.indices} == {s.speaker}
+        assert {aux_set.genders[i] for i in s.indices} == {s.gender}
+    assert {s.speaker for s in shadows} == {"f1", "f2", "m1", "m2"}
+    again = sample_shadow_clients(aux_set, 12, 5, np.random.default_rng(0))
+    assert all(np.array_equal(a.indices, b.indices) for a, b in zip(shadows, again, strict=True))
+
+
+def test_shadow_updates_come_from_the_given_trainer(aux_set, rng):
+    class MeanFeatureTrainer:
+        """A stand-in client: its 'update' is the mean of its features, gender is what the data says."""
+
+        def train(self, data, weights, round_index):
+            from privfl.fl.client import Update
+
+            delta = np.resize(data.x.mean(dim=(0, 1)).numpy(), weights.shape)
+            return Update(data.client_id, round_index, delta, data.num_samples, 0.0)
+
+    shadows = sample_shadow_clients(aux_set, 4, 3, rng)
+    clients = shadow_client_data(aux_set, shadows)
+    assert [c.client_id for c in clients] == [SHADOW_ID_BASE + i for i in range(4)]
+    assert clients[1].genders == ("male",) and clients[1].num_samples == 3
+    out = local_updates(MeanFeatureTrainer(), clients, np.zeros(16, np.float32), 1)
+    assert out.shape == (4, 16) and out.dtype == np.float32
+    expected = aux_set.x[shadows[0].indices].mean(dim=(0, 1)).numpy()
+    np.testing.assert_allclose(out[0, :8], expected, rtol=1e-6)
+
+
+def test_auxiliary_data_of_one_gender_is_refused():
+    only_female = make_speech_set({"f1": "female", "f2": "female"}, per_speaker=4)
+    with pytest.raises(AttackError, match="both genders.*0 male.*aux_speakers"):
+        check_auxiliary(only_female)
+    unknown = make_speech_set({"a": "unknown", "b": "unknown"}, per_speaker=4)
+    with pytest.raises(AttackError, match="2 of unknown gender"):
+        check_auxiliary(unknown)
