@@ -28,7 +28,6 @@ import torch
 
 from privfl.config import NOISE_SOURCES
 from privfl.errors import ConfigError
-from privfl.fl.client import derive_seed
 
 SEEDED_LABEL = "no DP guarantee against anyone who holds the seed"
 
@@ -38,6 +37,11 @@ USER_SAMPLE_TAG = 0x05A3D  # user-dp client sample: default_rng([seed, round, ta
 USER_SERVER_NOISE_TAG = 0x0DF5  # user-dp server noise: default_rng([seed, round, tag])
 USER_CLIENT_NOISE_TAG = 0x0DFC  # user-dp noise share: default_rng([seed, round, client, tag])
 CLIENT_SAMPLE_TAG = 0x5A3  # fixed-size client selection: default_rng([seed, round, tag])
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integer parts, e.g. (seed, round, client); stable across runs."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def _os_torch() -> torch.Generator:
