@@ -19,7 +19,7 @@ def test_two_round_run_writes_a_complete_run_directory(tiny_config, tmp_path):
     assert [r["round"] for r in rows] == [1, 2]
     for key in ("train_loss", "val_uar", "test_uar", "val_acc", "test_acc", "seconds", "bytes_up"):
         assert key in rows[0]
-    assert 0.0 <= summary["test_uar_at_best_val"] <= 1.0
+    assert summary["test_uar_at_best_val"] == rows[summary["best_round"] - 1]["test_uar"]
     assert summary["clients"] == 2 and summary["rounds"] == 2
     assert RunDir.open(run).config() == tiny_config
 
@@ -74,3 +74,31 @@ def test_too_many_clients_for_by_speaker_leaves_no_run_directory(tiny_config, tm
 def test_central_mode_uses_one_client(tiny_config, tmp_path):
     summary = train(tiny_config.override({"train.mode": "central"}), tmp_path / "c")
     assert summary["clients"] == 1
+
+
+def test_best_round_is_chosen_on_validation_and_cannot_see_the_test_set(tiny_config, tmp_path, monkeypatch):
+    """Runs that differ only in their test labels pick the same best round: the first argmax of val UAR."""
+    import dataclasses
+
+    from privfl import experiment
+
+    cfg = tiny_config.override({"train.rounds": 6, "train.lr": 0.05})
+    real_prepare = experiment.prepare
+
+    def relabelled_test(c, progress=None):
+        data = real_prepare(c, progress)
+        test = dataclasses.replace(data.test, y=(data.test.y + 1) % 4)  # a test set no model can learn
+        return dataclasses.replace(data, test=test)
+
+    runs = {"plain": train(cfg, tmp_path / "plain")}
+    monkeypatch.setattr(experiment, "prepare", relabelled_test)
+    runs["relabelled"] = train(cfg, tmp_path / "relabelled")
+    for name, summary in runs.items():
+        rows = RunDir(tmp_path / name).metrics()
+        val = [r["val_uar"] for r in rows]
+        best = int(np.argmax(val))  # the first round with the highest validation UAR
+        assert summary["best_round"] == rows[best]["round"], (name, val, [r["test_uar"] for r in rows])
+        assert summary["best_val_uar"] == val[best]
+        assert summary["test_uar_at_best_val"] == rows[best]["test_uar"]
+    assert runs["plain"]["best_round"] == runs["relabelled"]["best_round"]
+    assert runs["plain"]["test_uar_at_best_val"] != runs["relabelled"]["test_uar_at_best_val"]

@@ -103,6 +103,71 @@ def test_check_delta_refuses_delta_not_below_one_over_n():
         check_delta(1.5, 20, "client 0")
 
 
+def test_check_delta_boundaries():
+    """delta in (0, 1) and strictly below 1/n: 0, 1 and exactly 1/n are refused, just below 1/n passes."""
+    with pytest.raises(PrivacyError, match=r"must be in \(0, 1\), got 0\.0"):
+        check_delta(0.0, 20, "x")
+    with pytest.raises(PrivacyError, match=r"must be in \(0, 1\), got 1\.0"):
+        check_delta(1.0, 1, "x")
+    with pytest.raises(PrivacyError, match=r"dp\.delta = 0\.05 is not below 1/n = 0\.05 for x \(20\)"):
+        check_delta(0.05, 20, "x")
+    with pytest.raises(PrivacyError, match="is not below 1/n"):
+        check_delta(0.07, 20, "x")  # between 1/n and 2/n
+    check_delta(0.0499, 20, "x")
+    with pytest.raises(PrivacyError, match="^cannot choose delta for a population of 0; need at least one"):
+        default_delta(0)
+
+
+def test_record_level_summary_reports_every_field():
+    p = record_level()
+    p.spend(0, 4, 0.25, 1)
+    p.spend(1, 10, 0.1, 1)
+    e0, e1 = opacus_rdp_epsilon(1.1, 0.25, 4, 1e-3), opacus_rdp_epsilon(1.1, 0.1, 10, 1e-3)
+    s = p.summary()
+    eps = {k: s.pop(k) for k in ("epsilon", "epsilon_mean", "epsilon_per_client")}
+    observers = s.pop("observers")
+    assert {o["epsilon"] for o in observers.values()} == {eps["epsilon"]}  # the same bound for all
+    assert (s.pop("noise"), s.pop("guarantee")) == ("os", "(eps, delta)-DP")
+    assert eps["epsilon"] == pytest.approx(max(e0, e1), rel=1e-9)
+    assert eps["epsilon_mean"] == pytest.approx((e0 + e1) / 2, rel=1e-9)
+    assert eps["epsilon_per_client"] == {"0": pytest.approx(e0, rel=1e-9), "1": pytest.approx(e1, rel=1e-9)}
+    assert s == {
+        "mode": "dp",
+        "unit": UNIT_RECORD,
+        "delta": 1e-3,
+        "accountant": "rdp",
+        "sigma": 1.1,
+        "target_epsilon": None,
+        "clip_norm": 1.0,
+        "sample_rates": {"0": 0.25, "1": 0.1},
+        "steps": {"0": 4, "1": 10},
+    }
+
+
+def test_user_level_summary_reports_every_field():
+    p = user_level()
+    for _ in range(3):
+        p.spend_round()
+    s = p.summary()
+    eps = s.pop("epsilon")
+    assert eps == pytest.approx(opacus_rdp_epsilon(1.0, 0.3, 3, 1e-2), rel=1e-9)
+    assert s.pop("epsilon_knowing_sample") == pytest.approx(opacus_rdp_epsilon(1.0, 1.0, 3, 1e-2), rel=1e-9)
+    observers = s.pop("observers")
+    assert observers["released_model"]["epsilon"] == eps and observers["server"]["epsilon"] is None
+    assert (s.pop("noise"), s.pop("guarantee")) == ("os", "(eps, delta)-DP")
+    assert s == {
+        "mode": "user-dp",
+        "unit": UNIT_USER,
+        "delta": 1e-2,
+        "accountant": "rdp",
+        "sigma": 1.0,
+        "target_epsilon": None,
+        "clip_norm": 0.5,
+        "sample_rate": 0.3,
+        "rounds_accounted": 3,
+    }
+
+
 @pytest.mark.parametrize("target", [0.5, 2.0, 8.0, 30.0])
 def test_sigma_solved_for_a_target_reaches_it_within_one_percent(target):
     sigma = solve_noise_multiplier(target, 1e-5, [(0.05, 600)], "rdp")
@@ -177,6 +242,22 @@ def test_resumed_target_run_with_more_rounds_resolves_sigma_and_stays_within_tar
         b.spend(0, 4, 0.25, r)
         b.spend(1, 10, 0.1, r)
     assert 3.0 * 0.99 <= max(b.epsilons().values()) <= 3.0
+
+
+def test_resumed_user_level_target_run_with_more_rounds_stays_within_target():
+    """The re-solved sigma accounts for the rounds already spent at the old sigma."""
+    a = user_level(noise_multiplier=None, target_epsilon=2.0, rounds=3)
+    for _ in range(3):
+        a.spend_round()
+    b = user_level(noise_multiplier=None, target_epsilon=2.0, rounds=6)
+    b.load_state(a.state())
+    assert b.noise_multiplier > a.noise_multiplier
+    for _ in range(3):
+        b.spend_round()
+    assert 2.0 * 0.99 <= b.epsilon() <= 2.0
+    same = user_level(noise_multiplier=None, target_epsilon=2.0, rounds=3)
+    same.load_state(a.state())
+    assert same.noise_multiplier == a.noise_multiplier  # same rounds: the checkpoint's sigma, as it was
 
 
 def test_resumed_run_with_the_same_rounds_keeps_sigma_exactly():
@@ -306,3 +387,50 @@ def test_seeded_noise_voids_every_bound_but_the_released_models(make):
 def test_user_level_default_delta_is_at_most_1e5_and_below_one_over_ten_k(k, expected):
     assert default_user_delta(k) == pytest.approx(expected)
     assert default_user_delta(k) <= 1 / (10 * k) * (1 + 1e-12)
+
+
+class _Stats:
+    def __init__(self, **stats):
+        self.stats = stats
+
+
+def test_record_level_round_report_by_hand():
+    p = record_level()
+    p.spend(0, 4, 0.25, 1)
+    p.spend(1, 10, 0.1, 1)
+    e0, e1 = opacus_rdp_epsilon(1.1, 0.25, 4, 1e-3), opacus_rdp_epsilon(1.1, 0.1, 10, 1e-3)
+    updates = [_Stats(clipped=3, per_sample_grads=10), _Stats(clipped=1, per_sample_grads=30), _Stats()]
+    report = p.round_report(1, _Outcome(updates))
+    worst = report.pop("epsilon")
+    assert worst == pytest.approx(max(e0, e1), rel=1e-9)
+    assert report.pop("epsilon_mean") == pytest.approx((e0 + e1) / 2, rel=1e-9)
+    # clip counts are a client's side output, never reported (docs/privacy.md, no side channels)
+    assert report == {
+        "epsilon_run_directory": worst,
+        "epsilon_server": worst,
+        "epsilon_other_client": worst,
+        "delta": 1e-3,
+        "sigma": 1.1,
+        "clip_norm": 1.0,
+        "noise": "os",
+        "guarantee": "(eps, delta)-DP",
+    }
+
+
+def test_user_level_round_report_by_hand():
+    p = user_level()
+    p.spend_round()
+    report = p.round_report(1, _Outcome([], {"clipped_fraction": 0.25}))
+    amplified = report.pop("epsilon")
+    assert amplified == pytest.approx(opacus_rdp_epsilon(1.0, 0.3, 1, 1e-2), rel=1e-9)
+    # which updates were clipped depends on the secret sample: never in a metrics row
+    assert report == {
+        "epsilon_run_directory": amplified,
+        "epsilon_server": None,  # it sees every clipped update in the clear
+        "epsilon_other_client": amplified,
+        "delta": 1e-2,
+        "sigma": 1.0,
+        "clip_norm": 0.5,
+        "noise": "os",
+        "guarantee": "(eps, delta)-DP",
+    }

@@ -1,6 +1,7 @@
 """ROC arithmetic, the bootstrap and the DP bound, on scores whose answer is known by hand."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,18 +10,19 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from privfl.attacks.metrics import (
+    _eps_from_rates,
     _point_metrics,
     attack_metrics,
     balanced_accuracy,
     clopper_pearson,
     dp_bound_violations,
+    dp_tpr_bound,
     empirical_epsilon,
     fast_metrics,
     roc,
     tpr_at_fpr,
 )
 from privfl.attacks.result import dp_check
-from privfl.privacy import dp_tpr_bound
 
 
 def test_auc_and_low_fpr_rates_by_hand():
@@ -125,3 +127,65 @@ def test_a_chance_attack_respects_a_dp_bound_and_a_strong_one_violates_it():
     fpr, tpr, _ = roc(strong, labels)
     assert dp_bound_violations(fpr, tpr, 0.5, 1e-5) >= check["significant_violations"]
     assert check["empirical_epsilon"]["clopper_pearson"] > 0.5
+
+
+def test_eps_forced_by_each_roc_point_by_hand():
+    """max(ln((TPR - d) / FPR), ln((1 - FPR - d) / (1 - TPR))) per point; a zero rate gives no evidence."""
+    fpr, tpr = np.array([0.1, 0.0, 0.5, 0.3]), np.array([0.5, 0.3, 1.0, 0.9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the zero rates must not warn
+        out = _eps_from_rates(fpr, tpr, 0.01)
+    expected = [math.log(0.49 / 0.1), math.log(0.99 / 0.7), math.log(0.99 / 0.5), math.log(0.69 / 0.1)]
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def test_empirical_epsilon_by_hand():
+    # 6 members ranked first, then one non-member, then 4 members, then 9 non-members (10 + 10)
+    labels = np.r_[np.ones(6), 0, np.ones(4), np.zeros(9)]
+    scores = -np.arange(20.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eps = empirical_epsilon(scores, labels, delta=0.01)
+    # the point estimate: ln((1 - 0.01) / 0.1) at (FPR 0.1, TPR 1)
+    assert eps["point"] == pytest.approx(math.log(0.99 / 0.1), rel=1e-12)
+    # Clopper-Pearson at the two corners (FPR 0, TPR 0.6) and (FPR 0.1, TPR 1), the pessimistic ends
+    lo6, lo10 = clopper_pearson(np.array([6, 10]), 10, 0.05)[0]
+    hi0, hi1 = clopper_pearson(np.array([0, 1]), 10, 0.05)[1]
+    corners = [
+        math.log((lo6 - 0.01) / hi0),
+        math.log((1 - hi0 - 0.01) / (1 - lo6)),
+        math.log((lo10 - 0.01) / hi1),
+        math.log((1 - hi1 - 0.01) / (1 - lo10)),  # the largest
+    ]
+    assert eps == {
+        "point": eps["point"],
+        "clopper_pearson": pytest.approx(max(corners), rel=1e-12),
+        "confidence": 0.95,
+        "delta": 0.01,
+    }
+    # a weak attack on two of each: a point estimate below 1 and no significant evidence at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # log(0) of a zero rate must not warn
+        weak = empirical_epsilon(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 0]), delta=0.0)
+    assert weak["point"] == pytest.approx(math.log(2), rel=1e-12) and weak["clopper_pearson"] == 0.0
+
+
+def test_clopper_pearson_one_success():
+    lo, hi = clopper_pearson(np.array([1]), 10, 0.05)
+    assert lo[0] == pytest.approx(1 - 0.975 ** (1 / 10), rel=1e-9) and 0 < lo[0] < hi[0] < 1
+
+
+def test_a_point_on_the_dp_bound_is_not_a_violation():
+    assert dp_bound_violations(np.array([0.1, 0.1]), np.array([0.2, 0.2001]), math.log(2), 0.0) == 1
+
+
+def test_empirical_epsilon_of_a_perfect_attack_on_few_members_is_set_by_the_tpr_side():
+    """20 members, 100 non-members, perfectly separated: ln((TPR_lo - d) / FPR_hi) at (0, 1) is the bound."""
+    labels = np.r_[np.ones(20), np.zeros(100)]
+    eps = empirical_epsilon(labels.copy(), labels, delta=0.001)
+    t, f = 0.025 ** (1 / 20), 1 - 0.025 ** (1 / 100)
+    assert eps["clopper_pearson"] == pytest.approx(math.log((t - 0.001) / f), rel=1e-6)
+
+
+def test_dp_bound_is_capped_at_one_where_fpr_reaches_one():
+    np.testing.assert_array_equal(dp_tpr_bound(np.array([1.0, 0.99]), 1.0, 0.05), [1.0, 1.0])

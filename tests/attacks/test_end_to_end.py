@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from privfl.attacks import GenderAttackConfig, MembershipAttackConfig, run_attacks, write_report
 from privfl.attacks.cli import attack
 from privfl.config import ExperimentConfig
+from privfl.data.dataset import prepare
 from privfl.errors import AttackError, RunError
 from privfl.experiment import train
 from tests.attacks.conftest import RECORDED
@@ -48,7 +49,9 @@ def test_library_call_scores_every_attack_and_writes_the_report(recorded_run, tm
     main, control = gender.rows[0], gender.rows[1]
     assert main.metrics["n_positive"] + main.metrics["n_negative"] == 4 * 2  # 4 clients x 2 rounds
     assert [p["round"] for p in main.per_round] == [1, 2]
-    assert control.control and 0.0 <= control.metrics["auc"] <= 1.0
+    assert control.control and abs(control.metrics["auc"] - 0.5) < 0.2, control.metrics[
+        "auc"
+    ]  # 20 relabellings
     assert control.metrics["n_positive"] == 20 * main.metrics["n_positive"]  # 20 relabellings per round
     rows = {r.name: r for r in membership.rows}
     loss = rows["membership: loss threshold (final model)"]
@@ -70,6 +73,41 @@ def test_library_call_scores_every_attack_and_writes_the_report(recorded_run, tm
     assert on_disk["run_config"]["train"]["clients"] == 4
     assert (tmp_path / "out" / "roc.png").stat().st_size > 0
     assert (tmp_path / "out" / "rounds.png").stat().st_size > 0
+
+
+def test_membership_attacks_draw_non_members_from_held_out_speakers_only(recorded_run, monkeypatch):
+    """Every set the loss and alignment attacks score: members trained on, non-members never seen."""
+    from privfl.attacks import membership
+
+    drawn, scored = [], []
+    real_sets, real_cosines = membership.balanced_sets, membership.gradient_cosines
+
+    def sets(members, nonmembers, rng, limit=0):
+        drawn.append((set(members.ids), set(nonmembers.ids), set(nonmembers.speakers)))
+        return real_sets(members, nonmembers, rng, limit)
+
+    def cosines(model, weights, data, directions, progress=None):
+        scored.append(data.x)
+        return real_cosines(model, weights, data, directions, progress)
+
+    monkeypatch.setattr(membership, "balanced_sets", sets)
+    monkeypatch.setattr(membership, "gradient_cosines", cosines)
+    observed, [result] = run_attacks(
+        recorded_run,
+        ("membership",),
+        membership=MembershipAttackConfig(candidates=6, max_rounds=1, bootstrap=0),
+    )
+    data = prepare(observed.config)
+    held_out = {*data.val.ids, *data.test.ids, *data.aux.ids}
+    [(members, nonmembers, speakers)] = drawn
+    assert members == set(data.train.ids) and nonmembers == held_out
+    assert not speakers & set(data.split.train)
+    # alignment: the candidates after the members are held-out utterances, bit for bit
+    [x] = scored
+    members_scored = 4 * 6  # 4 clients x 6 candidates
+    train_x = data.train.x.flatten(1)
+    for row in x[members_scored:].flatten(1):
+        assert not (train_x == row).all(dim=1).any()
 
 
 def test_same_seed_same_report(recorded_run):
@@ -218,7 +256,27 @@ def test_dp_claim_is_checked_and_plotted(run_copy, tmp_path):
     rows = {r.name: r for r in result.rows}
     dp = rows["membership: loss threshold (final model)"].dp
     assert dp["epsilon"] == 2.0 and dp["delta"] == 1e-5
-    assert {"violations", "significant_violations", "respects_bound", "empirical_epsilon"} <= set(dp)
+    implied = dp["empirical_epsilon"]["point"]  # the largest epsilon one ROC point of the attack forces
+    assert implied > 0.1  # no DP here: members and held-out speakers are told apart somewhat
+    assert (dp["violations"] > 0) == (implied > 2.0)
+    assert (
+        dp["respects_bound"] == (dp["significant_violations"] == 0)
+        and dp["significant_violations"] <= dp["violations"]
+    )
+    # the same attack against a claim it beats, and against one it cannot reach
+    for claim, violated in ((implied / 2, True), (implied + 1.0, False)):
+        summary["privacy"]["epsilon"] = claim
+        (run_copy / "summary.json").write_text(json.dumps(summary))
+        _, [again] = run_attacks(
+            run_copy, ("membership",), membership=MembershipAttackConfig(methods=("loss",), bootstrap=0)
+        )
+        check = again.rows[0].dp
+        assert check["epsilon"] == claim and (check["violations"] > 0) is violated, (claim, check)
+        assert check["empirical_epsilon"]["point"] == pytest.approx(implied)
+        if not violated:
+            assert check["respects_bound"] and check["significant_violations"] == 0
+    summary["privacy"]["epsilon"] = 2.0
+    (run_copy / "summary.json").write_text(json.dumps(summary))
     # fedavg relabelled with a claim: user-level semantics, so per-client updates are not covered
     assert rows["membership: update alignment (per-client update)"].dp is None
     doc = write_report(tmp_path / "dp", observed, [result])

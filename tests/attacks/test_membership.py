@@ -11,10 +11,12 @@ from privfl.attacks.membership import (
     MembershipAttackConfig,
     balanced_sets,
     gradient_cosines,
+    heldout_pool,
     lira_score,
     logit_confidence,
 )
 from privfl.config import ModelConfig
+from privfl.data.dataset import PreparedData
 from privfl.errors import ConfigError
 from privfl.models import build_model, get_flat
 from tests.attacks.conftest import make_speech_set
@@ -92,3 +94,18 @@ def test_membership_config_is_validated():
         MembershipAttackConfig(methods=("lira",), lira_shadows=3).validate()
     with pytest.raises(ConfigError, match="not among"):
         MembershipAttackConfig(methods=("guess",)).validate()
+
+
+def test_non_member_pool_is_every_held_out_utterance_and_no_training_one():
+    train = make_speech_set({"t1": "female", "t2": "male"}, per_speaker=6, seed=1)
+    val = make_speech_set({"v1": "female"}, per_speaker=5, seed=2)
+    test = make_speech_set({"s1": "male"}, per_speaker=4, seed=3)
+    aux = make_speech_set({"a1": "female", "a2": "male"}, per_speaker=3, seed=4)
+    data = PreparedData(None, None, train, val, test, aux, [], 8)
+    pool = heldout_pool(data)
+    assert sorted(pool.ids) == sorted(val.ids + test.ids + aux.ids)
+    assert not set(pool.speakers) & set(train.speakers)
+    cands, labels = balanced_sets(train, pool, np.random.default_rng(0))
+    members = {i for i, lab in zip(cands.ids, labels, strict=True) if lab == 1}
+    nonmembers = {i for i, lab in zip(cands.ids, labels, strict=True) if lab == 0}
+    assert members <= set(train.ids) and nonmembers <= set(pool.ids) and len(nonmembers) == 12

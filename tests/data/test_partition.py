@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privfl.data.partition import by_speaker, dirichlet, iid_balanced
+from privfl.data.partition import by_speaker, dirichlet, iid_balanced, partition
 from privfl.errors import DataError
 
 
@@ -72,3 +72,40 @@ def test_partition_is_deterministic_per_seed():
     a = iid_balanced(labels, 4, np.random.default_rng(3))
     b = iid_balanced(labels, 4, np.random.default_rng(3))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_partition_dispatches_by_name_with_its_arguments():
+    labels = np.repeat(np.arange(4), 10)
+    speakers = np.repeat([f"s{i}" for i in range(8)], 5)
+    genders = np.repeat(["female", "male"] * 4, 5)
+    rng = lambda: np.random.default_rng(3)  # noqa: E731
+    cases = {
+        "iid": iid_balanced(labels, 4, rng()),
+        "by-speaker": by_speaker(speakers, 4, rng(), genders),
+        "dirichlet": dirichlet(labels, 4, 0.5, rng()),  # 0.5 is the documented default alpha
+    }
+    for name, expected in cases.items():
+        got = partition(name, labels, speakers, genders, 4, rng())
+        assert [s.tolist() for s in got] == [s.tolist() for s in expected], name
+        assert all(s.dtype == np.int64 for s in got), name
+    assert [s.tolist() for s in partition("dirichlet", labels, speakers, genders, 4, rng(), alpha=5.0)] == [
+        s.tolist() for s in dirichlet(labels, 4, 5.0, rng())
+    ]
+    with pytest.raises(DataError, match="^unknown partition 'random'; use iid, by-speaker or dirichlet$"):
+        partition("random", labels, speakers, genders, 4, rng())
+
+
+def test_iid_deals_remainders_round_robin_across_classes():
+    """Classes of 1, 2 and 1 samples over 3 clients: class 0 to client 0, class 1 to 1 and 2, class 2 to 0."""
+    shards = [s.tolist() for s in iid_balanced(np.array([0, 1, 1, 2]), 3, np.random.default_rng(0))]
+    assert shards[0] == [0, 3] and sorted(shards[1] + shards[2]) == [1, 2] and len(shards[1]) == 1
+    every = iid_balanced(np.arange(5) % 5, 5, np.random.default_rng(0))  # as many clients as samples
+    assert [s.tolist() for s in every] == [[0], [1], [2], [3], [4]]
+    with pytest.raises(DataError, match="^6 clients but only 5 training samples; use fewer clients$"):
+        iid_balanced(np.arange(5), 6, np.random.default_rng(0))
+
+
+def test_by_speaker_refuses_genders_that_do_not_match_the_speakers():
+    speakers = np.repeat(["a", "b", "c"], 2)
+    with pytest.raises(ValueError, match="zip"):
+        by_speaker(speakers, 2, np.random.default_rng(0), ["female"] * 5)

@@ -172,3 +172,63 @@ def test_default_split() -> None:
     split = default_split(toy(12, 12), seed=3)
     assert (len(split.val), len(split.test), len(split.train)) == (2, 2, 20)
     assert len(default_split(toy(5, 5)).test) == 1
+
+
+def test_iemocap_splits_pass_their_aux_count_and_seed_on() -> None:
+    """The aux speakers are drawn with the given seed, and the defaults are the documented ones."""
+    by_seed = {seed: default_split(IEMOCAP, n_aux=3, seed=seed) for seed in range(6)}
+    for seed, split in by_seed.items():
+        assert split == iemocap_paper_split(IEMOCAP, n_aux=3, seed=seed)
+        assert split == iemocap_loso_split(IEMOCAP, test_session=5, test_gender="female", n_aux=3, seed=seed)
+        assert len(split.aux) == 3
+    assert len({split.aux for split in by_seed.values()}) > 1  # the seed reaches the draw
+    assert iemocap_loso_split(IEMOCAP, test_session=2) == iemocap_loso_split(
+        IEMOCAP, test_session=2, test_gender="female", n_aux=0, seed=0
+    )
+    assert iemocap_paper_split(IEMOCAP, n_aux=2) == iemocap_paper_split(IEMOCAP, n_aux=2, seed=0)
+    with pytest.raises(ConfigError, match="1-5"):
+        iemocap_loso_split(IEMOCAP, test_session=True)  # a bool is not a session number
+    with pytest.raises(ConfigError, match="^n_aux must"):
+        iemocap_loso_split(IEMOCAP, test_session=1, n_aux=-1)
+
+
+def test_split_messages_list_roles_and_speakers_exactly() -> None:
+    split = Split(train=("a",), val=("c",), test=("d",))
+    with pytest.raises(DataError, match=r"it holds train: 1, val: 1, test: 1, aux: 0 speakers$"):
+        split.role_of("z")
+    with pytest.raises(ConfigError, match=r"expected one of train, val, test, aux$"):
+        split.subset(make_corpus({"a": "female"}), "dev")
+    no_m = IEMOCAP.subset(lambda u: u.speaker != "Ses05M")
+    with pytest.raises(DataError, match=r"\(Ses05F\); the split needs both Ses05F and Ses05M"):
+        iemocap_paper_split(no_m)
+    with pytest.raises(
+        DataError, match=r"\(e\.g\. 'f00'; expected 'Ses01F'\.\.'Ses05M'\); use speaker_split"
+    ):
+        iemocap_paper_split(toy(3, 3))
+
+
+def test_split_counts_and_seeds_are_validated_by_name() -> None:
+    corpus = toy(4, 4)
+    for name in ("n_val", "n_test", "n_aux"):
+        counts = {"n_val": 1, "n_test": 1, "n_aux": 1, name: -1}
+        with pytest.raises(ConfigError, match=rf"^{name} must be a whole number >= 0, got -1$"):
+            speaker_split(corpus, **counts, seed=0)
+    with pytest.raises(ConfigError, match="^n_val must be a whole number >= 0, got True$"):
+        speaker_split(corpus, n_val=True, n_test=1, n_aux=0, seed=0)
+    with pytest.raises(ConfigError, match="True"):
+        speaker_split(corpus, n_val=1, n_test=1, n_aux=0, seed=True)
+    one = toy(1, 0)
+    with pytest.raises(
+        DataError, match=r"ask for at most 0 held-out speakers, e.g\. --set data\.aux_speakers=0 "
+    ):
+        speaker_split(one, n_val=1, n_test=0, n_aux=0, seed=0)
+    with pytest.raises(DataError, match=r"each speaker may have one role$"):
+        Split(train=("a",), val=("a",), test=())
+
+
+def test_default_seeds_are_zero() -> None:
+    assert default_split(toy(12, 12)) == default_split(toy(12, 12), seed=0)
+    assert default_split(toy(12, 12)) != default_split(toy(12, 12), seed=1)
+    assert iemocap_loso_split(IEMOCAP, test_session=2, n_aux=3) == iemocap_loso_split(
+        IEMOCAP, test_session=2, n_aux=3, seed=0
+    )

@@ -596,3 +596,46 @@ def test_resume_under_os_noise_continues_the_accountants(tiny_config, tmp_path):
     resumed = train(cfg, resume=tmp_path / "part")
     assert resumed["privacy"]["epsilon_per_client"] == full["privacy"]["epsilon_per_client"]
     assert resumed["privacy"]["steps"] == full["privacy"]["steps"]
+
+
+# --- the rate and the step count the accountant charges are the ones the trainer uses --------------
+def spy_batches(trainer: DPSGDTrainer) -> list[list[int]]:
+    """Record the size of every batch the trainer's DP-SGD loop receives (then train on them as usual)."""
+    seen: list[list[int]] = []
+    real = trainer._run
+
+    def run(data, weights, round_index, batches, noise):
+        batches = list(batches)
+        seen.append([len(b) for b in batches])
+        return real(data, weights, round_index, batches, noise)
+
+    trainer._run = run
+    return seen
+
+
+def test_dp_sgd_samples_batches_at_the_rate_the_accountant_charges():
+    """200 real steps at q = B/n = 0.1: the drawn batches hold q*n utterances on average (not 2q*n)."""
+    data = _Data([client_data(0, n=40)])
+    cfg = dp_config(**{"train.batch_size": 4, "train.local_epochs": 20, "train.lr": 0.05})
+    comps = build_components(cfg, data)
+    seen = spy_batches(comps.trainer.inner)  # the DPSGDTrainer behind AccountedReports
+    comps.trainer.train(data.clients[0], initial_weights(cfg.model, MELS, 0), 1)
+    charged = comps.privacy.accountants[0].history
+    assert [q for _, q, _ in charged] == [0.1] * len(charged)
+    assert sum(n for _, _, n in charged) == len(seen[0]) == 200
+    drawn = sum(seen[0]) / (200 * 40)  # the realised sampling rate; sd about 0.0034 here
+    assert drawn == pytest.approx(0.1, abs=0.012)
+
+
+def test_accountant_charges_ceil_n_over_b_steps_per_epoch_when_b_does_not_divide_n():
+    """n = 22 and 24 at B = 5, 2 epochs: ceil(n/B) = 5 steps an epoch (floor would give 4)."""
+    data = _Data([client_data(0, n=22), client_data(1, n=24, seed=1)])
+    cfg = dp_config(**{"train.local_epochs": 2, "train.lr": 0.05})
+    comps = build_components(cfg, data)
+    assert comps.privacy.steps_per_round == {0: 10, 1: 10}
+    seen = spy_batches(comps.trainer.inner)
+    w = initial_weights(cfg.model, MELS, 0)
+    for d in data.clients:
+        comps.trainer.train(d, w, 1)
+    assert [len(s) for s in seen] == [10, 10]
+    assert comps.privacy.summary()["steps"] == {"0": 10, "1": 10}

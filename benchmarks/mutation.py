@@ -1,0 +1,229 @@
+"""Mutation score of the privacy core: how many plausible one-line bugs do the tests catch?
+
+Runs mutmut (the optional extra `mutation`: pip install -e '.[mutation]') over each core module
+in a scratch copy of the tree, running only that module's test files, and records per module the
+mutants killed, the survivors (name and diff) and the wall time. Equivalent mutants (no test can
+tell them from the original) are listed with a reason in benchmarks/mutation_equivalent.toml and
+left out of the score:
+
+    score = killed / (mutants - equivalent)      # timeouts count as killed
+
+    nice -n 10 python benchmarks/mutation.py [--module privfl/metrics.py ...] [--jobs 2]
+
+A benchmark, not a CI job (the whole core takes about an hour on 2 cores). Results of the modules
+run are merged into benchmarks/results/mutation.json; the overall score is printed last.
+Target: >= 0.90 over the privacy core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
+EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
+
+CORE: dict[str, list[str]] = {
+    "privfl/metrics.py": ["tests/test_metrics.py"],
+    "privfl/fl/aggregate.py": ["tests/fl/test_aggregate.py"],
+    "privfl/privacy.py": ["tests/test_privacy.py"],
+    "privfl/fl/dp.py": ["tests/fl/test_dp.py"],
+    "privfl/fl/secure/packing.py": ["tests/fl/test_secure.py"],
+    "privfl/fl/secure/payload.py": ["tests/fl/test_secure.py"],
+    "privfl/fl/secure/keyholder.py": ["tests/fl/test_secure.py"],
+    "privfl/fl/secure/aggregator.py": ["tests/fl/test_secure.py"],
+    "privfl/fl/secure/summation.py": ["tests/fl/test_secure.py"],
+    "privfl/data/splits.py": ["tests/data/test_splits.py"],
+    "privfl/data/partition.py": ["tests/data/test_partition.py"],
+    "privfl/data/dataset.py": ["tests/data/test_dataset.py"],
+    "attacks/metrics.py": ["tests/attacks/test_attack_metrics.py"],
+    "attacks/gender.py": ["tests/attacks/test_gender.py"],
+    "attacks/membership.py": ["tests/attacks/test_membership.py"],
+}
+"""Each module of the privacy core and the test files that are meant to pin it down."""
+
+def tree_path(module: str) -> str:
+    """Where a core module sits in the scratch copy: attacks/ is copied in as privfl/attacks/, the
+    package it installs as, so the mutated copy (not an installed mapping) is what the tests import."""
+    return f"privfl/{module}" if module.startswith("attacks/") else module
+
+
+KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+
+
+def mutmut_config(module: str, tests: list[str]) -> str:
+    """The [tool.mutmut] table for one module (forkserver: torch is not fork-safe)."""
+    quoted = lambda xs: "[" + ", ".join(json.dumps(x) for x in xs) + "]"  # noqa: E731
+    return (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["privfl"]\n'
+        f"only_mutate = {quoted([tree_path(module)])}\n"
+        f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+        'process_isolation = "forkserver"\n'
+    )
+
+
+def scratch_copy(module: str, tests: list[str], workdir: Path) -> Path:
+    """A copy of the package, the tests and pyproject.toml with this module's mutmut table appended."""
+    dest = workdir / module.replace("/", "_").removesuffix(".py")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("privfl", "tests"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    shutil.copytree(ROOT / "attacks", dest / "privfl" / "attacks", ignore=ignore)
+    text = (ROOT / "pyproject.toml").read_text()
+    (dest / "pyproject.toml").write_text(text + mutmut_config(module, tests))
+    return dest
+
+
+def statuses(scratch: Path, module: str) -> dict[str, str]:
+    """Mutant name -> mutmut status, read from mutmut's per-file record."""
+    from mutmut.stats import status_by_exit_code
+
+    meta = json.loads((scratch / "mutants" / f"{tree_path(module)}.meta").read_text())
+    return {k: status_by_exit_code[v] for k, v in sorted(meta["exit_code_by_key"].items())}
+
+
+def show(scratch: Path, env: dict, name: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "show", name], cwd=scratch, env=env, capture_output=True, text=True
+    )
+    lines = out.stdout.splitlines()
+    return "\n".join(
+        line for line in lines if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))
+    )
+
+
+def run_module(
+    module: str, tests: list[str], workdir: Path, jobs: int, budget_s: float | None, collect: bool
+) -> tuple[Path, dict, float, bool]:
+    """Run mutmut on one module (or only read a previous run's records); stops after budget_s seconds."""
+    scratch = workdir / module.replace("/", "_").removesuffix(".py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win
+    env.setdefault("PRIVFL_CACHE", str(workdir / "cache"))
+    wall, complete = 0.0, True
+    if not collect:
+        scratch = scratch_copy(module, tests, workdir)
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
+            cwd=scratch,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its workers share the group, so a budget stop ends them all
+        )
+        try:
+            out, _ = proc.communicate(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate()
+            complete = False
+        wall = time.perf_counter() - started
+        if not (scratch / "mutants" / f"{tree_path(module)}.meta").exists():
+            raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}):\n{out[-3000:]}")
+    return scratch, env, wall, complete
+
+
+def summarise(
+    module: str,
+    tests: list[str],
+    scratch: Path,
+    env: dict,
+    equivalent: dict[str, str],
+    wall: float,
+    complete: bool,
+) -> dict:
+    """Counts, score and survivors (with diffs) of one module; unchecked mutants stay out of the score."""
+    status = statuses(scratch, module)
+    counts: dict[str, int] = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    checked = {n: s for n, s in status.items() if s != "not checked"}
+    equiv = sorted(n for n in checked if n in equivalent)
+    killed = sum(1 for n, s in checked.items() if s in KILLED and n not in equivalent)
+    survivors = [n for n, s in checked.items() if s not in KILLED and n not in equivalent]
+    scored = len(checked) - len(equiv)
+    return {
+        "tests": tests,
+        "mutants": len(status),
+        "checked": len(checked),
+        "complete": complete and len(checked) == len(status),
+        "equivalent": len(equiv),
+        "killed": killed,
+        "survived": len(survivors),
+        "score": killed / scored if scored else None,
+        "statuses": counts,
+        "wall_s": round(wall, 1),
+        "survivors": [{"name": n, "status": status[n], "diff": show(scratch, env, n)} for n in survivors],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--module", action="append", choices=sorted(CORE), help="repeatable; default: all")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "mutation", help="scratch copies")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--budget-s", type=float, default=None, help="stop a module after this many seconds")
+    ap.add_argument("--collect", action="store_true", help="only read the records of earlier (stopped) runs")
+    args = ap.parse_args()
+    if importlib.util.find_spec("mutmut") is None:
+        raise SystemExit("mutmut is not installed: pip install -e '.[mutation]' (the optional extra)")
+    equivalent = tomllib.loads(EQUIVALENT.read_text()).get("equivalent", {}) if EQUIVALENT.exists() else {}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
+    for module in args.module or list(CORE):
+        print(f"mutating {module} against {' '.join(CORE[module])} ...", flush=True)
+        scratch, env, wall, complete = run_module(
+            module, CORE[module], args.workdir, args.jobs, args.budget_s, args.collect
+        )
+        r = summarise(module, CORE[module], scratch, env, equivalent, wall, complete)
+        if args.collect:  # the stopped run's span: from its scratch copy to its last record
+            meta = scratch / "mutants" / f"{tree_path(module)}.meta"
+            r["wall_s"] = round(meta.stat().st_mtime - (scratch / "pyproject.toml").stat().st_mtime, 1)
+        r["load_1min_after"] = os.getloadavg()[0]
+        if not args.collect:
+            r["command"] = "nice -n 10 python benchmarks/mutation.py " + " ".join(sys.argv[1:])
+        results["modules"][module] = r
+        print(
+            f"  {module}: {r['killed']}/{r['checked'] - r['equivalent']} killed "
+            f"({r['checked']} of {r['mutants']} checked) "
+            f"({r['equivalent']} equivalent), score {r['score']:.3f}, {r['wall_s']:.0f} s",
+            flush=True,
+        )
+        mods = results["modules"].values()
+        killed, scored = sum(m["killed"] for m in mods), sum(m["checked"] - m["equivalent"] for m in mods)
+        results.update(
+            command="nice -n 10 python benchmarks/mutation.py",
+            tool="mutmut "
+            + subprocess.run([sys.executable, "-m", "pip", "show", "mutmut"], capture_output=True, text=True)
+            .stdout.split("Version: ")[1]
+            .split()[0],
+            machine=f"{platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}",
+            killed=killed,
+            scored=scored,
+            score=killed / scored if scored else None,
+            modules_covered=sorted(results["modules"]),
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"mutation score over {len(results['modules'])} modules: {results['score']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
