@@ -16,6 +16,7 @@ from privfl.config import (
     MODELS,
     MODES,
     NOISE_SOURCES,
+    NORMALIZE,
     PARTITIONS,
     SECURE_SCHEMES,
     SPLITS,
@@ -77,6 +78,17 @@ def _train_options(f):
         click.option("--split", type=click.Choice(SPLITS), help="Speaker split protocol [auto]."),
         click.option(
             "--strict", is_flag=True, default=None, help="Fail on unreadable files instead of skipping."
+        ),
+        click.option(
+            "--folds",
+            type=int,
+            help="Speaker-independent k-fold CV: K runs under one parent (IEMOCAP: 5, one per session).",
+        ),
+        click.option("--fold", type=int, help="Run only fold 1..K of --folds [0: all]."),
+        click.option(
+            "--normalize",
+            type=click.Choice(NORMALIZE),
+            help="Log-Mel mean/variance normalisation per utterance (paper), speaker, global, or none.",
         ),
         click.option(
             "--partition",
@@ -193,9 +205,32 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
                     info += " (seeded noise: no DP guarantee against seed holders)"
             progress.update(rounds, completed=row["round"], info=info)
 
-        summary = run_training(
-            cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage
-        )
+        if cfg.data.folds and not cfg.data.fold:
+            from privfl.folds import run_folds
+
+            def on_fold(fold: int, s: dict) -> None:
+                progress.reset(rounds, start=False)
+                console.print(
+                    f"fold {fold}/{cfg.data.folds} (test {', '.join(s['split']['test'])}): test UAR "
+                    f"{s['test_uar_at_best_val']:.3f} at best-val round {s['best_round']}"
+                )
+
+            summary = run_folds(
+                cfg,
+                out,
+                resume=resume,
+                overwrite=overwrite,
+                on_fold=on_fold,
+                on_round=on_round,
+                on_stage=on_stage,
+            )
+        else:
+            summary = run_training(
+                cfg, out, resume=resume, overwrite=overwrite, on_round=on_round, on_stage=on_stage
+            )
+    if summary.get("kind") == "folds":
+        _echo_folds(summary)
+        return
     click.echo(
         f"{summary['mode']} {summary['model']} on {summary['dataset']}: "
         f"test UAR {summary['test_uar_at_best_val']:.3f} at best-val round {summary['best_round']} "
@@ -222,6 +257,17 @@ def privacy_line(p: dict) -> str:
             f"alone: eps {p['epsilon']:.3g}; {describe(p['observers'])}"
         )
     return f"{head}): (eps, delta)-DP against {describe(p['observers'])}"
+
+
+def _echo_folds(summary: dict) -> None:
+    recall = ", ".join(f"{e} {r:.3f}" for e, r in summary["per_class_recall"].items() if r is not None)
+    click.echo(
+        f"{summary['mode']} {summary['model']} on {summary['dataset']}, {len(summary['folds'])} folds: "
+        f"test UAR {summary['test_uar_mean']:.3f} +- {summary['test_uar_sd']:.3f} at best-val rounds "
+        f"(final {summary['final_test_uar_mean']:.3f} +- {summary['final_test_uar_sd']:.3f}); "
+        f"per-class recall {recall}; {summary['seconds_total']:.0f} s"
+    )
+    click.echo(f"run directory: {summary['run_dir']} (confusion.png, fold_NN/)")
 
 
 @main.group()
@@ -273,6 +319,8 @@ def synth(out: Path, speakers: int, utterances_per_emotion: int, seed: int) -> N
     help="Set any config field, e.g. --set data.val_speakers=1 for a small corpus such as EmoDB.",
 )
 @click.option("--seed", type=int, help="Seed of the speaker split [0].")
+@click.option("--folds", type=int, help="K-fold speaker CV: list every fold's test speakers, report --fold.")
+@click.option("--fold", type=int, help="Which fold's roles to report [1].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flags) -> None:
     """Count utterances per emotion/speaker/gender/split and list problems found.
@@ -287,21 +335,35 @@ def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flag
     from privfl.data.dataset import load_corpus_for, split_for
 
     cfg = resolve_config(config_path, None, sets, flags).validate()
+    if cfg.data.folds and not cfg.data.fold:
+        cfg = cfg.override({"data.fold": 1})
     corpus = load_corpus_for(cfg.data)
     report = corpus_report(corpus, split_for(corpus, cfg.data, cfg.seed))
+    if cfg.data.folds:
+        report["folds"] = {
+            str(i): list(split_for(corpus, cfg.override({"data.fold": i}).data, cfg.seed).test)
+            for i in range(1, cfg.data.folds + 1)
+        }
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
-    else:
-        render_report(report, Console())
+        return
+    render_report(report, Console())
+    for i, test in report.get("folds", {}).items():
+        click.echo(
+            f"fold {i} test speakers: {', '.join(test)}"
+            + ("  (roles above)" if int(i) == cfg.data.fold else "")
+        )
 
 
 def _register_subcommands() -> None:
     """Command groups that live beside the training CLI: attacks/ and privfl.bench."""
     from privfl.attacks.cli import attack
     from privfl.bench.cli import bench
+    from privfl.keyholder_cli import keyholder
 
     main.add_command(attack)
     main.add_command(bench)
+    main.add_command(keyholder)
 
 
 _register_subcommands()

@@ -20,15 +20,17 @@ from typing import Any
 import numpy as np
 import tomli_w
 
-from privfl.errors import ConfigError, PrivacyError
+from privfl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MODES = ("central", "fedavg", "dp", "user-dp")
 MODELS = ("cnn", "lstm")
-DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb")
+DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb", "manifest")
+NORMALIZE = ("utterance", "speaker", "global", "none")
+FOUR_CLASSES = ("neutral", "happy", "sad", "angry")  # privfl.data.records.EMOTIONS, without its import
 PARTITIONS = ("iid", "by-speaker", "dirichlet")
-SPLITS = ("auto", "speaker", "iemocap-paper", "loso")
+SPLITS = ("auto", "speaker", "iemocap-paper", "loso", "manifest")
 SESSION_SPLITS = ("iemocap-paper", "loso")  # IEMOCAP's session protocols
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
@@ -69,6 +71,17 @@ class DataConfig:
     dirichlet_alpha: float = 0.5
     n_mels: int = 40
     max_frames: int = 300  # 3 s at a 10 ms hop
+    # Log-Mel mean/variance normalisation per band: over each utterance (the paper's features),
+    # over each speaker's utterances (each client does its own speaker locally), over the training
+    # set (a statistic pooled across clients), or none.
+    normalize: str = "utterance"
+    # Speaker-independent k-fold CV: folds > 0 splits the speakers into `folds` disjoint test groups
+    # (IEMOCAP: one fold per session); fold 1..folds picks one, 0 runs them all (privfl.folds).
+    folds: int = 0
+    fold: int = 0
+    # manifest corpora: "source=target" label renames (e.g. "ang=angry") and the classes kept
+    label_map: tuple[str, ...] = ()
+    emotions: tuple[str, ...] = ()  # empty: all four classes
 
     def aux_count(self, protocol: str) -> int:
         """Auxiliary speakers under a resolved split protocol (see aux_speakers)."""
@@ -105,6 +118,58 @@ class DataConfig:
             validate_speed_factors(self.speed_perturb)
         _positive("data.n_mels", self.n_mels)
         _positive("data.max_frames", self.max_frames)
+        _choice("data.normalize", self.normalize, NORMALIZE)
+        self._validate_folds()
+        self._validate_manifest()
+
+    def _validate_folds(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(
+                f"data.folds must be 0 (one split) or >= 2 (k-fold speaker CV), got {self.folds}; "
+                "e.g. --folds 6 for RAVDESS's 24 actors"
+            )
+        if not 0 <= self.fold <= self.folds:
+            raise ConfigError(
+                f"data.fold must be in 0..{self.folds} (0 runs every fold), got {self.fold}"
+                + ("; set data.folds first" if self.folds == 0 else "")
+            )
+        if self.folds and self.split == "iemocap-paper":
+            raise ConfigError(
+                "data.split 'iemocap-paper' fixes one test speaker; with --folds use --split loso "
+                "(IEMOCAP, one fold per session) or --split speaker"
+            )
+        if self.folds and (self.split == "loso" or (self.dataset == "iemocap" and self.split == "auto")):
+            if self.folds != 5:
+                raise ConfigError(
+                    f"IEMOCAP's leave-one-session-out has 5 folds (one per session), got data.folds="
+                    f"{self.folds}; use --folds 5, or --split speaker for k folds over speakers"
+                )
+
+    def _validate_manifest(self) -> None:
+        if self.split == "manifest" and (self.dataset != "manifest" or self.folds):
+            raise ConfigError(
+                "data.split 'manifest' takes the roles from a manifest's split column: it needs "
+                f"--dataset manifest (got {self.dataset!r}) and no --folds (got {self.folds})"
+            )
+        if self.dataset != "manifest" and (self.label_map or self.emotions):
+            raise ConfigError(
+                f"data.label_map and data.emotions apply to --dataset manifest, not {self.dataset!r}; "
+                "remove them"
+            )
+        for item in self.label_map:
+            source, sep, target = item.partition("=")
+            if not sep or not source.strip() or target.strip() not in FOUR_CLASSES:
+                raise ConfigError(
+                    f"data.label_map entry {item!r} is not 'source=target' with target one of "
+                    f'{", ".join(FOUR_CLASSES)}; e.g. "ang=angry"'
+                )
+        for emotion in self.emotions:
+            if emotion not in FOUR_CLASSES:
+                raise ConfigError(
+                    f"data.emotions holds {emotion!r}; expected a subset of {', '.join(FOUR_CLASSES)}"
+                )
+        if len(set(self.emotions)) != len(self.emotions):
+            raise ConfigError(f"data.emotions lists a class twice: {list(self.emotions)}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +259,6 @@ class DPConfig:
 HE_STANDARD_128_MAX_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 
 PRECISION_TARGET_BITS = 20  # 2^-20 ~ 1e-6 relative
-_MAX_BOUND_BITS = 1000
 
 
 def _noise_bits(poly_modulus_degree: int, n_clients: int) -> float:
@@ -205,7 +269,7 @@ def _noise_bits(poly_modulus_degree: int, n_clients: int) -> float:
 
 @dataclass(frozen=True)
 class CkksParams:
-    """CKKS parameters and the range-packing policy.
+    """CKKS parameters and the public packing policy (docs/secure-aggregation.md).
 
     poly_modulus_degree: ring degree N; N/2 values per ciphertext.
     coeff_mod_bit_sizes: prime sizes; all but the last (the special prime) carry data. One data
@@ -214,12 +278,12 @@ class CkksParams:
         - scale bits, the headroom above the packed values.
     insecure: allow a modulus larger than the 128-bit standard allows (tests only; the TenSEAL
         build itself still enforces 128-bit SEAL parameters).
-    max_clients: contributions per round the precision budget (and the aggregator) allows.
-    bound_bits: a fixed public bound 2^(bound_bits-1) on sum_k max|x_k| for every round (no
-        calibration, no adaptation); None adapts to the previous round.
-    calibration_bound_bits: the bounds packed in the first round (or while nothing is known).
-    margin_bits: later rounds use bound = ceil(log2 M_prev) + margin_bits (tolerates 2^(margin-1)x
-        growth of M between rounds).
+    max_clients: contributions per round; each client clamps |x_i| to 2^(b-1)/max_clients, so the
+        sum of any max_clients honest contributions cannot wrap.
+    bound_bits, weight_bound_bits: round 0's public bounds, |sum of vectors| < 2^(bound_bits-1) and
+        sum of weights < 2^(weight_bound_bits-1).
+    adapt_bounds: later rounds take both bounds from the previous released sum,
+        ceil(log2 max|sum|) + ceil(log2 max_clients) + margin_bits (the key holder's choice).
     """
 
     # addition only, so no rescaling primes: one 50-bit data prime + the special prime fit N=4096
@@ -228,9 +292,10 @@ class CkksParams:
     coeff_mod_bit_sizes: tuple[int, ...] = (50, 50)
     global_scale_bits: int = 46
     insecure: bool = False
-    max_clients: int = 256
-    bound_bits: int | None = None
-    calibration_bound_bits: tuple[int, ...] = (-4, 6, 16, 26)
+    max_clients: int = 16
+    bound_bits: int = 16
+    weight_bound_bits: int = 20
+    adapt_bounds: bool = True
     margin_bits: int = 5
 
     @property
@@ -238,13 +303,30 @@ class CkksParams:
         """Bits of the modulus ciphertexts are encrypted at (all primes but the special one)."""
         return int(sum(self.coeff_mod_bit_sizes[:-1]))
 
+    def headroom_bits(self) -> int:
+        """Bits an adapted bound keeps above the previous sum: room for max_clients and growth."""
+        return math.ceil(math.log2(max(self.max_clients, 1))) + self.margin_bits
+
     def precision_bits(self) -> float:
-        """Worst-case bits of precision relative to M at max_clients, over calibration and adapted
-        rounds (the larger of the calibration spacing and the margin costs bits)."""
-        cal = self.calibration_bound_bits
-        spacing = max((b - a for a, b in zip(cal, cal[1:], strict=False)), default=0)
-        slack = max(spacing, self.margin_bits) + 1
-        return self.data_bits - 2 - _noise_bits(self.poly_modulus_degree, self.max_clients) - slack
+        """Bits of precision of an adapted round's sum relative to its largest value."""
+        return (
+            self.data_bits
+            - 2
+            - _noise_bits(self.poly_modulus_degree, self.max_clients)
+            - self.headroom_bits()
+        )
+
+    def next_bounds(self, bounds: tuple[int, int], peak: float, weight: float) -> tuple[int, int]:
+        """The next round's (vector, weight) bounds from a released sum's max|value| and weight;
+        unchanged without adapt_bounds or where the sum is 0."""
+        if not self.adapt_bounds:
+            return bounds
+        b, bw = bounds
+        if peak > 0 and math.isfinite(peak):
+            b = max(-900, min(math.frexp(peak)[1] + self.headroom_bits(), 900))
+        if weight > 0 and math.isfinite(weight):
+            bw = max(-900, min(math.frexp(weight)[1] + self.headroom_bits(), 900))
+        return b, bw
 
     def validate(self) -> CkksParams:
         """Check security (HE standard table), moduli, scale and precision; returns self."""
@@ -283,33 +365,21 @@ class CkksParams:
                 f"global_scale_bits={s!r} must be in 20..{self.data_bits - 2}: the packed values need 2 bits "
                 f"below the {self.data_bits}-bit data modulus (all primes but the last)"
             )
-        if not isinstance(self.max_clients, int) or self.max_clients < 1:
-            raise ConfigError(f"max_clients={self.max_clients!r} must be a positive integer")
+        if not isinstance(self.max_clients, int) or not 1 <= self.max_clients <= 65535:
+            raise ConfigError(f"max_clients={self.max_clients!r} must be an integer in 1..65535")
         if not isinstance(self.margin_bits, int) or not 1 <= self.margin_bits <= 16:
             raise ConfigError(f"margin_bits={self.margin_bits!r} must be an integer in 1..16 (default 5)")
-        cal = tuple(self.calibration_bound_bits)
-        if (
-            not cal
-            or any(not isinstance(b, int) or abs(b) > _MAX_BOUND_BITS for b in cal)
-            or list(cal) != sorted(set(cal))
-        ):
-            raise ConfigError(
-                f"calibration_bound_bits={cal} must be strictly increasing integers "
-                f"within +-{_MAX_BOUND_BITS}, "
-                "e.g. (-4, 6, 16, 26)"
-            )
-        if self.bound_bits is not None and (
-            not isinstance(self.bound_bits, int) or abs(self.bound_bits) > 900
-        ):
-            raise ConfigError(f"bound_bits={self.bound_bits!r} must be None or an integer within +-900")
+        for name in ("bound_bits", "weight_bound_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or abs(value) > 900:
+                raise ConfigError(f"{name}={value!r} must be an integer within +-900 (default 16 and 20)")
         precision = self.precision_bits()
         if precision < PRECISION_TARGET_BITS:
             raise ConfigError(
-                f"these parameters leave {precision:.1f} bits of precision relative to the round's update "
-                f"magnitude at max_clients={self.max_clients} (need >= {PRECISION_TARGET_BITS}, i.e. 1e-6): "
-                "use a larger data prime (e.g. coeff_mod_bit_sizes=(50, 50)), a smaller max_clients or "
-                "margin_bits, "
-                "or calibration_bound_bits spaced closer together"
+                f"these parameters leave {precision:.1f} bits of precision relative to an adapted round's "
+                f"sum at max_clients={self.max_clients} (need >= {PRECISION_TARGET_BITS}, i.e. 1e-6): use a "
+                "larger data prime (e.g. coeff_mod_bit_sizes=(50, 50)), fewer clients per round, or a "
+                "smaller margin_bits"
             )
         return self
 
@@ -324,22 +394,56 @@ class SecureConfig:
     global_scale_bits: int = CkksParams.global_scale_bits
     insecure_he: bool = False  # allow parameters below 128-bit security (tests only)
     debug_check: bool = False  # log decrypted-vs-plaintext error (computed outside the aggregator)
-    min_clients: int = 1
+    # the key holder releases a round's sum only with this many verified clients; None: 3 where the
+    # clients per round allow it, else 2 (a one-client sum is that client's update)
+    min_clients: int | None = None
+    # public packing, fixed before each round by the key holder (never by the server): round 0 packs
+    # |sum| < 2^(bound_bits-1) and sum of weights < 2^(weight_bound_bits-1); later rounds adapt to the
+    # previous released sum plus margin_bits, unless adapt_bounds is false (docs/secure-aggregation.md)
+    bound_bits: int = CkksParams.bound_bits
+    weight_bound_bits: int = CkksParams.weight_bound_bits
+    margin_bits: int = CkksParams.margin_bits
+    adapt_bounds: bool = CkksParams.adapt_bounds
+    # the key holder: "" = the built-in engine starts `privfl keyholder serve` as a child process;
+    # "host:port" = connect to one started apart (deployment). keyholder_key: the key holder's
+    # Ed25519 public key (hex) that clients pin; "" only with a spawned key holder.
+    keyholder: str = ""
+    keyholder_key: str = ""
 
-    def ckks_params(self) -> CkksParams:
-        """The CKKS parameters these settings give (packing policy at its defaults)."""
+    def ckks_params(self, max_clients: int) -> CkksParams:
+        """The CKKS parameters and packing policy these settings give, for rounds of up to
+        `max_clients` contributions (config.clients_per_round)."""
         return CkksParams(
             poly_modulus_degree=self.poly_modulus_degree,
             coeff_mod_bit_sizes=tuple(self.coeff_mod_bit_sizes),
             global_scale_bits=self.global_scale_bits,
             insecure=self.insecure_he,
+            max_clients=max_clients,
+            bound_bits=self.bound_bits,
+            weight_bound_bits=self.weight_bound_bits,
+            adapt_bounds=self.adapt_bounds,
+            margin_bits=self.margin_bits,
         )
 
     def validate(self) -> None:
         _choice("secure.scheme", self.scheme, SECURE_SCHEMES)
-        _positive("secure.min_clients", self.min_clients)
-        if self.scheme == "ckks":
-            self.ckks_params().validate()
+        if self.min_clients is not None and self.min_clients < 2:
+            raise ConfigError(
+                f"secure.min_clients = {self.min_clients}: the key holder refuses sums of fewer than 2 "
+                "clients (a one-client sum is that client's update); use 2 or more, or leave it unset"
+            )
+        if self.keyholder_key:
+            try:
+                ok = len(bytes.fromhex(self.keyholder_key)) == 32
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"secure.keyholder_key = {self.keyholder_key!r} is not a 64-hex-digit Ed25519 public "
+                    "key; copy the key `privfl keyholder serve` prints"
+                )
+        if self.keyholder and ":" not in self.keyholder:
+            raise ConfigError(f"secure.keyholder = {self.keyholder!r} must be host:port, e.g. 10.0.0.5:7710")
 
 
 @dataclass(frozen=True)
@@ -368,12 +472,22 @@ class ExperimentConfig:
             )
         if self.train.mode == "central" and self.secure.scheme != "none":
             raise ConfigError("mode 'central' has no clients to aggregate: drop --secure-agg")
-        if self.train.mode == "user-dp" and self.secure.scheme != "none" and self.secure.min_clients > 1:
-            raise PrivacyError(
-                f"secure.min_clients = {self.secure.min_clients} makes whether a round is aggregated depend "
-                "on who was sampled, which the DP-FedAvg accounting does not cover; use "
-                "secure.min_clients = 1 with --mode user-dp"
+        if self.secure.scheme == "ckks" and self.train.mode == "user-dp":
+            raise ConfigError(
+                "--mode user-dp with --secure-agg ckks: the key holder releases only sums of at least "
+                "secure.min_clients (>= 2) clients, and under Poisson sampling whether a round reaches "
+                "that depends on who was sampled, which the DP-FedAvg accounting does not cover; use "
+                "--mode dp with --secure-agg ckks, or --mode user-dp without it"
             )
+        if self.secure.scheme == "ckks":
+            self.secure.ckks_params(clients_per_round(self)).validate()
+            per_round, needed = clients_per_round(self), min_clients(self)
+            if per_round < needed:
+                raise ConfigError(
+                    f"secure.min_clients = {needed}, but a round samples at most {per_round} client(s) "
+                    f"(train.clients = {self.train.clients}, train.fraction = {self.train.fraction}): the "
+                    "key holder would refuse every round; sample more clients per round (at least 2)"
+                )
         return self
 
     # --- dict / TOML -------------------------------------------------------------------------
@@ -417,6 +531,21 @@ class ExperimentConfig:
         return ExperimentConfig.from_dict(raw)
 
 
+def clients_per_round(cfg: ExperimentConfig) -> int:
+    """The most clients a round can hold: round(C*K) (at least 1); user-dp's Poisson sampling: K."""
+    t = cfg.train
+    if t.mode == "user-dp":
+        return t.clients
+    return max(int(round(t.fraction * t.clients)), 1)
+
+
+def min_clients(cfg: ExperimentConfig) -> int:
+    """secure.min_clients, or its default: 3 where a round holds 3 or more clients, else 2."""
+    if cfg.secure.min_clients is not None:
+        return cfg.secure.min_clients
+    return 3 if clients_per_round(cfg) >= 3 else 2
+
+
 # CLI flag -> config field; the CLI builds its options from this table.
 FLAG_FIELDS: dict[str, str] = {
     "seed": "seed",
@@ -427,6 +556,9 @@ FLAG_FIELDS: dict[str, str] = {
     "dirichlet_alpha": "data.dirichlet_alpha",
     "split": "data.split",
     "strict": "data.strict",
+    "normalize": "data.normalize",
+    "folds": "data.folds",
+    "fold": "data.fold",
     "model": "model.name",
     "mode": "train.mode",
     "engine": "train.engine",

@@ -163,6 +163,12 @@ class Session:
         self.run.save_checkpoint(r, self.weights, ckpt_state)
         return row
 
+    def close(self) -> None:
+        """Release what the components hold open: a key-holder process the CKKS summation started."""
+        close = getattr(self.components.summation, "close", None)
+        if close is not None:
+            close()
+
     def finish(self) -> dict:
         """Write model.pt, curves.png and (last) summary.json; returns the summary."""
         cfg, state, run = self.cfg, self.state, self.run
@@ -229,12 +235,15 @@ def train(
         from privfl.fl.engines import check_engine, run_engine
 
         check_engine(cfg.validate())  # the engine's own requirements fail before any data work
-        session = Session(cfg, out, resume=resume, overwrite=overwrite, on_stage=on_stage)
-        run_engine(session, on_round)
-        return session.finish()
     session = Session(cfg, out, resume=resume, overwrite=overwrite, on_stage=on_stage)
-    run_rounds(session, session.federation(), on_round)
-    return session.finish()
+    try:
+        if cfg.train.engine != "builtin":
+            run_engine(session, on_round)
+        else:
+            run_rounds(session, session.federation(), on_round)
+        return session.finish()
+    finally:
+        session.close()
 
 
 def parameter_count(cfg: ExperimentConfig) -> int:

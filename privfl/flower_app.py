@@ -50,8 +50,11 @@ def main(grid: Grid, context: Context) -> None:
         node_timeout=float(rc.get("node-timeout", 120.0)),
     )
     flwr_log = logging.getLogger("flwr")  # what `flwr run --stream` and `flwr log` show
-    rounds.run(on_round=lambda row: flwr_log.info("privfl round %d: %s", row["round"], _brief(row)))
-    summary = session.finish()
+    try:
+        rounds.run(on_round=lambda row: flwr_log.info("privfl round %d: %s", row["round"], _brief(row)))
+        summary = session.finish()
+    finally:
+        session.close()  # stops a key-holder process the CKKS summation started
     flwr_log.info("run directory: %s (final val UAR %.3f)", summary["run_dir"], summary["final_val_uar"])
 
 

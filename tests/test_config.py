@@ -68,3 +68,33 @@ def test_every_flag_maps_to_a_field():
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         ExperimentConfig().seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"secure.min_clients": 1}, "secure.min_clients = 1: the key holder refuses sums of fewer than 2"),
+        ({"train.clients": 1}, "a round samples at most 1 client"),
+        (
+            {"train.clients": 4, "train.fraction": 0.25},
+            "secure.min_clients = 2, but a round samples at most 1",
+        ),
+        (
+            {"train.clients": 4, "secure.min_clients": 5},
+            "secure.min_clients = 5, but a round samples at most 4",
+        ),
+        ({"secure.keyholder_key": "abcd"}, "not a 64-hex-digit Ed25519 public key"),
+        ({"secure.keyholder": "localhost"}, "must be host:port"),
+    ],
+)
+def test_ckks_settings_are_checked_at_start(override, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig().override({"secure.scheme": "ckks", **override}).validate()
+
+
+def test_ckks_min_clients_defaults_to_3_where_rounds_allow_else_2():
+    from privfl.config import min_clients
+
+    assert min_clients(ExperimentConfig().override({"train.clients": 5})) == 3
+    assert min_clients(ExperimentConfig().override({"train.clients": 2})) == 2
+    assert min_clients(ExperimentConfig().override({"train.clients": 10, "train.fraction": 0.2})) == 2

@@ -34,8 +34,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "applications",
         (
             "privfl.experiment",
+            "privfl.folds",
             "privfl.flower_app",
             "privfl.cli",
+            "privfl.keyholder_cli",
             "privfl.clickgroup",
             "privfl.bench",
             "privfl.attacks",

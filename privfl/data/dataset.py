@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from privfl.config import SESSION_SPLITS, DataConfig, ExperimentConfig
-from privfl.data.features import FeatureConfig, extract
+from privfl.data.features import FeatureConfig, apply_band_stats, band_stats, extract, normalise_groups
 from privfl.data.partition import partition
 from privfl.data.records import Corpus, Utterance
 from privfl.data.splits import Split
@@ -102,6 +102,8 @@ def load_corpus_for(cfg: DataConfig, progress: Stage | None = None) -> Corpus:
         options["merge_excited"] = cfg.merge_excited
     if cfg.dataset == "ravdess":
         options["calm_as_neutral"] = cfg.calm_as_neutral
+    if cfg.dataset == "manifest":
+        options.update(label_map=cfg.label_map, emotions=cfg.emotions)
     if cfg.dataset == "crema-d" and cfg.demographics:
         options["demographics"] = cfg.demographics
     return load_corpus(cfg.dataset, Path(cfg.data_dir), strict=cfg.strict, **options)
@@ -113,12 +115,28 @@ def split_for(corpus: Corpus, cfg: DataConfig, seed: int) -> Split:
 
     protocol = cfg.split
     if protocol == "auto":
-        protocol = "iemocap-paper" if corpus.name == "iemocap" else "speaker"
+        iemocap_default = "loso" if cfg.folds else "iemocap-paper"
+        protocol = iemocap_default if corpus.name == "iemocap" else "speaker"
     if protocol in SESSION_SPLITS and corpus.name != "iemocap":
         raise DataError(
             f"split {protocol!r} is IEMOCAP's session protocol; use --split speaker for {corpus.name}"
         )
     n_aux = cfg.aux_count(protocol)
+    if cfg.folds and cfg.fold == 0:
+        raise DataError(
+            f"data.folds={cfg.folds} with data.fold=0 names every fold; one split needs data.fold "
+            f"in 1..{cfg.folds} (privfl.folds.run_folds runs them all)"
+        )
+    if protocol == "manifest":
+        return splits.manifest_split(corpus, n_aux=n_aux, seed=seed)
+    if cfg.folds and protocol == "loso":  # IEMOCAP leave-one-session-out: fold i tests session i
+        return splits.iemocap_loso_split(
+            corpus, test_session=cfg.fold, test_gender=cfg.test_gender, n_aux=n_aux, seed=seed
+        )
+    if cfg.folds:
+        return splits.kfold_split(
+            corpus, k=cfg.folds, fold=cfg.fold, n_val=cfg.val_speakers, n_aux=n_aux, seed=seed
+        )
     if protocol == "iemocap-paper":
         return splits.iemocap_paper_split(corpus, test_speaker=cfg.test_speaker, n_aux=n_aux, seed=seed)
     if protocol == "loso":
@@ -136,7 +154,9 @@ def featurise(
     """Log-Mel features (cached) plus labels for a list of utterances."""
     from privfl.data.corpora.synthetic import cache_root
 
-    fcfg = FeatureConfig(n_mels=cfg.n_mels, max_frames=cfg.max_frames)
+    fcfg = FeatureConfig(
+        n_mels=cfg.n_mels, max_frames=cfg.max_frames, per_utterance_norm=cfg.normalize == "utterance"
+    )
     cb = (lambda done, total: progress(stage, done, total)) if progress else None
     feats = extract(utts, fcfg, speed=speed, cache_dir=cache_root() / "features", progress=cb)
     suffix = "" if speed == 1.0 else f"@sp{speed:g}"
@@ -148,6 +168,30 @@ def featurise(
         tuple(u.gender for u in utts),
         tuple(u.id + suffix for u in utts),
     )
+
+
+def normalised(
+    sets: dict[str, SpeechSet], copies: list[SpeechSet], mode: str
+) -> tuple[dict[str, SpeechSet], list[SpeechSet]]:
+    """Apply data.normalize to raw log-Mel sets ("utterance" was already done at extraction).
+
+    speaker: each speaker's bands over that speaker's own utterances (a client needs nothing but
+    its own data; a test speaker is normalised over its own test utterances, unlabelled).
+    global: statistics of the training set's original (unperturbed) frames, applied to every role.
+    """
+    if mode in ("utterance", "none"):
+        return sets, copies
+
+    def remake(s: SpeechSet, x: np.ndarray) -> SpeechSet:
+        return replace(s, x=torch.from_numpy(x))
+
+    if mode == "speaker":
+        norm = lambda s: remake(s, normalise_groups(s.x.numpy(), s.lengths.numpy(), s.speakers))  # noqa: E731
+    else:
+        train = sets["train"]
+        stats = band_stats(train.x.numpy(), train.lengths.numpy())
+        norm = lambda s: remake(s, apply_band_stats(s.x.numpy(), s.lengths.numpy(), stats))  # noqa: E731
+    return {role: norm(s) if len(s) else s for role, s in sets.items()}, [norm(c) for c in copies]
 
 
 def prepare(cfg: ExperimentConfig, progress: Stage | None = None) -> PreparedData:
@@ -166,16 +210,21 @@ def prepare(cfg: ExperimentConfig, progress: Stage | None = None) -> PreparedDat
             raise DataError(
                 f"the {role} split of {corpus.name} holds no utterances; check the split settings"
             )
+    # One feature file for the corpus's utterances in any role, so every fold and seed shares it.
+    used = [u for role in ("train", "val", "test", "aux") for u in by_role[role]]
+    every = featurise(sorted(used, key=lambda u: u.id), d, progress=progress, stage="features")
+    row = {uid: i for i, uid in enumerate(every.ids)}
     sets = {
-        role: featurise(utts, d, progress=progress, stage=f"features ({role})")
+        role: every.take(np.array([row[u.id] for u in utts], dtype=np.int64))
         for role, utts in by_role.items()
     }
-    train = sets["train"]
     copies = [
         featurise(by_role["train"], d, f, progress, f"features (speed {f:g})")
         for f in d.speed_perturb
         if f != 1.0
     ]
+    sets, copies = normalised(sets, copies, d.normalize)
+    train = sets["train"]
 
     n_clients = 1 if cfg.train.mode == "central" else cfg.train.clients
     rng = np.random.default_rng([cfg.seed, 0xDA7A])

@@ -1,8 +1,10 @@
 """Waveform -> 40-dim log-Mel filterbank frames (the paper's MFB features), with a disk cache.
 
 25 ms Hamming window, 10 ms hop at 16 kHz (n_fft = win = 400 samples, hop = 160), natural log
-of the Mel power plus a floor, then per-utterance mean/variance normalisation over that
-utterance's own frames, so no statistic crosses a speaker or client boundary.
+of the Mel power plus a floor, then (by default) per-utterance mean/variance normalisation over
+that utterance's own frames, so no statistic crosses a speaker or client boundary. With
+`per_utterance_norm=False` the raw log-Mel frames are kept, for normalisation over a speaker's
+utterances or the training set (`normalise_groups`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class FeatureConfig:
     win_ms: float = 25.0
     hop_ms: float = 10.0
     max_frames: int = 300
+    per_utterance_norm: bool = True  # False: raw log-Mel, normalised later over a group of utterances
 
     @property
     def win_length(self) -> int:
@@ -53,6 +56,7 @@ class LogMel(torch.nn.Module):
 
     def __init__(self, cfg: FeatureConfig = FeatureConfig()) -> None:
         super().__init__()
+        self.per_utterance_norm = cfg.per_utterance_norm
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=cfg.sample_rate,
             n_fft=cfg.win_length,
@@ -65,7 +69,7 @@ class LogMel(torch.nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         logmel = torch.log(self.mel(wave) + LOG_FLOOR).transpose(-1, -2)  # [frames, n_mels]
-        return normalise(logmel)
+        return normalise(logmel) if self.per_utterance_norm else logmel
 
 
 def normalise(frames: torch.Tensor) -> torch.Tensor:
@@ -73,6 +77,30 @@ def normalise(frames: torch.Tensor) -> torch.Tensor:
     mean = frames.mean(dim=-2, keepdim=True)
     std = frames.std(dim=-2, keepdim=True, unbiased=False)
     return (frames - mean) / (std + 1e-5)
+
+
+def band_stats(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per Mel band [n_mels] over the real frames (`lengths`) of x [n, frames, n_mels]."""
+    frames = x[np.arange(x.shape[1])[None, :] < lengths[:, None]]  # [real frames, n_mels]
+    return frames.mean(axis=0), frames.std(axis=0)
+
+
+def apply_band_stats(x: np.ndarray, lengths: np.ndarray, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(x - mean) / std per band on real frames; padding frames stay zero. float32 [n, frames, n_mels]."""
+    mean, std = stats
+    real = (np.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
+    return np.where(real, (x - mean) / (std + 1e-5), 0.0).astype(np.float32)
+
+
+def normalise_groups(x: np.ndarray, lengths: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Per-group, per-band mean/variance normalisation of x [n, frames, n_mels], e.g. one group per
+    speaker: each group's statistics come from its own utterances only."""
+    out = np.zeros(x.shape, dtype=np.float32)
+    keys = np.asarray(groups, dtype=object)
+    for g in dict.fromkeys(groups):
+        rows = np.flatnonzero(keys == g)
+        out[rows] = apply_band_stats(x[rows], lengths[rows], band_stats(x[rows], lengths[rows]))
+    return out
 
 
 def pad_or_crop(frames: np.ndarray, max_frames: int) -> tuple[np.ndarray, int]:
@@ -172,7 +200,11 @@ def _logmel(cfg: FeatureConfig) -> LogMel:
 def cache_key(utterances: Sequence[Utterance], cfg: FeatureConfig, speed: float) -> str:
     """Hash of the corpus listing (paths, sizes, mtimes) and the feature config."""
     h = hashlib.sha256()
-    h.update(json.dumps([FEATURE_VERSION, asdict(cfg), speed]).encode())
+    params = asdict(cfg)
+    if params.pop("per_utterance_norm"):  # the default keeps the keys of caches written before the field
+        h.update(json.dumps([FEATURE_VERSION, params, speed]).encode())
+    else:
+        h.update(json.dumps([FEATURE_VERSION, params, speed, "raw"]).encode())
     for u in utterances:
         st = os.stat(u.path)
         h.update(f"{u.id}\0{u.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -18,7 +18,8 @@ class Utterance:
 
     `path` is absolute; `speaker` is unique across the corpus (e.g. "Ses01M", "crema-1001");
     `gender` is one of GENDERS; `emotion` one of EMOTIONS; `session` a corpus-specific group tag
-    (IEMOCAP session "Ses01", empty where the corpus has none).
+    (IEMOCAP session "Ses01", empty where the corpus has none); `split` the role a corpus's own
+    metadata assigns ("train", "val", "test"; manifest corpora, read by `--split manifest`).
     """
 
     id: str
@@ -27,6 +28,7 @@ class Utterance:
     gender: str
     emotion: str
     session: str = ""
+    split: str = ""
 
     @property
     def label(self) -> int:

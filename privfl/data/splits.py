@@ -104,6 +104,83 @@ def speaker_split(corpus: Corpus, *, n_val: int, n_test: int, n_aux: int, seed: 
     return Split(train=tuple(train), val=tuple(sorted(val)), test=tuple(sorted(test)), aux=tuple(sorted(aux)))
 
 
+def speaker_folds(corpus: Corpus, k: int, seed: int) -> list[tuple[str, ...]]:
+    """k disjoint groups of test speakers covering every speaker once, drawn with default_rng(seed).
+
+    Each gender's speakers are shuffled, then females, males and unknowns are dealt round-robin,
+    so fold sizes differ by at most one and each fold's genders are as even as the counts allow
+    (RAVDESS, 12 F + 12 M, k=6: two of each per fold).
+    """
+    speakers = corpus.speakers()
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ConfigError(f"k-fold speaker CV needs k >= 2 folds, got {k!r}")
+    if k > len(speakers):
+        raise DataError(
+            f"corpus {corpus.name!r} has {len(speakers)} speakers, too few for {k} folds; "
+            f"use --folds {len(speakers)} (leave one speaker out) or fewer"
+        )
+    rng = np.random.default_rng(_seed(seed))
+    pools = _gender_pools(corpus, speakers, rng)
+    dealt = pools["female"] + pools["male"] + pools["unknown"]
+    return [tuple(sorted(dealt[i::k])) for i in range(k)]
+
+
+def kfold_split(corpus: Corpus, *, k: int, fold: int, n_val: int, n_aux: int = 0, seed: int = 0) -> Split:
+    """Fold `fold` (1..k) of speaker_folds: its speakers test; n_val and n_aux speakers (gender
+    balanced, drawn with default_rng([seed, fold])) come from the other folds, the rest train."""
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 1 <= fold <= k:
+        raise ConfigError(f"fold must be in 1..{k}, got {fold!r}")
+    test = speaker_folds(corpus, k, seed)[fold - 1]
+    rest = [s for s in corpus.speakers() if s not in test]
+    n_val, n_aux = _count("n_val", n_val), _count("n_aux", n_aux)
+    if n_val + n_aux >= len(rest):
+        raise DataError(
+            f"fold {fold} of {k} leaves {len(rest)} speakers outside its test group; n_val={n_val} + "
+            f"n_aux={n_aux} would leave none for training; lower data.val_speakers or data.aux_speakers"
+        )
+    rng = np.random.default_rng([_seed(seed), int(fold)])
+    pools = _gender_pools(corpus, rest, rng)
+    val = _take_balanced(pools, n_val, rng)
+    aux = _take_balanced(pools, n_aux, rng)
+    train = sorted(s for pool in pools.values() for s in pool)
+    return Split(train=tuple(train), val=tuple(sorted(val)), test=test, aux=tuple(sorted(aux)))
+
+
+def manifest_split(corpus: Corpus, *, n_aux: int = 0, seed: int = 0) -> Split:
+    """Roles from the corpus's own split column (Utterance.split); every speaker needs one role.
+
+    n_aux training speakers (gender balanced, drawn with default_rng(seed)) become aux.
+    """
+    roles: dict[str, set[str]] = {}
+    for u in corpus.utterances:
+        roles.setdefault(u.speaker, set()).add(u.split)
+    for speaker, found in sorted(roles.items()):
+        if "" in found or len(found) > 1:
+            what = "no split value" if "" in found else f"several splits ({', '.join(sorted(found))})"
+            raise DataError(
+                f"{corpus.name}: speaker {speaker!r} has {what}; --split manifest needs one split per "
+                "speaker (train, validation or test) so no speaker crosses roles; or use --split speaker"
+            )
+    by_role = {r: sorted(s for s, f in roles.items() if r in f) for r in ("train", "val", "test")}
+    empty = [r for r, s in by_role.items() if not s]
+    if empty:
+        raise DataError(
+            f"{corpus.name}: the split column gives no speaker the role(s) {', '.join(empty)}; "
+            "each of train, validation and test needs at least one speaker"
+        )
+    n_aux = _count("n_aux", n_aux)
+    if n_aux >= len(by_role["train"]):
+        raise DataError(
+            f"{corpus.name}: {len(by_role['train'])} training speakers; n_aux={n_aux} would leave none; "
+            "set data.aux_speakers lower"
+        )
+    rng = np.random.default_rng(_seed(seed))
+    pools = _gender_pools(corpus, by_role["train"], rng)
+    aux = _take_balanced(pools, n_aux, rng)
+    train = sorted(s for pool in pools.values() for s in pool)
+    return Split(tuple(train), tuple(by_role["val"]), tuple(by_role["test"]), tuple(sorted(aux)))
+
+
 def iemocap_loso_split(
     corpus: Corpus, *, test_session: int, test_gender: str = "female", n_aux: int = 0, seed: int = 0
 ) -> Split:

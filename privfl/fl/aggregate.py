@@ -53,6 +53,11 @@ class RoundKeys:
     n_params: int
     public_context: bytes | None = None
     bound_bits: tuple[int, ...] = ()
+    announcement: bytes | None = None  # the key holder's round announcement (bounds, fingerprint, run id)
+    signature: bytes | None = None  # the key holder's Ed25519 signature of it
+    keyholder_key: bytes | None = (
+        None  # the key the relay says signed it (trusted only where nothing is pinned)
+    )
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,11 @@ class Upload:
     round_index: int
     num_samples: int
     delta: np.ndarray | None = None
-    ciphertext: bytes | None = None
+    ciphertext: bytes | None = None  # b"": an encrypting client that sent nothing this round (it logged why)
+    signature: bytes | None = None  # the client's Ed25519 signature over run, round, id, payload digest
     clipped: bool = False
     encode_s: float = 0.0
+    encode_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -86,13 +86,12 @@ def build_components(cfg: ExperimentConfig, data: ClientsData) -> Components:
 
 
 def make_summation(cfg: ExperimentConfig) -> Summation:
-    """Plaintext sum, or CKKS-encrypted sum when secure.scheme is 'ckks'."""
+    """Plaintext sum, or a CKKS sum released by a key holder in its own process (secure.scheme 'ckks')."""
     if cfg.secure.scheme == "none":
         return PlainSummation()
     from privfl.fl.secure.summation import CkksSummation  # TenSEAL loads only when asked for
 
-    s = cfg.secure
-    return CkksSummation(s.ckks_params(), debug_check=s.debug_check, min_clients=s.min_clients)
+    return CkksSummation(cfg, debug_check=cfg.secure.debug_check)
 
 
 def _record_level(

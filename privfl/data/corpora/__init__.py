@@ -22,7 +22,7 @@ import soundfile as sf
 from privfl.data.records import EMOTIONS, GENDERS, Corpus, Skipped, Utterance
 from privfl.errors import ConfigError, DataError
 
-DATASETS: tuple[str, ...] = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb")
+DATASETS: tuple[str, ...] = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb", "manifest")
 
 MIN_DURATION_S = 0.025
 """Shortest usable file: one 25 ms analysis window."""
@@ -34,6 +34,7 @@ _LOADERS: dict[str, tuple[str, str]] = {
     "crema-d": ("privfl.data.corpora.crema_d", "load_crema_d"),
     "ravdess": ("privfl.data.corpora.ravdess", "load_ravdess"),
     "emodb": ("privfl.data.corpora.emodb", "load_emodb"),
+    "manifest": ("privfl.data.corpora.manifest", "load_manifest"),
 }
 
 # Streaming writers put these in the data-chunk size before they know the length; not truncation.

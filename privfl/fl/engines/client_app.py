@@ -22,8 +22,10 @@ from flwr.clientapp import ClientApp
 from privfl.config import ExperimentConfig
 from privfl.fl.components import build_components
 from privfl.fl.engines.messages import (
+    KEYHOLDER_KEY,
     NUM_PARTITIONS,
     PARTITION_ID,
+    SIGNING_KEY,
     TrainReport,
     TrainTask,
     config_from_text,
@@ -44,10 +46,20 @@ class ClientParty:
     def __init__(self, cfg: ExperimentConfig, data) -> None:
         self.cfg = cfg
         self.clients = list(data.clients)
-        # The same trainer, policy, summation and sampler as the server's; with CKKS the summation
-        # also makes a key pair a client never uses (it encodes with the server's public context):
-        # cheap, and it keeps one wiring.
+        # The same trainer, policy, summation and sampler as the server's; with CKKS this client's
+        # copy of the summation only encodes, with the node's signing key (`enrol`).
         self.components = build_components(cfg, data)
+
+    def enrol(self, client_id: int, node_config) -> None:
+        """CKKS: sign with this node's key; pin the key holder's key from the node config if it has one."""
+        if self.cfg.secure.scheme != "ckks":
+            return
+        pinned = node_config.get(KEYHOLDER_KEY)
+        try:
+            pin = bytes.fromhex(str(pinned)) if pinned else None
+        except ValueError as exc:
+            raise EngineError(f"node config {KEYHOLDER_KEY}={pinned!r} is not a hex key") from exc
+        self.components.summation.enrol(client_id, signing_key(node_config, client_id), pin)
 
     def train(self, client_id: int, task: TrainTask) -> TrainReport:
         """Train client `client_id` from the task's weights; report its update or its ciphertext."""
@@ -72,6 +84,20 @@ class ClientParty:
         upload = c.summation.encode(update, c.policy.contribution, task.keys)
         private = self.cfg.train.mode in ("dp", "user-dp")
         return TrainReport.of(upload, update.train_loss, update.stats, train_s, private=private)
+
+
+def signing_key(node_config, client_id: int):
+    """This node's Ed25519 signing key: the node config's signing-key path, else
+    $PRIVFL_CACHE/client-keys/client-<id>.key; created there (OS entropy, mode 0600) if missing."""
+    from pathlib import Path
+
+    from privfl.data.corpora.synthetic import cache_root
+    from privfl.fl.secure.enrolment import SigningKey
+
+    path = node_config.get(SIGNING_KEY)
+    return SigningKey.load_or_create(
+        Path(str(path)) if path else cache_root() / "client-keys" / f"client-{client_id}.key"
+    )
 
 
 def partition_of(context: Context) -> tuple[int, int | None]:
@@ -112,13 +138,19 @@ def make_client_app(load_data: DataSource | None = None) -> ClientApp:
     @app.query()
     def roll_call(message: Message, context: Context) -> Message:
         partition, total = partition_of(context)
-        return roll_call_reply(message, partition, total if total is not None else -1)
+        wants_key = "query" in message.content.config_records and message.content.config_records["query"].get(
+            "ckks", 0
+        )
+        key = signing_key(context.node_config, partition).public_bytes() if wants_key else None
+        return roll_call_reply(message, partition, total if total is not None else -1, key)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
         partition, _ = partition_of(context)
         task = TrainTask.from_content(message.content)
-        return party_for(task).train(partition, task).reply_to(message)
+        party = party_for(task)
+        party.enrol(partition, context.node_config)
+        return party.train(partition, task).reply_to(message)
 
     return app
 

@@ -3,16 +3,20 @@
 Two message types:
 
   query (roll call)   server -> every node: {}.  reply: ConfigRecord "node" {partition-id,
-                      num-partitions, privfl-version}. Maps Flower node ids to privfl client ids.
+                      num-partitions, privfl-version, public-key?}. Maps Flower node ids to privfl
+                      client ids (and, with CKKS, gives a spawned key holder the clients' keys).
   train               server -> each sampled client:
                         ConfigRecord "task"   {round, experiment (the config as TOML), dp-sigma?,
                                                sampled-count? (user-dp with CKKS: k, for the
                                                noise share), he-bounds?}
                         ArrayRecord  "global" {weights: float32 [n_params]}
-                        ArrayRecord  "he"     {context: public CKKS context bytes}   (CKKS only)
+                        ArrayRecord  "he"     {context: public CKKS context, announcement and
+                                               signature: the key holder's signed round packing,
+                                               keyholder-key}                         (CKKS only)
                       reply:
                         ArrayRecord  "update" {delta: float32 [n_params]}            (plaintext)
-                                           or {ciphertext: privfl CKKS payload bytes} (CKKS)
+                                           or {ciphertext, signature: the client's signed
+                                               CKKS payload}                           (CKKS)
                         MetricRecord "report" {client, num-samples, train-loss, train-s,
                                                encrypt-s, stat.<name> for Update.stats}
                                            DP modes: {client} only (privfl.fl.dp.disclosed)
@@ -41,6 +45,9 @@ CIPHERTEXT_STYPE = "privfl.ckks-payload"  # Array.stype of an encrypted contribu
 PARTITION_ID = "partition-id"  # Flower's node-config keys, set by the simulation runtime and by
 NUM_PARTITIONS = "num-partitions"  # `flower-supernode --node-config "partition-id=0 num-partitions=3"`
 STAT_PREFIX = "stat."
+PUBLIC_KEY = "public-key"  # roll-call field: the client's Ed25519 public key, hex (CKKS)
+SIGNING_KEY = "signing-key"  # node-config keys a SuperNode may set for CKKS: its signing key's path
+KEYHOLDER_KEY = "keyholder-key"  # and the key holder's public key (hex) it pins
 
 
 def config_to_text(cfg: ExperimentConfig) -> str:
@@ -53,11 +60,19 @@ def config_from_text(text: str) -> ExperimentConfig:
 
 
 # --- roll call -----------------------------------------------------------------------------------
-def roll_call_reply(request: Message, partition_id: int, num_partitions: int) -> Message:
-    node = ConfigRecord(
-        {PARTITION_ID: int(partition_id), NUM_PARTITIONS: int(num_partitions), "privfl-version": __version__}
-    )
-    return Message(RecordDict({"node": node}), reply_to=request)
+def roll_call_reply(
+    request: Message, partition_id: int, num_partitions: int, public_key: bytes | None = None
+) -> Message:
+    """The node's partition, and with CKKS its client's Ed25519 public key (for a key holder the
+    ServerApp spawns; a key holder run apart has its own registry and ignores it)."""
+    info: dict = {
+        PARTITION_ID: int(partition_id),
+        NUM_PARTITIONS: int(num_partitions),
+        "privfl-version": __version__,
+    }
+    if public_key is not None:
+        info[PUBLIC_KEY] = bytes(public_key).hex()
+    return Message(RecordDict({"node": ConfigRecord(info)}), reply_to=request)
 
 
 # --- train: server -> client ---------------------------------------------------------------------
@@ -89,9 +104,15 @@ class TrainTask:
         if self.keys.public_context is not None:
             task["he-bounds"] = list(self.keys.bound_bits)
             records["task"] = ConfigRecord(task)
-            records["he"] = ArrayRecord(
-                {"context": _bytes_array(self.keys.public_context, "privfl.ckks-public-context")}
-            )
+            he = {"context": _bytes_array(self.keys.public_context, "privfl.ckks-public-context")}
+            for name, value in (
+                ("announcement", self.keys.announcement),
+                ("signature", self.keys.signature),
+                ("keyholder-key", self.keys.keyholder_key),
+            ):
+                if value is not None:
+                    he[name] = _bytes_array(value, f"privfl.ckks-{name}")
+            records["he"] = ArrayRecord(he)
         return RecordDict(records)
 
     @classmethod
@@ -106,6 +127,9 @@ class TrainTask:
             int(weights.shape[0]),
             bytes(he["context"].data) if he is not None else None,
             tuple(int(b) for b in task.get("he-bounds", [])),
+            announcement=_optional_bytes(he, "announcement"),
+            signature=_optional_bytes(he, "signature"),
+            keyholder_key=_optional_bytes(he, "keyholder-key"),
         )
         return cls(
             round_index=int(task["round"]),
@@ -132,9 +156,11 @@ class TrainReport:
     train_loss: float | None
     stats: dict
     delta: np.ndarray | None = None  # float32 [n_params], plaintext runs
-    ciphertext: bytes | None = None  # privfl CKKS payload, encrypted runs
+    ciphertext: bytes | None = None  # privfl CKKS payload, encrypted runs (b"": the client sent nothing)
+    signature: bytes | None = None  # the client's Ed25519 signature of its payload (CKKS)
     train_s: float | None = 0.0
     encrypt_s: float | None = 0.0
+    encrypt_cpu_s: float | None = 0.0
 
     @classmethod
     def of(
@@ -142,7 +168,18 @@ class TrainReport:
     ) -> TrainReport:
         """The report carrying one client's Upload (private: its id and update, nothing else)."""
         if private:
-            return cls(upload.client_id, None, None, {}, upload.delta, upload.ciphertext, None, None)
+            return cls(
+                upload.client_id,
+                None,
+                None,
+                {},
+                delta=upload.delta,
+                ciphertext=upload.ciphertext,
+                signature=upload.signature,
+                train_s=None,
+                encrypt_s=None,
+                encrypt_cpu_s=None,
+            )
         return cls(
             upload.client_id,
             upload.num_samples,
@@ -150,8 +187,10 @@ class TrainReport:
             dict(stats),
             delta=upload.delta,
             ciphertext=upload.ciphertext,
+            signature=upload.signature,
             train_s=train_s,
             encrypt_s=upload.encode_s,
+            encrypt_cpu_s=upload.encode_cpu_s,
         )
 
     def upload(self, round_index: int) -> Upload:
@@ -162,7 +201,9 @@ class TrainReport:
             self.num_samples if self.num_samples is not None else 0,  # DP: not reported
             delta=self.delta,
             ciphertext=self.ciphertext,
+            signature=self.signature,
             encode_s=self.encrypt_s or 0.0,
+            encode_cpu_s=self.encrypt_cpu_s or 0.0,
         )
 
     def reply_to(self, request: Message) -> Message:
@@ -182,13 +223,16 @@ class TrainReport:
             "train-loss": self.train_loss,
             "train-s": self.train_s,
             "encrypt-s": self.encrypt_s,
+            "encrypt-cpu-s": self.encrypt_cpu_s,
         }
         report.update({k: v for k, v in optional.items() if v is not None})
         for key, value in self.stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 report[STAT_PREFIX + key] = value
-        key = "delta" if self.delta is not None else "ciphertext"
-        return RecordDict({"update": ArrayRecord({key: update}), "report": MetricRecord(report)})
+        arrays = {"delta" if self.delta is not None else "ciphertext": update}
+        if self.signature is not None:
+            arrays["signature"] = _bytes_array(self.signature, "privfl.ed25519-signature")
+        return RecordDict({"update": ArrayRecord(arrays), "report": MetricRecord(report)})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReport:
@@ -208,9 +252,15 @@ class TrainReport:
             stats=stats,
             delta=delta,
             ciphertext=ciphertext,
+            signature=_optional_bytes(update, "signature"),
             train_s=optional("train-s", float),
             encrypt_s=optional("encrypt-s", float),
+            encrypt_cpu_s=optional("encrypt-cpu-s", float),
         )
+
+
+def _optional_bytes(record: ArrayRecord | None, name: str) -> bytes | None:
+    return bytes(record[name].data) if record is not None and name in record else None
 
 
 def _bytes_array(data: bytes, stype: str) -> Array:

@@ -5,9 +5,9 @@ built-in engine, through a gate (`GridClients`) that sends each sampled client t
 and the round's public keys and collects one Upload from each. The session's summation adds the
 Uploads in the sampled order, as the built-in engine does, so both engines produce the same
 floating-point sums; which scheme it is (plaintext delta or CKKS ciphertext) is the summation's
-business. With CKKS the secret key stays in the session's `KeyHolder`, an object of this process
-that is only ever handed the aggregate (see docs/deployment.md for what that does and does not
-protect against).
+business. With CKKS this process is a relay: the secret key is in a key-holder process (spawned
+by the summation, or run apart at secure.keyholder), which releases one sum per round; see
+docs/deployment.md for the two placements and what each protects against.
 
 The `flwr run` ServerApp entry that builds a Session around this is `privfl.flower_app`.
 """
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from privfl.fl.aggregate import RoundKeys, Upload
@@ -27,6 +27,7 @@ from privfl.fl.client import Update
 from privfl.fl.engines.messages import (
     NUM_PARTITIONS,
     PARTITION_ID,
+    PUBLIC_KEY,
     QUERY,
     TRAIN,
     TrainReport,
@@ -95,7 +96,10 @@ class FlowerRounds:
                 f"train.clients = {k}: start one SuperNode per client with "
                 f'--node-config "partition-id=<0..{k - 1}> num-partitions={k}"'
             )
-        queries = [Message(RecordDict(), dst_node_id=n, message_type=QUERY) for n in nodes]
+        ckks = self.session.cfg.secure.scheme == "ckks"
+        query = RecordDict({"query": ConfigRecord({"ckks": int(ckks)})})
+        queries = [Message(query, dst_node_id=n, message_type=QUERY) for n in nodes]
+        public_keys: dict[int, bytes] = {}
         replies = self._send_and_receive(queries, self.node_timeout)
         node_of: dict[int, int] = {}
         for reply in replies:
@@ -116,6 +120,8 @@ class FlowerRounds:
                 )
             if 0 <= partition < k:
                 node_of[partition] = node
+                if ckks and PUBLIC_KEY in info:
+                    public_keys[partition] = bytes.fromhex(str(info[PUBLIC_KEY]))
         missing = sorted(set(range(k)) - set(node_of))
         if missing:
             raise EngineError(
@@ -123,6 +129,11 @@ class FlowerRounds:
                 f'one per client with --node-config "partition-id=<id> num-partitions={k}"'
             )
         self.node_of = node_of
+        register = getattr(self.session.components.summation, "register", None)
+        if ckks and register is not None and not self.session.cfg.secure.keyholder:
+            # a key holder this ServerApp spawns enrols the keys the nodes reported: one operator
+            # then runs both parties (docs/deployment.md); one run apart keeps its own registry
+            register(public_keys)
         return node_of
 
     # --- rounds -------------------------------------------------------------------------------

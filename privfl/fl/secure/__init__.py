@@ -1,49 +1,28 @@
-"""CKKS secure aggregation (TenSEAL): the server adds client updates it cannot read.
+"""CKKS secure aggregation (TenSEAL) with a key holder that is a party of its own.
 
-Three roles, which exchange bytes only:
+Parties, which exchange bytes only (docs/secure-aggregation.md has the threat model):
 
-  KeyHolder   builds the CKKS keys from `CkksParams`, publishes a public context (public key, no
-              secret key), and decrypts only the round's aggregate.
-  Encryptor   (a client) packs its `Contribution` at the round's public bounds, encrypts it with the
-              public key and serialises it behind a checked header.
-  Aggregator  (the server) holds the public context only; checks each payload and adds it into a
-              running sum of ciphertexts (memory flat in the number of clients).
+  key holder  (`privfl keyholder serve`, its own OS process; `keyholder.KeyHolder`) the secret
+              key, the enrolment registry of client signing keys, per-round state. It announces
+              each round's public packing (signed), verifies and sums the clients' signed
+              ciphertexts itself, and releases one sum per round of >= min_clients clients.
+  client      (`encryptor.Encryptor`) checks the announcement against the key-holder key it
+              pinned, clamps, packs, encrypts with the public context and signs its payload.
+  server      a relay (`service.KeyHolderClient`): forwards announcements and signed payloads,
+              receives the one sum. It never holds the secret key.
 
-`CkksSummation` plays all three in one process behind aggregate.py's `Summation` protocol.
+`summation.CkksSummation` plays client and relay behind aggregate.py's `Summation` protocol and
+starts the key holder as a child process unless secure.keyholder names one run apart.
 
-Range packing. A CKKS slot carries a real number with an absolute error set by the encryption
-noise, and wraps around when the sum outgrows the ciphertext modulus. One data prime of ~50 bits
-keeps a payload at ~29 bytes per parameter but leaves ~34 bits per slot, so the values are scaled
-by a public power of two chosen for the round: copy j of the vector is x * 2^(C - b_j), where C is
-the capacity of the context (data bits - 2 - scale bits) and 2^(b_j - 1) is the largest |x| (and
-|sum|) the copy carries; a client whose values do not fit a copy sends zeros there. Beside the
-vector each client packs its weight and its magnitude m_k = max_i |x_k,i|, each in copies at
-bounds 2^-24 .. 2^64 (`META_BOUND_BITS`); the key holder decodes those from the coarsest copy down
-and uses M = sum_k m_k, which bounds every client and every slot of the sum, to pick the finest
-vector copy that certainly neither wrapped nor lost a client. The first round packs the vector at
-a few calibration bounds; later rounds use one copy at 2^margin times the previous round's M.
-Scaling by powers of two is exact, so packing round-trips bit for bit; only CKKS adds error.
-
-One module per job: `packing` (range packing, RoundSpec), `payload` (wire format, context facts),
-`keyholder`, `encryptor`, `aggregator`, `summation` (CkksSummation). The parameters, `CkksParams`,
-are settings like any other and live in `privfl.config`, so `ExperimentConfig.validate()` checks
-them before any data work.
+One module per job: `packing` (one bound per round), `payload` (wire format, context facts),
+`enrolment` (Ed25519 keys, registry), `keyholder`, `encryptor`, `service` (socket protocol,
+spawning), `summation`. The parameters, `CkksParams`, live in `privfl.config`.
 """
 
 from privfl.config import HE_STANDARD_128_MAX_BITS, PRECISION_TARGET_BITS, CkksParams
-from privfl.fl.secure.aggregator import Aggregator
-from privfl.fl.secure.encryptor import Encryptor, encrypt_contribution
-from privfl.fl.secure.keyholder import DecryptedSum, KeyHolder
-from privfl.fl.secure.packing import (
-    META_BOUND_BITS,
-    RangeOverflow,
-    RoundSpec,
-    Unpacked,
-    next_bound_bits,
-    pack,
-    packed_length,
-    unpack,
-)
+from privfl.fl.secure.enrolment import SigningKey, enrol_clients, read_registry, write_registry
+from privfl.fl.secure.keyholder import KeyHolder, Released, RoundAnnouncement
+from privfl.fl.secure.packing import pack_one, unpack_sum
 from privfl.fl.secure.payload import (
     FORMAT_VERSION,
     MAGIC_AGGREGATE,
@@ -54,32 +33,47 @@ from privfl.fl.secure.payload import (
     _write_payload,
     context_fingerprint,
 )
-from privfl.fl.secure.summation import CkksSummation
+from privfl.fl.secure.service import KeyHolderClient, keyholder_settings, spawn_keyholder
+
+
+def __getattr__(name: str):
+    """The client and summation sides import privfl.fl.aggregate (and with it torch) only when
+    asked for, so that the key-holder process (`privfl keyholder serve`) starts without torch."""
+    if name == "Encryptor":
+        from privfl.fl.secure.encryptor import Encryptor
+
+        return Encryptor
+    if name == "CkksSummation":
+        from privfl.fl.secure.summation import CkksSummation
+
+        return CkksSummation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FORMAT_VERSION",
     "HE_STANDARD_128_MAX_BITS",
     "MAGIC_AGGREGATE",
     "MAGIC_CONTRIBUTION",
-    "META_BOUND_BITS",
     "PRECISION_TARGET_BITS",
-    "Aggregator",
     "CkksParams",
     "CkksSummation",
-    "DecryptedSum",
     "Encryptor",
     "KeyHolder",
-    "RangeOverflow",
-    "RoundSpec",
-    "Unpacked",
+    "KeyHolderClient",
+    "Released",
+    "RoundAnnouncement",
+    "SigningKey",
     "_Header",
     "_Rejected",
     "_read_payload",
     "_write_payload",
     "context_fingerprint",
-    "encrypt_contribution",
-    "next_bound_bits",
-    "pack",
-    "packed_length",
-    "unpack",
+    "enrol_clients",
+    "keyholder_settings",
+    "pack_one",
+    "read_registry",
+    "spawn_keyholder",
+    "unpack_sum",
+    "write_registry",
 ]

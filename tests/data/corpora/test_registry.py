@@ -12,7 +12,7 @@ from .corpus_trees import LFS_POINTER, write_emodb, write_empty, write_header_on
 
 
 def test_dataset_names() -> None:
-    assert DATASETS == ("synthetic", "iemocap", "crema-d", "ravdess", "emodb")
+    assert DATASETS == ("synthetic", "iemocap", "crema-d", "ravdess", "emodb", "manifest")
     for name in DATASETS[1:]:
         assert callable(loader_for(name))
     assert loader_for("crema_d") is loader_for("CREMA-D")

@@ -52,10 +52,10 @@ def test_flower_sim_matches_builtin_over_five_rounds(tmp_path):
     "dotted",
     [
         {"train.mode": "dp", "dp.noise_multiplier": 1.0},
-        {"train.mode": "user-dp", "dp.noise_multiplier": 1.0, "train.fraction": 0.5, "secure.scheme": "ckks"},
         {"train.mode": "user-dp", "dp.noise_multiplier": 1.0, "train.fraction": 0.5},
+        {"train.mode": "dp", "dp.noise_multiplier": 1.0, "secure.scheme": "ckks"},
     ],
-    ids=["dp", "user-dp-ckks", "user-dp"],
+    ids=["dp", "user-dp", "dp-ckks"],
 )
 def test_flower_sim_private_modes_match_builtin_and_clients_send_only_their_update(
     tmp_path, dotted, monkeypatch
@@ -101,7 +101,9 @@ def test_flower_sim_private_modes_match_builtin_and_clients_send_only_their_upda
             "client": content.metric_records["report"]["client"]
         }
         assert set(content.array_records) == {"update"}
-        assert set(content.array_records["update"]) == ({"ciphertext"} if encrypted else {"delta"})
+        assert set(content.array_records["update"]) == (
+            {"ciphertext", "signature"} if encrypted else {"delta"}
+        )
         assert not content.config_records
     # what a client is told: never who else was sampled; user-dp + CKKS: the count k only
     for content in tasks:
