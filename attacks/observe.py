@@ -106,6 +106,8 @@ class ObservedRun:
         p = self.summary.get("privacy")
         if not p or "epsilon" not in p or "delta" not in p:
             return None
+        if p.get("noise") == "seeded":
+            return None  # no DP guarantee against anyone who holds the seed (config.toml has it)
         eps = float(p["epsilon"])
         if not np.isfinite(eps):
             return None
@@ -182,7 +184,9 @@ def check_data_matches(observed: ObservedRun, data, round_index: int) -> None:
     and client id), and must reproduce its recorded update up to the float16 recording. A newer
     corpus generator or feature extractor would pass the first check and fail the second. The
     replay reads a per-client update even under secure aggregation: it checks the experiment,
-    it is not part of any attack.
+    it is not part of any attack. A record-level DP run with OS-entropy noise (dp.noise = "os")
+    cannot be replayed: its record samples and noise are each client's secret, which is the point;
+    only the counts are checked there.
     """
     from privfl.attacks.shadow import client_trainer
 
@@ -198,7 +202,7 @@ def check_data_matches(observed: ObservedRun, data, round_index: int) -> None:
                 f"updates (client {cid}: recorded {n} samples, prepared {have}); the corpus or feature "
                 "cache changed since training; retrain the run with this privfl"
             )
-    if not len(rec["client_ids"]) or not rec["deltas"].shape[0]:
+    if not len(rec["client_ids"]) or not rec["deltas"].shape[0] or _unreplayable(observed):
         observed.verified_rounds.add(round_index)
         return
     cid = int(rec["client_ids"][0])
@@ -217,3 +221,9 @@ def check_data_matches(observed: ObservedRun, data, round_index: int) -> None:
             "run with this privfl"
         )
     observed.verified_rounds.add(round_index)
+
+
+def _unreplayable(observed: ObservedRun) -> bool:
+    """DP-SGD under OS noise: no one, the attacker included, can redraw the client's randomness."""
+    privacy = observed.summary.get("privacy") or {}
+    return observed.config.train.mode == "dp" and privacy.get("noise", "seeded") != "seeded"

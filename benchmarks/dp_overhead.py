@@ -30,6 +30,7 @@ from privfl.fl.client import LocalConfig, LocalTrainer
 from privfl.fl.dp import AUTO_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES, DPSGDTrainer
 from privfl.models import initial_weights
 from privfl.privacy import RecordLevelPrivacy
+from privfl.randomness import PrivacyRandomness
 
 ENGINES = tuple(m for m in GRAD_SAMPLE_MODES if m != "auto")
 SLOW = 6.0  # an engine slower than this many times plain is timed once, not `repeats` times
@@ -48,7 +49,10 @@ def dp_trainer(cfg: ExperimentConfig, n_mels: int, local: LocalConfig, client, m
         steps_per_round={client.client_id: local.epochs * -(-n // local.batch_size)},
         rounds=1000,
     )
-    return DPSGDTrainer(cfg.model, n_mels, local, cfg.seed, privacy, mode, max_grad_norm=cfg.dp.max_grad_norm)
+    randomness = PrivacyRandomness(cfg.dp.noise, cfg.seed)
+    return DPSGDTrainer(
+        cfg.model, n_mels, local, randomness, privacy, mode, max_grad_norm=cfg.dp.max_grad_norm
+    )
 
 
 def timed(trainer, client, weights, round_index: int) -> tuple[float, float]:

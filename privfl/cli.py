@@ -15,6 +15,7 @@ from privfl.config import (
     FLAG_FIELDS,
     MODELS,
     MODES,
+    NOISE_SOURCES,
     NORMALIZE,
     PARTITIONS,
     SECURE_SCHEMES,
@@ -122,6 +123,12 @@ def _train_options(f):
         click.option("--clip-norm", type=float, help="user-dp: per-update clipping bound S [1.0]."),
         click.option("--accountant", type=click.Choice(ACCOUNTANTS), help="DP accountant [rdp]."),
         click.option(
+            "--dp-noise",
+            type=click.Choice(NOISE_SOURCES),
+            help="DP randomness: each party's OS entropy [os], or seeded from --seed (no DP "
+            "guarantee against anyone who holds the seed; for bit-identical reruns).",
+        ),
+        click.option(
             "--secure-agg", type=click.Choice(SECURE_SCHEMES), help="Encrypt client updates (ckks)."
         ),
         click.option(
@@ -194,6 +201,8 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
             info = f"val UAR {row['val_uar']:.3f}" if "val_uar" in row else ""
             if "epsilon" in row:
                 info += f"  eps {row['epsilon']:.2f}"
+                if row.get("noise") == "seeded":
+                    info += " (seeded noise: no DP guarantee against seed holders)"
             progress.update(rounds, completed=row["round"], info=info)
 
         if cfg.data.folds and not cfg.data.fold:
@@ -228,17 +237,26 @@ def train(config_path, out, resume, overwrite, sets, **flags) -> None:
         f"(val UAR {summary['best_val_uar']:.3f}); final test UAR {summary['final_test_uar']:.3f}"
     )
     if "privacy" in summary:
-        p = summary["privacy"]
-        click.echo(
-            f"privacy: ({p['epsilon']:.3g}, {p['delta']:.3g})-DP for {p['unit']}, "
-            f"accountant {p['accountant']}"
-        )
+        click.echo(privacy_line(summary["privacy"]))
     skipped = summary["corpus"]["skipped"]
     if skipped:
         click.echo(
             f"{skipped} corpus file(s) or label line(s) were skipped: see {summary['run_dir']}/skipped.csv"
         )
     click.echo(f"run directory: {summary['run_dir']}")
+
+
+def privacy_line(p: dict) -> str:
+    """The printed privacy line: the bound against each observer the mode names, at one delta."""
+    from privfl.observers import describe
+
+    head = f"privacy ({p['unit']}, delta {p['delta']:.3g}, accountant {p['accountant']}"
+    if p.get("noise") == "seeded":
+        return (
+            f"{head}): dp.noise = seeded, {p['guarantee']}; against a holder of the released model "
+            f"alone: eps {p['epsilon']:.3g}; {describe(p['observers'])}"
+        )
+    return f"{head}): (eps, delta)-DP against {describe(p['observers'])}"
 
 
 def _echo_folds(summary: dict) -> None:

@@ -34,6 +34,7 @@ SPLITS = ("auto", "speaker", "iemocap-paper", "loso", "manifest")
 SESSION_SPLITS = ("iemocap-paper", "loso")  # IEMOCAP's session protocols
 ENGINES = ("builtin", "flower-sim")
 ACCOUNTANTS = ("rdp", "prv")
+NOISE_SOURCES = ("os", "seeded")  # dp.noise: privacy randomness from OS entropy, or from the seed
 GRAD_SAMPLE_MODES = ("auto", "microbatch", "hooks", "functorch", "ew", "ghost")
 """How per-sample gradients are computed. microbatch: one forward/backward per sample through the
 ordinary model (TF Privacy's microbatches; for the paper LSTM only the recurrence runs per sample);
@@ -229,9 +230,14 @@ class DPConfig:
     clip_norm: float = 1.0  # user-dp: per-update clipping bound S
     accountant: str = "rdp"
     grad_sample_mode: str = "auto"  # Opacus per-sample gradient engine; auto picks per model
+    # privacy randomness (noise, record and client samples): "os" = each party's own OS entropy,
+    # never written or sent; "seeded" = derived from `seed` for bit-identical reruns, which voids
+    # the guarantee against anyone who holds the seed (privfl.randomness)
+    noise: str = "os"
 
     def validate(self) -> None:
         _choice("dp.accountant", self.accountant, ACCOUNTANTS)
+        _choice("dp.noise", self.noise, NOISE_SOURCES)
         _choice("dp.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             raise ConfigError(
@@ -571,6 +577,7 @@ FLAG_FIELDS: dict[str, str] = {
     "max_grad_norm": "dp.max_grad_norm",
     "clip_norm": "dp.clip_norm",
     "accountant": "dp.accountant",
+    "dp_noise": "dp.noise",
     "secure_agg": "secure.scheme",
     "insecure_he": "secure.insecure_he",
 }

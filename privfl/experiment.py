@@ -7,6 +7,7 @@ loop here, or `privfl.fl.engines`), which only ever sees it through `engines.Ses
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,17 +130,23 @@ class Session:
         stats = dict(outcome.stats)
         bytes_per_client = stats.pop("bytes_per_client", 4 * self.weights.shape[0] + 8)
         state["bytes_up"] += int(bytes_per_client * len(outcome.selected))
-        n_total = sum(u.num_samples for u in outcome.updates) or 1
-        row = {
-            "round": r,
-            "train_loss": sum(u.train_loss * u.num_samples for u in outcome.updates) / n_total,
-            "clients": len(outcome.selected),
-            "bytes_up": int(bytes_per_client * len(outcome.selected)),
+        row: dict = {"round": r}
+        # DP clients report no loss or sample count (privfl.fl.dp.disclosed): then no train_loss
+        reported = [u for u in outcome.updates if u.num_samples > 0 and math.isfinite(u.train_loss)]
+        if reported:
+            n_total = sum(u.num_samples for u in reported)
+            row["train_loss"] = sum(u.train_loss * u.num_samples for u in reported) / n_total
+        row.update(
+            clients=len(outcome.selected),
+            bytes_up=int(bytes_per_client * len(outcome.selected)),
+            bytes_per_client=bytes_per_client,
             **{k: v for k, v in stats.items() if k != "clients"},
-        }
+        )
         privacy = self.components.privacy
         if privacy is not None:
             row.update(privacy.round_report(r, outcome))
+            # what would reveal the private client sample stays out of the run directory
+            row = {k: v for k, v in row.items() if k not in privacy.withheld}
         if r % cfg.train.eval_every == 0 or r == cfg.train.rounds:
             val = self.evaluator.scores(self.weights, self.data.val)
             test = self.evaluator.scores(self.weights, self.data.test)
@@ -173,6 +180,8 @@ class Session:
             metrics, run.path / "curves.png", f"{cfg.train.mode} {cfg.model.name} on {cfg.data.dataset}"
         )
         last_eval = next(m for m in reversed(metrics) if "test_uar" in m)
+        privacy = self.components.privacy
+        row_keys = {"bytes_up"} - (privacy.withheld if privacy is not None else frozenset())
         best = state["best_test"]
         summary = {
             "privfl_version": __version__,
@@ -200,7 +209,7 @@ class Session:
             "test_confusion_at_best_val": best["confusion"],
             "final_val_uar": last_eval["val_uar"],
             "final_test_uar": last_eval["test_uar"],
-            "bytes_up_total": state["bytes_up"],
+            "bytes_up_total": state["bytes_up"] if "bytes_up" in row_keys else None,
             "train_seconds": state["elapsed_s"],
             "setup_seconds": self.setup_s,
             "secure_aggregation": cfg.secure.scheme,

@@ -28,6 +28,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from scipy import optimize
 
 from privfl.errors import PrivacyError
+from privfl.observers import Setting, guarantee, record_level, user_level
 
 UNIT_RECORD = "one utterance of one client"
 UNIT_USER = "all data of one client"
@@ -96,11 +97,20 @@ def _check_noise(noise_multiplier: float | None, target_epsilon: float | None) -
         raise PrivacyError(f"noise multiplier must be >= 0, got {noise_multiplier}")
 
 
+USER_LEVEL_MAX_DEFAULT_DELTA = 1e-5
+"""The largest default delta for user-level DP: with few clients 1/(10 K) would be 1e-2 at K = 5."""
+
+
 def default_delta(n: int) -> float:
     """A delta below 1/n: 1/(10 n) rounded down to a power of ten (n = 20 -> 1e-3, 5000 -> 1e-5)."""
     if n < 1:
         raise PrivacyError(f"cannot choose delta for a population of {n}; need at least one record or client")
     return 10.0 ** math.floor(math.log10(1.0 / (10.0 * n)))
+
+
+def default_user_delta(n_clients: int) -> float:
+    """User-level default delta: 1/(10 K) rounded down, and never above 1e-5 (K = 5 -> 1e-5)."""
+    return min(default_delta(n_clients), USER_LEVEL_MAX_DEFAULT_DELTA)
 
 
 def check_delta(delta: float, n: int, what: str) -> None:
@@ -219,8 +229,10 @@ class RecordLevelPrivacy:
         sample_rates: Mapping[int, float],
         steps_per_round: Mapping[int, int],
         rounds: int,
+        setting: Setting | None = None,
     ) -> None:
         _check_noise(noise_multiplier, target_epsilon)
+        self.setting = setting or Setting()
         if not max_grad_norm > 0:
             raise PrivacyError(f"dp.max_grad_norm must be > 0, got {max_grad_norm}; e.g. 1.0")
         make_accountant(accountant)  # validates the kind
@@ -260,17 +272,25 @@ class RecordLevelPrivacy:
         return {cid: epsilon_of(a.history, self.delta, self.kind) for cid, a in self.accountants.items()}
 
     # -- PrivacyReport -------------------------------------------------------------------------------
+    withheld: frozenset[str] = frozenset()
+    """Metrics keys a run directory must not keep (none: client selection is not private here)."""
+
+    def observers(self) -> dict[str, dict]:
+        """Each observer's bound (privfl.observers): the worst client's epsilon against all of them."""
+        return record_level(max(self.epsilons().values()), self.delta, self.setting)
+
     def round_report(self, round_index: int, outcome) -> dict:
+        # no clip counts: a client reports only its update (privfl.fl.dp.disclosed)
         eps = self.epsilons()
-        clipped = sum(int(u.stats.get("clipped", 0)) for u in outcome.updates)
-        seen = sum(int(u.stats.get("per_sample_grads", 0)) for u in outcome.updates)
         return {
             "epsilon": max(eps.values()),
             "epsilon_mean": sum(eps.values()) / len(eps),
+            **_observer_columns(self.observers()),
             "delta": self.delta,
             "sigma": self.noise_multiplier,
             "clip_norm": self.max_grad_norm,
-            "clipped_fraction": clipped / seen if seen else 0.0,
+            "noise": self.setting.noise,
+            "guarantee": guarantee(self.setting),
         }
 
     def state(self) -> dict:
@@ -306,6 +326,9 @@ class RecordLevelPrivacy:
             "epsilon": max(eps.values()),
             "epsilon_mean": sum(eps.values()) / len(eps),
             "epsilon_per_client": {str(c): e for c, e in sorted(eps.items())},
+            "observers": self.observers(),
+            "noise": self.setting.noise,
+            "guarantee": guarantee(self.setting),
             "delta": self.delta,
             "accountant": self.kind,
             "sigma": self.noise_multiplier,
@@ -331,8 +354,10 @@ class UserLevelPrivacy:
         accountant: str,
         sample_rate: float,
         rounds: int,
+        setting: Setting | None = None,
     ) -> None:
         _check_noise(noise_multiplier, target_epsilon)
+        self.setting = setting or Setting()
         if not clip_norm > 0:
             raise PrivacyError(f"dp.clip_norm must be > 0, got {clip_norm}; e.g. 1.0")
         if not 0.0 < sample_rate <= 1.0:
@@ -363,15 +388,44 @@ class UserLevelPrivacy:
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
 
     def epsilon(self) -> float:
+        """Against an observer who does not know the client sample (amplified at q)."""
         return epsilon_of(self.accountant.history, self.delta, self.kind)
 
+    def epsilon_knowing_sample(self) -> float:
+        """Against an observer who knows the sample: the same rounds at q = 1."""
+        return epsilon_of([(s, 1.0, n) for s, _, n in self.accountant.history], self.delta, self.kind)
+
+    withheld: frozenset[str] = frozenset(
+        {
+            "clients",
+            "bytes_up",
+            "train_s",
+            "encrypt_s",
+            "aggregate_s",
+            "exchange_s",
+            "rejected",
+            "clipped_fraction",
+            "server_noise_share",
+        }
+    )
+    """Metrics keys a run directory must not keep: each reveals how many clients were sampled."""
+
+    def observers(self) -> dict[str, dict]:
+        """Each observer's bound (privfl.observers): amplified only where the sample is unknown."""
+        return user_level(
+            self.epsilon(), self.epsilon_knowing_sample(), self.delta, self.sample_rate, self.setting
+        )
+
     def round_report(self, round_index: int, outcome) -> dict:
+        # no clipped fraction: which updates were clipped depends on who was sampled
         return {
             "epsilon": self.epsilon(),
+            **_observer_columns(self.observers()),
             "delta": self.delta,
             "sigma": self.noise_multiplier,
             "clip_norm": self.clip_norm,
-            "clipped_fraction": float(outcome.stats.get("clipped_fraction", 0.0)),
+            "noise": self.setting.noise,
+            "guarantee": guarantee(self.setting),
         }
 
     def state(self) -> dict:
@@ -394,6 +448,10 @@ class UserLevelPrivacy:
             "mode": self.mode,
             "unit": UNIT_USER,
             "epsilon": self.epsilon(),
+            "epsilon_knowing_sample": self.epsilon_knowing_sample(),
+            "observers": self.observers(),
+            "noise": self.setting.noise,
+            "guarantee": guarantee(self.setting),
             "delta": self.delta,
             "accountant": self.kind,
             "sigma": self.noise_multiplier,
@@ -402,6 +460,12 @@ class UserLevelPrivacy:
             "sample_rate": self.sample_rate,
             "rounds_accounted": sum(n for _, _, n in self.accountant.history),
         }
+
+
+def _observer_columns(observers: dict[str, dict]) -> dict:
+    """Per-observer epsilon as metrics columns (None where no bound holds); `epsilon` is the
+    released model's."""
+    return {f"epsilon_{name}": o["epsilon"] for name, o in observers.items() if name != "released_model"}
 
 
 def _check_state(state: dict, mode: str, kind: str, delta: float) -> None:

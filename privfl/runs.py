@@ -271,7 +271,8 @@ class RunDir:
             round=round_index,
             weights=weights_before.astype(np.float32),
             client_ids=ids,
-            num_samples=np.array([u.num_samples for u in updates], dtype=np.int64),
+            # the partition's sizes (they follow from config.toml); DP clients do not report them
+            num_samples=np.array([clients[u.client_id].num_samples for u in updates], dtype=np.int64),
             scales=scales,
             deltas=deltas,
             speakers=np.array(["|".join(clients[i].speakers) for i in ids], dtype=str),

@@ -56,3 +56,41 @@ def test_help_explains_the_main_options():
     assert result.exit_code == 0
     for flag in ("--mode", "--clients", "--rounds", "--batch-size", "--local-epochs", "--lr", "--resume"):
         assert flag in result.output
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--mode", "dp"], ["released model eps", "run directory eps", "server eps", "another client eps"]),
+        (
+            ["--mode", "user-dp", "--fraction", "0.5"],
+            ["released model eps", "server none", "another client eps"],
+        ),
+        (
+            ["--mode", "dp", "--dp-noise", "seeded"],
+            ["no DP guarantee against anyone who holds the seed", "server none", "another client none"],
+        ),
+    ],
+    ids=["dp", "user-dp", "dp-seeded"],
+)
+def test_dp_runs_print_an_epsilon_per_observer(tmp_path, tiny_config, args, expected):
+    cfg_path = tmp_path / "tiny.toml"
+    tiny_config.override({"train.rounds": 1}).to_toml(cfg_path)
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--noise-multiplier",
+            "1.0",
+            *args,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("privacy"))
+    for text in expected:
+        assert text in line, (text, line)
+    assert ("(eps, delta)-DP" in line) == ("seeded" not in args)

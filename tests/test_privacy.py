@@ -10,6 +10,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from privfl.errors import PrivacyError
+from privfl.observers import Setting
 from privfl.privacy import (
     UNIT_RECORD,
     UNIT_USER,
@@ -17,9 +18,11 @@ from privfl.privacy import (
     UserLevelPrivacy,
     check_delta,
     default_delta,
+    default_user_delta,
     epsilon_of,
     solve_noise_multiplier,
 )
+from privfl.randomness import SEEDED_LABEL
 
 
 def opacus_rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
@@ -122,6 +125,9 @@ def test_record_level_summary_reports_every_field():
     e0, e1 = opacus_rdp_epsilon(1.1, 0.25, 4, 1e-3), opacus_rdp_epsilon(1.1, 0.1, 10, 1e-3)
     s = p.summary()
     eps = {k: s.pop(k) for k in ("epsilon", "epsilon_mean", "epsilon_per_client")}
+    observers = s.pop("observers")
+    assert {o["epsilon"] for o in observers.values()} == {eps["epsilon"]}  # the same bound for all
+    assert (s.pop("noise"), s.pop("guarantee")) == ("os", "(eps, delta)-DP")
     assert eps["epsilon"] == pytest.approx(max(e0, e1), rel=1e-9)
     assert eps["epsilon_mean"] == pytest.approx((e0 + e1) / 2, rel=1e-9)
     assert eps["epsilon_per_client"] == {"0": pytest.approx(e0, rel=1e-9), "1": pytest.approx(e1, rel=1e-9)}
@@ -145,6 +151,10 @@ def test_user_level_summary_reports_every_field():
     s = p.summary()
     eps = s.pop("epsilon")
     assert eps == pytest.approx(opacus_rdp_epsilon(1.0, 0.3, 3, 1e-2), rel=1e-9)
+    assert s.pop("epsilon_knowing_sample") == pytest.approx(opacus_rdp_epsilon(1.0, 1.0, 3, 1e-2), rel=1e-9)
+    observers = s.pop("observers")
+    assert observers["released_model"]["epsilon"] == eps and observers["server"]["epsilon"] is None
+    assert (s.pop("noise"), s.pop("guarantee")) == ("os", "(eps, delta)-DP")
     assert s == {
         "mode": "user-dp",
         "unit": UNIT_USER,
@@ -276,7 +286,9 @@ def test_user_level_epsilon_equals_opacus_and_round_trips():
     assert b.epsilon() == a.epsilon()
     s = a.summary()
     assert s["unit"] == UNIT_USER and s["mode"] == "user-dp" and s["rounds_accounted"] == 3
-    assert a.round_report(3, _Outcome([], {"clipped_fraction": 0.5}))["clipped_fraction"] == 0.5
+    row = a.round_report(3, _Outcome([], {"clipped_fraction": 0.5}))
+    assert "clipped_fraction" not in row  # which updates were clipped depends on the secret sample
+    assert row["epsilon"] == a.epsilon() and row["noise"] == "os" and row["guarantee"] == "(eps, delta)-DP"
 
 
 def test_user_level_target_epsilon_within_one_percent():
@@ -304,6 +316,79 @@ class _Outcome:
         self.stats = stats or {}
 
 
+def opacus_accountant_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    """Epsilon from an Opacus RDPAccountant stepped `steps` times (independent of privfl's cache)."""
+    acc = RDPAccountant()
+    for _ in range(steps):
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    return float(acc.get_epsilon(delta=delta))
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_user_level_observers_amplify_only_where_the_sample_is_unknown(encrypted):
+    p = user_level(setting=Setting("os", encrypted, False), delta=1e-5)
+    for _ in range(4):
+        p.spend_round()
+    amplified = opacus_accountant_epsilon(1.0, 0.3, 4, 1e-5)
+    knowing = opacus_accountant_epsilon(1.0, 1.0, 4, 1e-5)
+    assert knowing > amplified * 1.5  # the two figures differ, so mixing them up fails below
+    obs = p.observers()
+    assert obs["released_model"]["epsilon"] == pytest.approx(amplified, rel=1e-4)
+    assert obs["run_directory"]["epsilon"] == pytest.approx(amplified, rel=1e-4)
+    if encrypted:  # the server knows the sample; a client is told k
+        assert obs["server"]["epsilon"] == pytest.approx(knowing, rel=1e-4)
+        assert obs["other_client"]["epsilon"] == pytest.approx(knowing, rel=1e-4)
+    else:  # the server sees each clipped update in the clear; a client learns only its own inclusion
+        assert obs["server"]["epsilon"] is None and obs["server"]["bound"] == "none"
+        assert obs["other_client"]["epsilon"] == pytest.approx(amplified, rel=1e-4)
+    s = p.summary()
+    assert s["observers"] == obs and s["epsilon_knowing_sample"] == pytest.approx(knowing, rel=1e-4)
+    row = p.round_report(4, _Outcome([]))
+    assert row["epsilon_server"] == obs["server"]["epsilon"]
+    assert row["epsilon_other_client"] == obs["other_client"]["epsilon"]
+
+
+def test_user_level_recorded_updates_void_the_run_directory_bound():
+    p = user_level(setting=Setting("os", False, True))
+    p.spend_round()
+    assert p.observers()["run_directory"]["epsilon"] is None
+    assert "raw update" in p.observers()["run_directory"]["why"]
+
+
+def test_record_level_observers_all_get_the_worst_clients_amplified_epsilon():
+    p = record_level(setting=Setting("os", False, True), delta=1e-4)
+    p.spend(0, 4, 0.25, 1)
+    p.spend(1, 10, 0.1, 1)
+    worst = max(opacus_accountant_epsilon(1.1, 0.25, 4, 1e-4), opacus_accountant_epsilon(1.1, 0.1, 10, 1e-4))
+    for name, o in p.observers().items():
+        assert o["epsilon"] == pytest.approx(worst, rel=1e-4), name
+    assert "clipped_fraction" not in p.round_report(1, _Outcome([]))
+
+
+@pytest.mark.parametrize("make", [record_level, user_level])
+def test_seeded_noise_voids_every_bound_but_the_released_models(make):
+    p = make(setting=Setting("seeded", False, False))
+    if isinstance(p, UserLevelPrivacy):
+        p.spend_round()
+    else:
+        p.spend(0, 4, 0.25, 1)
+    obs = p.observers()
+    assert obs["released_model"]["epsilon"] is not None
+    for name in ("run_directory", "server", "other_client"):
+        assert obs[name]["epsilon"] is None and SEEDED_LABEL in obs[name]["why"], name
+    assert p.summary()["guarantee"] == SEEDED_LABEL and p.summary()["noise"] == "seeded"
+    row = p.round_report(1, _Outcome([]))
+    assert row["guarantee"] == SEEDED_LABEL and row["noise"] == "seeded"
+
+
+@pytest.mark.parametrize(
+    "k,expected", [(1, 1e-5), (5, 1e-5), (1000, 1e-5), (9999, 1e-5), (10**4, 1e-5), (10**5, 1e-6)]
+)
+def test_user_level_default_delta_is_at_most_1e5_and_below_one_over_ten_k(k, expected):
+    assert default_user_delta(k) == pytest.approx(expected)
+    assert default_user_delta(k) <= 1 / (10 * k) * (1 + 1e-12)
+
+
 class _Stats:
     def __init__(self, **stats):
         self.stats = stats
@@ -316,16 +401,36 @@ def test_record_level_round_report_by_hand():
     e0, e1 = opacus_rdp_epsilon(1.1, 0.25, 4, 1e-3), opacus_rdp_epsilon(1.1, 0.1, 10, 1e-3)
     updates = [_Stats(clipped=3, per_sample_grads=10), _Stats(clipped=1, per_sample_grads=30), _Stats()]
     report = p.round_report(1, _Outcome(updates))
-    assert report.pop("epsilon") == pytest.approx(max(e0, e1), rel=1e-9)
+    worst = report.pop("epsilon")
+    assert worst == pytest.approx(max(e0, e1), rel=1e-9)
     assert report.pop("epsilon_mean") == pytest.approx((e0 + e1) / 2, rel=1e-9)
-    assert report == {"delta": 1e-3, "sigma": 1.1, "clip_norm": 1.0, "clipped_fraction": 4 / 40}
-    assert p.round_report(1, _Outcome([]))["clipped_fraction"] == 0.0  # no per-sample gradient seen
+    # clip counts are a client's side output, never reported (docs/privacy.md, no side channels)
+    assert report == {
+        "epsilon_run_directory": worst,
+        "epsilon_server": worst,
+        "epsilon_other_client": worst,
+        "delta": 1e-3,
+        "sigma": 1.1,
+        "clip_norm": 1.0,
+        "noise": "os",
+        "guarantee": "(eps, delta)-DP",
+    }
 
 
 def test_user_level_round_report_by_hand():
     p = user_level()
     p.spend_round()
     report = p.round_report(1, _Outcome([], {"clipped_fraction": 0.25}))
-    assert report.pop("epsilon") == pytest.approx(opacus_rdp_epsilon(1.0, 0.3, 1, 1e-2), rel=1e-9)
-    assert report == {"delta": 1e-2, "sigma": 1.0, "clip_norm": 0.5, "clipped_fraction": 0.25}
-    assert p.round_report(1, _Outcome([]))["clipped_fraction"] == 0.0  # an empty round reports none
+    amplified = report.pop("epsilon")
+    assert amplified == pytest.approx(opacus_rdp_epsilon(1.0, 0.3, 1, 1e-2), rel=1e-9)
+    # which updates were clipped depends on the secret sample: never in a metrics row
+    assert report == {
+        "epsilon_run_directory": amplified,
+        "epsilon_server": None,  # it sees every clipped update in the clear
+        "epsilon_other_client": amplified,
+        "delta": 1e-2,
+        "sigma": 1.0,
+        "clip_norm": 0.5,
+        "noise": "os",
+        "guarantee": "(eps, delta)-DP",
+    }

@@ -55,7 +55,9 @@ def _figure_legend(fig, axes) -> None:
 def _by_defence(points: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for p in points:
-        out.setdefault(p["defence"], []).append(p)
+        # a seeded-noise point carries no DP guarantee against seed holders: its series says so
+        key = p["defence"] + (" (seeded noise: no DP vs seed holders)" if p.get("noise") == "seeded" else "")
+        out.setdefault(key, []).append(p)
     for group in out.values():
         group.sort(key=lambda p: p["epsilon"]["mean"] if p["epsilon"] else math.inf)
     return out
@@ -91,7 +93,7 @@ def _series(
     ax, points: list[dict], key: str, scale: float = 1.0, hollow_missing: float | None = None
 ) -> None:
     for defence, group in _by_defence(points).items():
-        color, marker = DEFENCE_STYLE.get(defence, ("grey", "o"))
+        color, marker = DEFENCE_STYLE.get(group[0]["defence"], ("grey", "o"))
         finite = [p for p in group if math.isfinite(_eps(p)) and _val(p, key, scale)]
         for p in group:
             v = _val(p, key, scale)
@@ -204,7 +206,7 @@ def frontier(points: list[dict], path: Path) -> None:
         (axes[1], "gender_auc", "gender AUC"),
     ):
         for defence, group in _by_defence(points).items():
-            color, marker = DEFENCE_STYLE.get(defence, ("grey", "o"))
+            color, marker = DEFENCE_STYLE.get(group[0]["defence"], ("grey", "o"))
             pts = []
             for p in group:
                 u = _val(p, "test_uar_final", 100.0)

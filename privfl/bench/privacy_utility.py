@@ -116,9 +116,16 @@ def summarise_attacks(results: list) -> dict[str, Any]:
 
 
 def bytes_per_client_round(metrics: list[dict]) -> float | None:
-    """Mean bytes one participating client uploads in one round (total upload / client-rounds)."""
+    """Mean bytes one participating client uploads in one round (total upload / client-rounds).
+
+    User-level DP runs keep no per-round client count (it would reveal the secret sample): then
+    the mean of the per-client upload each round records.
+    """
     clients = sum(int(m.get("clients", 0)) for m in metrics)
-    return sum(int(m.get("bytes_up", 0)) for m in metrics) / clients if clients else None
+    if clients:
+        return sum(int(m.get("bytes_up", 0)) for m in metrics) / clients
+    per_client = [float(m["bytes_per_client"]) for m in metrics if "bytes_per_client" in m]
+    return sum(per_client) / len(per_client) if per_client else None
 
 
 # --- running the grid -----------------------------------------------------------------------------
@@ -222,14 +229,26 @@ def _run_point(
     }
     privacy = summary.get("privacy")
     if privacy:
+        observers = privacy.get("observers", {})
         record.update(
-            epsilon=privacy["epsilon"],
+            epsilon=privacy["epsilon"],  # against a holder of the released model
+            epsilon_server=_get(observers, "server", "epsilon"),  # None: no bound holds
+            epsilon_other_client=_get(observers, "other_client", "epsilon"),
+            noise=privacy.get("noise"),  # "os", or "seeded": no DP guarantee against seed holders
             delta=privacy["delta"],
             dp_unit=privacy.get("unit"),
             sigma=privacy.get("sigma"),
         )
     else:
-        record.update(epsilon=math.inf, delta=None, dp_unit=None, sigma=None)
+        record.update(
+            epsilon=math.inf,
+            epsilon_server=math.inf,
+            epsilon_other_client=math.inf,
+            noise=None,
+            delta=None,
+            dp_unit=None,
+            sigma=None,
+        )
 
     # bench.json: what this benchmark adds to the run directory (corpus version, attack summary)
     bench = _read_json(path / BENCH_FILE) if state == DONE else {"corpus": _corpus_version(cfg)}
@@ -365,6 +384,9 @@ def _aggregate_point(name: str, defence: str, runs: list[dict]) -> dict:
         "seeds": [r["seed"] for r in runs],
         "status": sorted({r["status"] for r in runs}),
         "epsilon": spread(finite) if finite else None,
+        "epsilon_server": _observer_spread(runs, "epsilon_server"),
+        "epsilon_other_client": _observer_spread(runs, "epsilon_other_client"),
+        "noise": ", ".join(sorted({r.get("noise") or "" for r in runs} - {""})) or None,
         "delta": max((r["delta"] for r in runs if r["delta"] is not None), default=None),
         "dp_unit": runs[0]["dp_unit"],
         "sigma": runs[0]["sigma"],
@@ -390,6 +412,15 @@ def _aggregate_point(name: str, defence: str, runs: list[dict]) -> dict:
     }
 
 
+def _observer_spread(runs: list[dict], key: str) -> dict | str | None:
+    """An observer's epsilon over seeds: a spread, "none" where no bound holds, None without DP."""
+    values = [r.get(key) for r in runs]
+    if any(v is None for v in values):
+        return "none"
+    finite = [v for v in values if math.isfinite(v)]
+    return spread(finite) if finite else None
+
+
 def _versus(p: dict, base: dict) -> dict:
     """Utility cost and attack success removed relative to the undefended point (means over seeds)."""
 
@@ -411,6 +442,9 @@ POINT_COLUMNS = [
     "defence",
     "n_seeds",
     "epsilon",
+    "epsilon_server",
+    "epsilon_other_client",
+    "dp_noise",
     "delta",
     "sigma",
     "test_uar_mean",
@@ -436,6 +470,9 @@ RUN_COLUMNS = [
     "seed",
     "status",
     "epsilon",
+    "epsilon_server",
+    "epsilon_other_client",
+    "dp_noise",
     "delta",
     "test_uar_final",
     "test_uar_at_best_val",
@@ -465,6 +502,9 @@ def point_row(p: dict) -> dict:
         "defence": p["defence"],
         "n_seeds": len(p["seeds"]),
         "epsilon": _m(p["epsilon"]) if p["epsilon"] else math.inf,
+        "epsilon_server": _observer_cell(p.get("epsilon_server")),
+        "epsilon_other_client": _observer_cell(p.get("epsilon_other_client")),
+        "dp_noise": p.get("noise"),
         "delta": p["delta"],
         "sigma": p["sigma"],
         "test_uar_mean": _m(p["test_uar_final"]),
@@ -486,6 +526,12 @@ def point_row(p: dict) -> dict:
     }
 
 
+def _observer_cell(v: dict | str | None) -> Any:
+    if v is None:
+        return math.inf
+    return v if isinstance(v, str) else v["mean"]
+
+
 def run_row(r: dict) -> dict:
     """A runs.csv row of one (point, seed) run."""
     return {
@@ -494,6 +540,11 @@ def run_row(r: dict) -> dict:
         "seed": r["seed"],
         "status": r["status"],
         "epsilon": r["epsilon"],
+        "epsilon_server": "none" if r.get("epsilon_server", math.inf) is None else r.get("epsilon_server"),
+        "epsilon_other_client": (
+            "none" if r.get("epsilon_other_client", math.inf) is None else r.get("epsilon_other_client")
+        ),
+        "dp_noise": r.get("noise"),
         "delta": r["delta"],
         "test_uar_final": r["test_uar_final"],
         "test_uar_at_best_val": r["test_uar_at_best_val"],
@@ -574,6 +625,19 @@ def _eps_cell(p: dict) -> str:
     return f"{e:.3g}" if e < 1e4 else f"{e:.2e}"
 
 
+def _observer_eps_cell(v: dict | str | None) -> str:
+    if v is None:
+        return "∞"
+    if isinstance(v, str):
+        return v
+    e = v["mean"]
+    return f"{e:.3g}" if e < 1e4 else f"{e:.2e}"
+
+
+def _noise_cell(p: dict) -> str:
+    return {"os": "OS", "seeded": "seeded ³"}.get(p.get("noise") or "", p.get("noise") or "")
+
+
 def _delta_cell(delta: float | None) -> str:
     return "" if delta is None else f"{delta:.0e}"
 
@@ -590,8 +654,9 @@ def _bytes(v: float | None) -> str:
 def markdown_table(doc: dict) -> str:
     """The results table in Markdown: one row per grid point, mean ± sd over seeds."""
     head = (
-        "| point | defence | ε | δ | test UAR % | gender AUC | membership AUC | membership TPR@1%FPR "
-        "| upload / client / round | train s | attack s |"
+        "| point | defence | DP noise | ε released model | ε server | ε another client | δ "
+        "| test UAR % | gender AUC | membership AUC | membership TPR@1%FPR | upload / client / round "
+        "| train s | attack s |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for p in doc["points"]:
@@ -599,7 +664,9 @@ def markdown_table(doc: dict) -> str:
         if p["gender_auc"] is None and p["gender_note"]:
             gender = "n/a ¹" if "secure aggregation" in p["gender_note"] else "n/a ²"
         lines.append(
-            f"| {p['point']} | {p['defence']} | {_eps_cell(p)} | "
+            f"| {p['point']} | {p['defence']} | {_noise_cell(p)} | {_eps_cell(p)} | "
+            f"{_observer_eps_cell(p.get('epsilon_server', p['epsilon']))} | "
+            f"{_observer_eps_cell(p.get('epsilon_other_client', p['epsilon']))} | "
             f"{_delta_cell(p['delta'])} | {_pm(p['test_uar_final'], 100, 1)} | "
             f"{gender} | {_pm(p['membership_auc'])} | {_pm(p['membership_tpr_at_1pct_fpr'])} | "
             f"{_bytes(_m(p['bytes_up_per_client_round']))} | {_pm(p['train_s'], digits=0)} | "
@@ -650,7 +717,13 @@ def markdown(doc: dict) -> str:
         parts += [f"Against the undefended point ({doc['baseline']}):", "", markdown_versus(doc), ""]
     notes = [
         "ε is for the unit each mode protects (record-level DP: one utterance of one client; user-level DP: "
-        "all data of one client); record-level ε is the largest over clients. ∞: no DP.",
+        "all data of one client); record-level ε is the largest over clients. ∞: no DP. Per observer "
+        "(docs/privacy.md): the released model's ε uses subsampling amplification; against the server "
+        "and another client amplification applies only where they do not know the sample; none: no "
+        "bound holds against that observer (user-level DP without secure aggregation: the server sees "
+        "every clipped update).",
+        "DP noise: OS = every party's noise and sample from its own OS entropy; seeded ³ = derived from "
+        "the config seed for bit-identical reruns.",
         "gender AUC: shadow-model attribute inference on each client's update (what the server sees without "
         "secure aggregation).",
         "membership AUC and TPR@1%FPR: the strongest non-control membership attack of the run, per metric "
@@ -658,6 +731,8 @@ def markdown(doc: dict) -> str:
         "upload: bytes one participating client sends per round (CKKS ciphertexts under secure aggregation).",
         "train s: data preparation + training wall time of one run; attack s: both attacks on it.",
     ]
+    if any(p.get("noise") == "seeded" for p in doc["points"]):
+        notes.append("³ seeded noise: no DP guarantee against anyone who holds the seed")
     gender_na = sorted(
         {p["gender_note"] for p in doc["points"] if p["gender_auc"] is None and p["gender_note"]}
     )

@@ -15,6 +15,7 @@ from torch import nn
 from privfl.config import ModelConfig
 from privfl.data.dataset import ClientData
 from privfl.models import build_model, get_flat, set_flat
+from privfl.randomness import derive_seed
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,6 @@ class Update:
     num_samples: int
     train_loss: float
     stats: dict = field(default_factory=dict)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integer parts, e.g. (seed, round, client); stable across runs."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def sgd_epochs(

@@ -4,8 +4,10 @@ Every engine runs what `build_components` returns and nothing else: the built-in
 Flower ServerApp and each Flower ClientApp (from the config the server sends). The choices:
 
   mode fedavg/central  LocalTrainer, FedAvgPolicy, McMahan's fixed-fraction sampler
-  mode dp              DPSGDTrainer on every client (record-level DP), FedAvgPolicy
+  mode dp              DPSGDTrainer on every client (record-level DP), EqualWeightFedAvg
   mode user-dp         LocalTrainer, UserDPPolicy (DP-FedAvg) which is also the Poisson sampler
+  DP modes             privacy randomness per party (privfl.randomness, dp.noise); the trainer
+                       behind AccountedReports: a client discloses its update and nothing else
   secure.scheme        PlainSummation or CkksSummation (user-dp: behind SkipEmptyRounds)
 
 Every check that can fail does so here or in `ExperimentConfig.validate()`, before the first round.
@@ -23,9 +25,25 @@ from privfl.data.dataset import ClientData
 from privfl.errors import PrivacyError
 from privfl.fl.aggregate import PlainSummation, Summation
 from privfl.fl.client import LocalConfig, LocalTrainer
-from privfl.fl.dp import DPSGDTrainer, SkipEmptyRounds, UserDPPolicy, resolve_grad_sample_mode
+from privfl.fl.dp import (
+    AccountedReports,
+    DPSGDTrainer,
+    EqualWeightFedAvg,
+    SkipEmptyRounds,
+    UserDPPolicy,
+    fixed_size_clients,
+    resolve_grad_sample_mode,
+)
 from privfl.fl.federation import FedAvgPolicy, Policy, PrivacyReport, Sampler, Trainer, sample_clients
-from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy, check_delta, default_delta
+from privfl.observers import Setting
+from privfl.privacy import (
+    RecordLevelPrivacy,
+    UserLevelPrivacy,
+    check_delta,
+    default_delta,
+    default_user_delta,
+)
+from privfl.randomness import CLIENT_SAMPLE_TAG, PrivacyRandomness
 
 log = logging.getLogger(__name__)
 
@@ -104,24 +122,27 @@ def _record_level(
         sample_rates={cid: local.batch_size / n for cid, n in sizes.items()},
         steps_per_round={cid: local.epochs * -(-n // local.batch_size) for cid, n in sizes.items()},
         rounds=t.rounds,
+        setting=Setting(d.noise, cfg.secure.scheme != "none", t.record_updates),
     )
+    randomness = PrivacyRandomness(d.noise, cfg.seed)
     trainer = DPSGDTrainer(
-        cfg.model, n_mels, local, cfg.seed, privacy, d.grad_sample_mode, max_grad_norm=d.max_grad_norm
+        cfg.model, n_mels, local, randomness, privacy, d.grad_sample_mode, max_grad_norm=d.max_grad_norm
     )
     log.info(
-        "record-level DP: sigma=%.4g C=%g delta=%g accountant=%s grad_sample_mode=%s",
+        "record-level DP: sigma=%.4g C=%g delta=%g accountant=%s grad_sample_mode=%s noise from %s",
         privacy.noise_multiplier,
         trainer.max_grad_norm,
         delta,
         d.accountant,
         trainer.grad_sample_mode,
+        "the seed" if d.noise == "seeded" else "OS entropy",
     )
-    n, fraction, seed = len(clients), t.fraction, cfg.seed
+    n, fraction = len(clients), t.fraction
     return Components(
-        trainer=trainer,
-        policy=FedAvgPolicy(),
+        trainer=AccountedReports(trainer),
+        policy=EqualWeightFedAvg(),
         summation=make_summation(cfg),
-        sampler=lambda r: sample_clients(n, fraction, seed, r),
+        sampler=lambda r: fixed_size_clients(n, fraction, randomness.server_sample(r, CLIENT_SAMPLE_TAG)),
         privacy=privacy,
     )
 
@@ -134,7 +155,7 @@ def _user_level(
 ) -> Components:
     d, t = cfg.dp, cfg.train
     k = len(clients)
-    delta = d.delta if d.delta is not None else default_delta(k)
+    delta = d.delta if d.delta is not None else default_user_delta(k)
     check_delta(delta, k, "the number of clients")
     encrypted = cfg.secure.scheme != "none"
     privacy = UserLevelPrivacy(
@@ -145,19 +166,22 @@ def _user_level(
         accountant=d.accountant,
         sample_rate=t.fraction,
         rounds=t.rounds,
+        setting=Setting(d.noise, encrypted, t.record_updates),
     )
-    policy = UserDPPolicy(k, privacy, cfg.seed, noise_on_clients=encrypted, clip_norm=d.clip_norm)
+    randomness = PrivacyRandomness(d.noise, cfg.seed)
+    policy = UserDPPolicy(k, privacy, randomness, noise_on_clients=encrypted, clip_norm=d.clip_norm)
     log.info(
-        "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s",
+        "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s from %s",
         privacy.noise_multiplier,
         policy.clip_norm,
         t.fraction,
         delta,
         d.accountant,
         "clients" if encrypted else "server",
+        "the seed" if d.noise == "seeded" else "OS entropy",
     )
     return Components(
-        trainer=LocalTrainer(cfg.model, n_mels, local, cfg.seed),
+        trainer=AccountedReports(LocalTrainer(cfg.model, n_mels, local, cfg.seed)),
         policy=policy,
         summation=SkipEmptyRounds(make_summation(cfg)),
         sampler=policy.sample,

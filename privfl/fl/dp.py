@@ -13,6 +13,10 @@ aggregation the server never sees an un-noised sum: the k sampled clients each a
 N(0, sigma^2 S^2 / k) before encrypting, so the decrypted sum carries exactly the noise the
 analysis assumes (see docs/privacy.md for why k, and what dropouts would do).
 
+Privacy randomness (record samples, DP-SGD noise, noise shares, server noise, the client sample)
+comes from `privfl.randomness`: each party's OS entropy unless `dp.noise = "seeded"`. Under either
+mode a client discloses only its update (`AccountedReports`): no sample count, loss or clip count.
+
 The mechanisms own their parameters (clip bound, noise multiplier's use); the accountants in
 `privfl.privacy` only account and report. `privfl.fl.components` builds and wires both.
 """
@@ -42,20 +46,16 @@ from privfl.fl.aggregate import (
     clip_update,
     gaussian_noise,
 )
-from privfl.fl.client import LocalConfig, Update, derive_seed
+from privfl.fl.client import LocalConfig, Update
 from privfl.models import PaperLSTM, build_model, canonical_parameters, get_flat, set_flat
 from privfl.parallel import thread_map, torch_threads
 from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy
+from privfl.randomness import USER_SAMPLE_TAG, PrivacyRandomness
 
 log = logging.getLogger(__name__)
 
 AUTO_GRAD_SAMPLE_MODE = {"cnn": "microbatch", "lstm": "microbatch"}
 """What grad_sample_mode = "auto" picks per model: the fastest in benchmarks/dp_overhead.py."""
-
-_NOISE_STREAM = 1  # derive_seed(base, _NOISE_STREAM) seeds DP-SGD noise; base itself seeds sampling
-_USER_SAMPLE_TAG = 0x05A3D  # user-dp client sampling: default_rng([seed, round, tag])
-_USER_SERVER_NOISE_TAG = 0x0DF5  # user-dp server noise: default_rng([seed, round, tag])
-_USER_CLIENT_NOISE_TAG = 0x0DFC  # user-dp noise share: default_rng([seed, round, client, tag])
 
 
 # --- checks ------------------------------------------------------------------------------------------
@@ -271,9 +271,10 @@ def _engine(model_cfg: ModelConfig, n_mels: int, mode: str, max_grad_norm: float
 class DPSGDTrainer:
     """DP-SGD local training (Abadi et al. 2016) that spends each client's privacy in one accountant.
 
-    A Trainer: train(data, global_weights, round_index) -> Update. Sampling and noise are seeded
-    from derive_seed(seed, round, client); the optimizer is rebuilt every call (momentum restarts,
-    as in LocalTrainer), the accountants in `privacy` never are.
+    A Trainer: train(data, global_weights, round_index) -> Update. The record sample and the
+    noise come from `randomness.client_dpsgd(round, client)` (the client's OS entropy unless
+    seeded); the optimizer is rebuilt every call (momentum restarts, as in LocalTrainer), the
+    accountants in `privacy` never are.
     """
 
     def __init__(
@@ -281,14 +282,14 @@ class DPSGDTrainer:
         model_cfg: ModelConfig,
         n_mels: int,
         local: LocalConfig,
-        seed: int,
+        randomness: PrivacyRandomness,
         privacy: RecordLevelPrivacy,
         grad_sample_mode: str = "auto",
         *,
         max_grad_norm: float,
     ) -> None:
         self.local = local
-        self.seed = seed
+        self.randomness = randomness
         self.privacy = privacy
         self.max_grad_norm = float(max_grad_norm)  # the mechanism's clip bound C
         self.grad_sample_mode = resolve_grad_sample_mode(grad_sample_mode, model_cfg.name)
@@ -307,9 +308,7 @@ class DPSGDTrainer:
                 f"client {cid} now holds {data.num_samples} utterances, its accountant was planned for "
                 f"{round(self.local.batch_size / rate)}; rebuild the components for the new data"
             )
-        base = derive_seed(self.seed, round_index, cid)
-        sampling = torch.Generator().manual_seed(base)
-        noise = torch.Generator().manual_seed(derive_seed(base, _NOISE_STREAM))
+        sampling, noise = self.randomness.client_dpsgd(round_index, cid)
         batches = (poisson_batch(data.num_samples, rate, sampling) for _ in range(steps))
         update = self._run(data, global_weights, round_index, batches, noise)
         self.privacy.spend(cid, steps, rate, round_index)
@@ -359,10 +358,54 @@ class DPSGDTrainer:
 
 
 # --- user-level DP -----------------------------------------------------------------------------------
-def poisson_clients(n_clients: int, rate: float, seed: int, round_index: int) -> list[int]:
-    """Each client independently with probability `rate`, seeded from [seed, round] (may be empty)."""
-    rng = np.random.default_rng([seed, round_index, _USER_SAMPLE_TAG])
+def poisson_clients(n_clients: int, rate: float, rng: np.random.Generator) -> list[int]:
+    """Each client independently with probability `rate`, drawn from rng (may be empty)."""
     return np.flatnonzero(rng.random(n_clients) < rate).tolist()
+
+
+def fixed_size_clients(n_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:
+    """McMahan et al.'s selection, m = max(round(C*K), 1) clients without replacement, from rng."""
+    if fraction >= 1.0:
+        return list(range(n_clients))
+    m = max(int(round(fraction * n_clients)), 1)
+    return sorted(rng.choice(n_clients, size=m, replace=False).tolist())
+
+
+def disclosed(update: Update) -> Update:
+    """What the server learns of a DP client's round besides its contribution: who and when.
+
+    The sample count, training loss and per-step statistics (clip counts, steps, empty batches)
+    are not covered by the analysis, so they never leave the client (docs/privacy.md).
+    """
+    return Update(update.client_id, update.round, update.delta, 0, math.nan, {})
+
+
+class AccountedReports:
+    """A Trainer whose Updates carry only what a DP client discloses (`disclosed`)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def train(self, data: ClientData, global_weights: np.ndarray, round_index: int) -> Update:
+        return disclosed(self.inner.train(data, global_weights, round_index))
+
+
+class EqualWeightFedAvg:
+    """FedAvg with weight 1 per client (record-level DP): w + sum_k delta_k / k.
+
+    Sample-count weights would need n_k in the clear, and n_k is what add/remove-one adjacency
+    changes; the CKKS sum carries the count k it divides by.
+    """
+
+    def contribution(self, update: Update) -> Contribution:
+        return Contribution(update.client_id, update.delta.astype(np.float64), 1.0)
+
+    def server_step(
+        self, weights: np.ndarray, result: SumResult, round_index: int
+    ) -> tuple[np.ndarray, dict]:
+        if result.count == 0 or result.weight <= 0:
+            return weights, {"skipped": True}
+        return (weights + result.vector / result.weight).astype(np.float32), {}
 
 
 class UserDPPolicy:
@@ -371,21 +414,25 @@ class UserDPPolicy:
     contribution: clip the update to L2 norm S, weight 1 (plus this client's noise share when the
     sum is encrypted). server_step: add N(0, sigma^2 S^2) unless the clients did, divide by the
     expected count qK (a fixed denominator, so one client moves the result by at most S / qK),
-    and compose one round into the accountant.
+    and compose one round into the accountant. The sample and the server's noise come from the
+    server's randomness, each noise share from the client's own (`privfl.randomness`).
+
+    On a client process (Flower) `announce(round, k)` replaces `sample`: the client learns only
+    that it was sampled and the round's count k, which its noise share needs.
     """
 
     def __init__(
         self,
         n_clients: int,
         privacy: UserLevelPrivacy,
-        seed: int,
+        randomness: PrivacyRandomness,
         noise_on_clients: bool = False,
         *,
         clip_norm: float,
     ) -> None:
         self.n_clients = n_clients
         self.privacy = privacy
-        self.seed = seed
+        self.randomness = randomness
         self.noise_on_clients = noise_on_clients
         self.clip_norm = float(clip_norm)  # the mechanism's clip bound S
         self._round: int | None = None
@@ -396,9 +443,19 @@ class UserDPPolicy:
         return self.privacy.sample_rate * self.n_clients
 
     def sample(self, round_index: int) -> list[int]:
-        chosen = poisson_clients(self.n_clients, self.privacy.sample_rate, self.seed, round_index)
+        rng = self.randomness.server_sample(round_index, USER_SAMPLE_TAG)
+        chosen = poisson_clients(self.n_clients, self.privacy.sample_rate, rng)
         self._round, self._sampled = round_index, len(chosen)
         return chosen
+
+    def announce(self, round_index: int, sampled_count: int) -> None:
+        """What a sampled client is told of the round's sample: its size k (>= 1, itself included)."""
+        if sampled_count < 1:
+            raise PrivacyError(
+                f"round {round_index}: a sampled client was told the round has {sampled_count} clients; "
+                "server and client must run the same privfl version"
+            )
+        self._round, self._sampled = round_index, int(sampled_count)
 
     def contribution(self, update: Update) -> Contribution:
         if update.round != self._round:
@@ -410,7 +467,7 @@ class UserDPPolicy:
             # k sampled clients each add variance sigma^2 S^2 / k: the decrypted sum has exactly
             # the server noise of the analysis, whatever k the Poisson draw gave
             std = self.privacy.noise_multiplier * self.clip_norm / math.sqrt(self._sampled)
-            rng = np.random.default_rng([self.seed, update.round, update.client_id, _USER_CLIENT_NOISE_TAG])
+            rng = self.randomness.client_noise_share(update.round, update.client_id)
             vector = vector + gaussian_noise(vector.shape[0], std, rng)
         return Contribution(update.client_id, vector, 1.0, clipped=was_clipped)
 
@@ -435,10 +492,12 @@ class UserDPPolicy:
                     self._sampled,
                 )
         if missing > 0:
-            rng = np.random.default_rng([self.seed, round_index, _USER_SERVER_NOISE_TAG])
+            rng = self.randomness.server_noise(round_index)
             total = total + gaussian_noise(weights.shape[0], std * math.sqrt(missing), rng)
         new = (weights.astype(np.float64) + total / self.expected_clients).astype(np.float32)
         self.privacy.spend_round()
+        # the clipped fraction and the missing share depend on who was sampled: the server may
+        # know them, the run directory must not (UserLevelPrivacy.withheld drops them)
         stats = {
             "clipped_fraction": result.clipped / result.count if result.count else 0.0,
             "noise_std": std / self.expected_clients,

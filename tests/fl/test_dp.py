@@ -19,6 +19,7 @@ from privfl.fl.aggregate import Contribution, PlainSummation, SumResult
 from privfl.fl.client import LocalConfig, LocalTrainer, Update, derive_seed
 from privfl.fl.components import build_components
 from privfl.fl.dp import (
+    AccountedReports,
     DPSGDTrainer,
     SkipEmptyRounds,
     UserDPPolicy,
@@ -29,6 +30,10 @@ from privfl.fl.dp import (
 )
 from privfl.models import build_model, canonical_parameters, get_flat, initial_weights, set_flat
 from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy
+from privfl.randomness import PrivacyRandomness
+
+SEEDED = PrivacyRandomness("seeded", 7)  # bit-identical reruns; OS_NOISE is the default
+OS_NOISE = PrivacyRandomness("os", 7)
 
 N, FRAMES, MELS = 20, 40, 40
 SMALL = {
@@ -70,12 +75,12 @@ def privacy_for(data, batch_size, sigma=1.0, clip=1.0, epochs=1, target_epsilon=
     )
 
 
-def trainer_for(model: str, engine: str, privacy, local: LocalConfig) -> DPSGDTrainer:
+def trainer_for(model: str, engine: str, privacy, local: LocalConfig, randomness=SEEDED) -> DPSGDTrainer:
     return DPSGDTrainer(
         SMALL[model],
         MELS,
         local,
-        seed=7,
+        randomness,
         privacy=privacy,
         grad_sample_mode=engine,
         max_grad_norm=privacy.max_grad_norm,
@@ -153,7 +158,7 @@ def test_noise_has_std_sigma_c_over_expected_batch():
     wide = ModelConfig(name="cnn", conv_channels=4, fc_hidden=64)  # 5k parameters to average over
     privacy = privacy_for([data], batch, sigma, clip)
     trainer = DPSGDTrainer(
-        wide, MELS, LocalConfig(1, batch, lr), 7, privacy, "microbatch", max_grad_norm=clip
+        wide, MELS, LocalConfig(1, batch, lr), SEEDED, privacy, "microbatch", max_grad_norm=clip
     )
     w = initial_weights(wide, MELS, 0)
     empty = [torch.zeros(0, dtype=torch.int64)] * steps
@@ -194,7 +199,7 @@ def test_reported_epsilon_equals_opacus_after_two_rounds_and_accountant_lives_ac
     assert report["epsilon"] == pytest.approx(max(eps0, eps1), rel=1e-12)
     assert report["epsilon_mean"] == pytest.approx((eps0 + eps1) / 2, rel=1e-12)
     assert report["sigma"] == 1.3 and report["delta"] == 1e-3 and report["clip_norm"] == 1.0
-    assert 0.0 <= report["clipped_fraction"] <= 1.0
+    assert "clipped_fraction" not in report  # clip counts never leave a client
     assert privacy.summary()["steps"] == {"0": 10, "1": 8}
 
 
@@ -208,13 +213,24 @@ def test_target_epsilon_run_ends_within_one_percent_of_the_target():
     assert 6.0 * 0.99 <= privacy.epsilons()[0] <= 6.0
 
 
-def test_same_seed_same_update_and_rounds_differ():
+def test_seeded_noise_same_update_and_rounds_differ():
     data = client_data()
     w = initial_weights(SMALL["lstm"], MELS, 0)
     make = lambda: trainer_for("lstm", "microbatch", privacy_for([data], 5), LocalConfig(1, 5, 0.1))  # noqa: E731
     a, b = make().train(data, w, 1), make().train(data, w, 1)
     np.testing.assert_array_equal(a.delta, b.delta)
     assert not np.array_equal(a.delta, make().train(data, w, 2).delta)
+
+
+def test_os_noise_differs_between_identical_calls():
+    """dp.noise = os: the same client, round, weights and config seed give fresh noise every time."""
+    data = client_data()
+    w = initial_weights(SMALL["cnn"], MELS, 0)
+    make = lambda: trainer_for(  # noqa: E731
+        "cnn", "microbatch", privacy_for([data], 5), LocalConfig(1, 5, 0.1), OS_NOISE
+    )
+    a, b = make().train(data, w, 1), make().train(data, w, 1)
+    assert not np.array_equal(a.delta, b.delta)
 
 
 def test_dp_lstm_returns_the_plain_flat_layout():
@@ -310,7 +326,8 @@ def test_bad_dp_values_are_config_errors(dotted, match):
 def test_build_components_record_level_defaults():
     data = _Data([client_data(0, n=20), client_data(1, n=15)])
     comps = build_components(dp_config(), data)
-    assert isinstance(comps.trainer, DPSGDTrainer) and comps.privacy.delta == 1e-3  # 1/(10*20) -> 1e-3
+    assert isinstance(comps.trainer, AccountedReports) and isinstance(comps.trainer.inner, DPSGDTrainer)
+    assert comps.privacy.delta == 1e-3  # 1/(10*20) -> 1e-3
     assert comps.privacy.sample_rates == {0: 0.25, 1: 5 / 15}
     assert comps.sampler(1) == [0, 1]
 
@@ -326,7 +343,9 @@ def user_policy(k=10, q=0.4, sigma=1.0, clip=1.0, seed=0, noise_on_clients=False
         sample_rate=q,
         rounds=5,
     )
-    return UserDPPolicy(k, privacy, seed, noise_on_clients, clip_norm=clip), privacy
+    return UserDPPolicy(
+        k, privacy, PrivacyRandomness("seeded", seed), noise_on_clients, clip_norm=clip
+    ), privacy
 
 
 def update(cid: int, vector: np.ndarray, round_index: int) -> Update:
@@ -409,12 +428,24 @@ def test_dropped_noise_shares_are_topped_up_by_the_server():
     assert np.std(new) == pytest.approx(1.0 / 6.0, rel=0.03)  # the released model keeps sigma S / qK
 
 
-def test_poisson_client_sampling_is_seeded_and_has_the_expected_count():
-    assert poisson_clients(20, 0.3, 0, 5) == poisson_clients(20, 0.3, 0, 5)
-    counts = [len(poisson_clients(20, 0.3, 0, r)) for r in range(1, 401)]
+def test_poisson_client_sampling_has_the_expected_count():
+    seeded = lambda r: poisson_clients(20, 0.3, SEEDED.server_sample(r, 1))  # noqa: E731
+    assert seeded(5) == seeded(5)
+    counts = [len(poisson_clients(20, 0.3, OS_NOISE.server_sample(r, 1))) for r in range(1, 401)]
     assert np.mean(counts) == pytest.approx(6.0, rel=0.05)
     assert min(counts) < 6 < max(counts)  # the count really varies
-    assert poisson_clients(7, 1.0, 0, 1) == list(range(7))
+    assert poisson_clients(7, 1.0, OS_NOISE.server_sample(1, 1)) == list(range(7))
+
+
+def test_os_client_sample_is_not_the_seeded_one():
+    """The server's sample under dp.noise = os does not follow from the seed: over 50 rounds of 20
+    clients at q = 0.5 the chance that all 50 OS samples equal the seeded ones is 2^-1000."""
+    same = [
+        poisson_clients(20, 0.5, SEEDED.server_sample(r, 1))
+        == poisson_clients(20, 0.5, OS_NOISE.server_sample(r, 1))
+        for r in range(50)
+    ]
+    assert not all(same)
 
 
 def test_empty_rounds_skip_the_inner_summation():
@@ -458,8 +489,12 @@ def test_record_level_dp_run_reports_opacus_epsilon(tiny_config, tmp_path):
         assert p["epsilon_per_client"][cid] == pytest.approx(expected, rel=1e-12)
     rows = RunDir(tmp_path / "dp").metrics()
     assert rows[0]["epsilon"] < rows[1]["epsilon"] == pytest.approx(p["epsilon"])
-    for key in ("epsilon", "epsilon_mean", "delta", "sigma", "clip_norm", "clipped_fraction"):
+    for key in ("epsilon", "epsilon_mean", "epsilon_server", "epsilon_other_client", "delta", "sigma"):
         assert key in rows[1], key
+    assert rows[1]["epsilon_server"] == rows[1]["epsilon"] and rows[1]["noise"] == "os"
+    for key in ("train_loss", "clipped_fraction"):  # clients report neither under DP
+        assert key not in rows[1], key
+    assert set(p["observers"]) == {"released_model", "run_directory", "server", "other_client"}
 
 
 def test_user_level_dp_run(tiny_config, tmp_path):
@@ -473,7 +508,9 @@ def test_user_level_dp_run(tiny_config, tmp_path):
     assert p["epsilon"] == pytest.approx(
         get_privacy_spent(orders=orders, rdp=rdp, delta=p["delta"])[0], rel=1e-12
     )
-    assert p["delta"] == 1e-2  # 1/(10 * 4 clients) rounded down to a power of ten
+    assert p["delta"] == 1e-5  # 1/(10 * 4 clients) = 1e-2 rounded down, capped at 1e-5
+    assert p["observers"]["server"]["epsilon"] is None  # it sees the clipped updates in the clear
+    assert p["observers"]["other_client"]["epsilon"] == pytest.approx(p["epsilon"])
 
 
 def test_resume_continues_the_accountants_exactly(tiny_config, tmp_path):
@@ -481,7 +518,9 @@ def test_resume_continues_the_accountants_exactly(tiny_config, tmp_path):
     from privfl.runs import RunDir
 
     cfg = _tiny_dp(
-        tiny_config, "dp", **{"train.rounds": 3, "dp.noise_multiplier": None, "dp.target_epsilon": 8.0}
+        tiny_config,
+        "dp",
+        **{"train.rounds": 3, "dp.noise_multiplier": None, "dp.target_epsilon": 8.0, "dp.noise": "seeded"},
     )
     full = train(cfg, tmp_path / "full")
     assert 8.0 * 0.99 <= full["privacy"]["epsilon"] <= 8.0
@@ -526,6 +565,26 @@ def test_user_level_dp_with_ckks_is_refused_before_training(tiny_config):
         cfg.validate()
 
 
+def test_resume_under_os_noise_continues_the_accountants(tiny_config, tmp_path):
+    """OS noise is not reproducible, but a resumed run still continues every accountant exactly."""
+    from privfl.experiment import train
+
+    cfg = _tiny_dp(tiny_config, "dp", **{"train.rounds": 3})
+    full = train(cfg, tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def crash_after_round_1(row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "part", on_round=crash_after_round_1)
+    resumed = train(cfg, resume=tmp_path / "part")
+    assert resumed["privacy"]["epsilon_per_client"] == full["privacy"]["epsilon_per_client"]
+    assert resumed["privacy"]["steps"] == full["privacy"]["steps"]
+
+
 # --- the rate and the step count the accountant charges are the ones the trainer uses --------------
 def spy_batches(trainer: DPSGDTrainer) -> list[list[int]]:
     """Record the size of every batch the trainer's DP-SGD loop receives (then train on them as usual)."""
@@ -546,7 +605,7 @@ def test_dp_sgd_samples_batches_at_the_rate_the_accountant_charges():
     data = _Data([client_data(0, n=40)])
     cfg = dp_config(**{"train.batch_size": 4, "train.local_epochs": 20, "train.lr": 0.05})
     comps = build_components(cfg, data)
-    seen = spy_batches(comps.trainer)
+    seen = spy_batches(comps.trainer.inner)  # the DPSGDTrainer behind AccountedReports
     comps.trainer.train(data.clients[0], initial_weights(cfg.model, MELS, 0), 1)
     charged = comps.privacy.accountants[0].history
     assert [q for _, q, _ in charged] == [0.1] * len(charged)
@@ -561,7 +620,7 @@ def test_accountant_charges_ceil_n_over_b_steps_per_epoch_when_b_does_not_divide
     cfg = dp_config(**{"train.local_epochs": 2, "train.lr": 0.05})
     comps = build_components(cfg, data)
     assert comps.privacy.steps_per_round == {0: 10, 1: 10}
-    seen = spy_batches(comps.trainer)
+    seen = spy_batches(comps.trainer.inner)
     w = initial_weights(cfg.model, MELS, 0)
     for d in data.clients:
         comps.trainer.train(d, w, 1)

@@ -13,6 +13,7 @@ from privfl.fl.client import Update
 from privfl.fl.dp import SkipEmptyRounds, UserDPPolicy
 from privfl.fl.federation import FedAvgPolicy, Federation, sample_clients
 from privfl.privacy import UserLevelPrivacy
+from privfl.randomness import PrivacyRandomness
 
 P = 50
 SIZES = (3, 7, 5, 4)
@@ -48,9 +49,9 @@ class MessageGate:
 
     def train_round(self, round_index, weights, selected, keys: RoundKeys):
         self.round_stats = {"train_s": 0.0, "exchange_s": 0.0}
-        if hasattr(self.policy, "sample"):
-            self.policy.sample(round_index)  # a client readies its policy as the server did
-        sent = self.task(round_index, "", tuple(selected), weights, None, keys).to_content()
+        if hasattr(self.policy, "announce") and selected:
+            self.policy.announce(round_index, len(selected))  # a client is told k, not who
+        sent = self.task(round_index, "", weights, None, keys, len(selected)).to_content()
         for cid in selected:
             task = self.task.from_content(sent)
             update = self.trainer.train(self.clients[cid], task.weights, round_index)
@@ -71,7 +72,8 @@ def user_dp(noise_on_clients: bool) -> UserDPPolicy:
         sample_rate=0.6,
         rounds=3,
     )
-    return UserDPPolicy(len(SIZES), privacy, 11, noise_on_clients, clip_norm=0.3)
+    # seeded: the two loops must draw the same sample and noise (privfl.randomness)
+    return UserDPPolicy(len(SIZES), privacy, PrivacyRandomness("seeded", 11), noise_on_clients, clip_norm=0.3)
 
 
 def ckks():
@@ -134,6 +136,18 @@ def test_ckks_runs_the_same_loop_and_reports_what_only_clients_know():
     np.testing.assert_allclose(b, plain, atol=1e-6)
     for s in sa + sb:
         assert s["rejected"] == 0 and s["encrypt_s"] > 0 and s["bytes_per_client"] > 20 * P
+
+
+def test_no_report_carries_a_clip_bit():
+    """Whether a client's update was clipped depends on its data and is not accounted: no report
+    tells the server (docs/privacy.md, no side channels), whatever the Upload knows."""
+    from privfl.fl.engines.messages import TrainReport
+
+    upload = Upload(0, 1, 3, ciphertext=b"x", clipped=True)
+    for private in (False, True):
+        content = TrainReport.of(upload, 0.5, {}, 0.0, private=private).to_content()
+        assert not any("clip" in key for key in content.metric_records["report"])
+        assert TrainReport.from_content(content).upload(1).clipped is False
 
 
 def test_a_ciphertext_sent_to_a_plaintext_sum_is_refused():

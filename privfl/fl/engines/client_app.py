@@ -4,7 +4,8 @@ The ClientApp runs the same `Trainer`, `Policy` and `Summation` the built-in eng
 the same `build_components` from the config the ServerApp sends; it only adds the transport. It
 returns whatever `Summation.encode` makes of the update with the round's public keys: in a
 plaintext run the update itself (the server weights it), in an encrypted run the policy's
-contribution (user-dp: clipped, with its noise share) as a ciphertext.
+contribution (user-dp: clipped, with its noise share drawn from this process's OS entropy) as a
+ciphertext. Under `dp` and `user-dp` the reply carries the client id and the update alone.
 
 `app` is what `flwr run` loads on a SuperNode: it prepares the configured corpus from that
 machine's copy (or PRIVFL_CACHE) and trains the client named by the node's `partition-id`.
@@ -68,19 +69,21 @@ class ClientParty:
                 f"this node is partition {client_id}, but the experiment has {len(self.clients)} clients: "
                 f"start SuperNodes with partition-id 0..{len(self.clients) - 1}"
             )
-        sampled = list(c.sampler(r))  # also readies user-dp's policy for this round, as on the server
-        if sorted(sampled) != sorted(task.sampled):
-            raise EngineError(
-                f"round {r}: this client samples {sorted(sampled)}, the server sampled "
-                f"{sorted(task.sampled)}; server and clients must run the same privfl version and config"
-            )
-        if client_id not in sampled:
-            raise EngineError(f"round {r}: client {client_id} was not sampled this round")
+        if self.cfg.train.mode == "user-dp" and task.keys.public_context is not None:
+            # the client knows it was sampled and the round's count k (its noise share needs k),
+            # never who else was: the sample is the server's secret
+            if task.sampled_count is None:
+                raise EngineError(
+                    f"round {r}: a user-dp CKKS task without sampled-count; server and clients must run "
+                    "the same privfl version"
+                )
+            c.policy.announce(r, task.sampled_count)
         t0 = time.perf_counter()
         update = c.trainer.train(self.clients[client_id], task.weights, r)
         train_s = time.perf_counter() - t0
         upload = c.summation.encode(update, c.policy.contribution, task.keys)
-        return TrainReport.of(upload, update.train_loss, update.stats, train_s)
+        private = self.cfg.train.mode in ("dp", "user-dp")
+        return TrainReport.of(upload, update.train_loss, update.stats, train_s, private=private)
 
 
 def signing_key(node_config, client_id: int):

@@ -6,8 +6,9 @@ Two message types:
                       num-partitions, privfl-version, public-key?}. Maps Flower node ids to privfl
                       client ids (and, with CKKS, gives a spawned key holder the clients' keys).
   train               server -> each sampled client:
-                        ConfigRecord "task"   {round, experiment (the config as TOML), sampled
-                                               (client ids this round), dp-sigma?, he-bounds?}
+                        ConfigRecord "task"   {round, experiment (the config as TOML), dp-sigma?,
+                                               sampled-count? (user-dp with CKKS: k, for the
+                                               noise share), he-bounds?}
                         ArrayRecord  "global" {weights: float32 [n_params]}
                         ArrayRecord  "he"     {context: public CKKS context, announcement and
                                                signature: the key holder's signed round packing,
@@ -17,9 +18,12 @@ Two message types:
                                            or {ciphertext, signature: the client's signed
                                                CKKS payload}                           (CKKS)
                         MetricRecord "report" {client, num-samples, train-loss, train-s,
-                                               encrypt-s, clipped, stat.<name> for Update.stats}
+                                               encrypt-s, stat.<name> for Update.stats}
+                                           DP modes: {client} only (privfl.fl.dp.disclosed)
 
-Everything a client needs travels in the message: the ServerApp's config is the only one.
+Everything a client needs travels in the message: the ServerApp's config is the only one. A client
+is never told who else was sampled, and never says whether its update was clipped; under DP it
+reports nothing the analysis does not cover.
 """
 
 from __future__ import annotations
@@ -78,19 +82,21 @@ class TrainTask:
 
     round_index: int
     experiment: str  # TOML
-    sampled: tuple[int, ...]
     weights: np.ndarray  # float32 [n_params]
     noise_multiplier: float | None = None  # the server's sigma (DP modes); clients train with it
     keys: RoundKeys | None = None  # the round's public keys (Summation.begin_round); None: plaintext
+    sampled_count: int | None = None  # user-dp with CKKS: the round's k, which sets the noise share
 
     def __post_init__(self) -> None:
         if self.keys is None:
             object.__setattr__(self, "keys", RoundKeys(self.round_index, int(self.weights.shape[0])))
 
     def to_content(self) -> RecordDict:
-        task: dict = {"round": self.round_index, "experiment": self.experiment, "sampled": list(self.sampled)}
+        task: dict = {"round": self.round_index, "experiment": self.experiment}
         if self.noise_multiplier is not None:
             task["dp-sigma"] = float(self.noise_multiplier)
+        if self.sampled_count is not None:
+            task["sampled-count"] = int(self.sampled_count)
         records: dict = {
             "task": ConfigRecord(task),
             "global": ArrayRecord({"weights": Array(np.ascontiguousarray(self.weights, dtype=np.float32))}),
@@ -114,6 +120,7 @@ class TrainTask:
         task = content.config_records["task"]
         he = content.array_records.get("he")
         sigma = task.get("dp-sigma")
+        count = task.get("sampled-count")
         weights = np.array(content.array_records["global"]["weights"].numpy(), dtype=np.float32)
         keys = RoundKeys(
             int(task["round"]),
@@ -127,33 +134,52 @@ class TrainTask:
         return cls(
             round_index=int(task["round"]),
             experiment=str(task["experiment"]),
-            sampled=tuple(int(c) for c in task["sampled"]),
             weights=weights,
             noise_multiplier=float(sigma) if sigma is not None else None,
             keys=keys,
+            sampled_count=int(count) if count is not None else None,
         )
 
 
 # --- train: client -> server ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainReport:
-    """What one client returns: its update in the clear, or its encrypted contribution."""
+    """What one client returns: its update in the clear, or its encrypted contribution.
+
+    Under a DP mode (`private`) num_samples, train_loss and the timings are None and stats is
+    empty: only `client` and the update travel. No report says whether the policy clipped the
+    update: under user-dp that bit depends on the client's data and is not accounted.
+    """
 
     client_id: int
-    num_samples: int
-    train_loss: float
+    num_samples: int | None
+    train_loss: float | None
     stats: dict
     delta: np.ndarray | None = None  # float32 [n_params], plaintext runs
     ciphertext: bytes | None = None  # privfl CKKS payload, encrypted runs (b"": the client sent nothing)
     signature: bytes | None = None  # the client's Ed25519 signature of its payload (CKKS)
-    train_s: float = 0.0
-    encrypt_s: float = 0.0
-    encrypt_cpu_s: float = 0.0
-    clipped: bool = False  # the client's policy clipped its update (hidden inside a ciphertext)
+    train_s: float | None = 0.0
+    encrypt_s: float | None = 0.0
+    encrypt_cpu_s: float | None = 0.0
 
     @classmethod
-    def of(cls, upload: Upload, train_loss: float, stats: dict, train_s: float) -> TrainReport:
-        """The report carrying one client's Upload."""
+    def of(
+        cls, upload: Upload, train_loss: float, stats: dict, train_s: float, *, private: bool = False
+    ) -> TrainReport:
+        """The report carrying one client's Upload (private: its id and update, nothing else)."""
+        if private:
+            return cls(
+                upload.client_id,
+                None,
+                None,
+                {},
+                delta=upload.delta,
+                ciphertext=upload.ciphertext,
+                signature=upload.signature,
+                train_s=None,
+                encrypt_s=None,
+                encrypt_cpu_s=None,
+            )
         return cls(
             upload.client_id,
             upload.num_samples,
@@ -165,7 +191,6 @@ class TrainReport:
             train_s=train_s,
             encrypt_s=upload.encode_s,
             encrypt_cpu_s=upload.encode_cpu_s,
-            clipped=upload.clipped,
         )
 
     def upload(self, round_index: int) -> Upload:
@@ -173,13 +198,12 @@ class TrainReport:
         return Upload(
             self.client_id,
             round_index,
-            self.num_samples,
+            self.num_samples if self.num_samples is not None else 0,  # DP: not reported
             delta=self.delta,
             ciphertext=self.ciphertext,
             signature=self.signature,
-            clipped=self.clipped,
-            encode_s=self.encrypt_s,
-            encode_cpu_s=self.encrypt_cpu_s,
+            encode_s=self.encrypt_s or 0.0,
+            encode_cpu_s=self.encrypt_cpu_s or 0.0,
         )
 
     def reply_to(self, request: Message) -> Message:
@@ -193,15 +217,15 @@ class TrainReport:
             if self.delta is not None
             else _bytes_array(self.ciphertext, CIPHERTEXT_STYPE)
         )
-        report = {
-            "client": int(self.client_id),
-            "num-samples": int(self.num_samples),
-            "train-loss": float(self.train_loss),
-            "train-s": float(self.train_s),
-            "encrypt-s": float(self.encrypt_s),
-            "encrypt-cpu-s": float(self.encrypt_cpu_s),
-            "clipped": int(self.clipped),
+        report: dict = {"client": int(self.client_id)}
+        optional = {
+            "num-samples": self.num_samples,
+            "train-loss": self.train_loss,
+            "train-s": self.train_s,
+            "encrypt-s": self.encrypt_s,
+            "encrypt-cpu-s": self.encrypt_cpu_s,
         }
+        report.update({k: v for k, v in optional.items() if v is not None})
         for key, value in self.stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 report[STAT_PREFIX + key] = value
@@ -217,18 +241,21 @@ class TrainReport:
         stats = {k[len(STAT_PREFIX) :]: v for k, v in report.items() if k.startswith(STAT_PREFIX)}
         delta = np.array(update["delta"].numpy(), dtype=np.float32) if "delta" in update else None
         ciphertext = bytes(update["ciphertext"].data) if "ciphertext" in update else None
+
+        def optional(key: str, kind: type):
+            return kind(report[key]) if key in report else None
+
         return cls(
             client_id=int(report["client"]),
-            num_samples=int(report["num-samples"]),
-            train_loss=float(report["train-loss"]),
+            num_samples=optional("num-samples", int),
+            train_loss=optional("train-loss", float),
             stats=stats,
             delta=delta,
             ciphertext=ciphertext,
             signature=_optional_bytes(update, "signature"),
-            train_s=float(report["train-s"]),
-            encrypt_s=float(report["encrypt-s"]),
-            encrypt_cpu_s=float(report.get("encrypt-cpu-s", 0.0)),
-            clipped=bool(report.get("clipped", 0)),
+            train_s=optional("train-s", float),
+            encrypt_s=optional("encrypt-s", float),
+            encrypt_cpu_s=optional("encrypt-cpu-s", float),
         )
 
 

@@ -14,6 +14,7 @@ The `flwr run` ServerApp entry that builds a Session around this is `privfl.flow
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -53,7 +54,7 @@ class GridClients:
     ) -> Iterator[tuple[Update, Upload]]:
         reports = self.rounds.exchange(round_index, weights, selected, keys)
         self.round_stats = {
-            "train_s": sum(reports[cid].train_s for cid in selected),
+            "train_s": sum(reports[cid].train_s or 0.0 for cid in selected),  # DP clients send none
             "exchange_s": self.rounds.last_exchange_s,
         }
         for cid in selected:
@@ -61,7 +62,8 @@ class GridClients:
             self.rounds.account(round_index, report)
             upload = report.upload(round_index)
             delta = upload.delta if upload.delta is not None else NO_DELTA
-            yield Update(cid, round_index, delta, report.num_samples, report.train_loss, report.stats), upload
+            loss = report.train_loss if report.train_loss is not None else math.nan  # DP: not reported
+            yield Update(cid, round_index, delta, upload.num_samples, loss, report.stats), upload
 
 
 class FlowerRounds:
@@ -160,9 +162,13 @@ class FlowerRounds:
             return {}
         privacy = self.session.components.privacy
         sigma = float(privacy.noise_multiplier) if privacy is not None else None
+        # user-dp with CKKS: each client's noise share is sigma^2 S^2 / k, so it must know k; no
+        # client is ever told who else was sampled
+        encrypted_user_dp = keys.public_context is not None and self.session.cfg.train.mode == "user-dp"
+        count = len(selected) if encrypted_user_dp else None
         messages = [
             Message(
-                TrainTask(r, self.experiment, tuple(selected), weights, sigma, keys).to_content(),
+                TrainTask(r, self.experiment, weights, sigma, keys, count).to_content(),
                 dst_node_id=self.node_of[cid],
                 message_type=TRAIN,
                 group_id=str(r),
@@ -209,18 +215,12 @@ class FlowerRounds:
 
     def account(self, r: int, report: TrainReport) -> None:
         """Record-level DP: mirror the client's accountant from the public schedule (its own lives
-        with the client); a report that disagrees with the plan is refused."""
+        with the client, which reports no step count: only its update leaves it)."""
         p = self._record_level
         if p is None:
             return
         cid = report.client_id
-        steps = int(report.stats.get("steps", -1))
-        if steps != p.steps_per_round[cid]:
-            raise EngineError(
-                f"round {r}: client {cid} reports {steps} DP-SGD steps, its accountant plans "
-                f"{p.steps_per_round[cid]}; server and client configs differ"
-            )
-        p.spend(cid, steps, p.sample_rates[cid], r)
+        p.spend(cid, p.steps_per_round[cid], p.sample_rates[cid], r)
 
 
 def _record_level_privacy(privacy):

@@ -57,17 +57,59 @@ def test_flower_sim_matches_builtin_over_five_rounds(tmp_path):
     ],
     ids=["dp", "user-dp", "dp-ckks"],
 )
-def test_flower_sim_private_modes_match_builtin(tmp_path, dotted):
-    cfg = tiny().override(dotted)
+def test_flower_sim_private_modes_match_builtin_and_clients_send_only_their_update(
+    tmp_path, dotted, monkeypatch
+):
+    from privfl.fl.engines import messages
+
+    tasks, reports = [], []
+    to_content, reply_to = messages.TrainTask.to_content, messages.TrainReport.reply_to
+
+    def spy_task(self):
+        content = to_content(self)
+        tasks.append(content)
+        return content
+
+    def spy_report(self, request):
+        reply = reply_to(self, request)
+        reports.append(reply.content)
+        return reply
+
+    monkeypatch.setattr(messages.TrainTask, "to_content", spy_task)
+    monkeypatch.setattr(messages.TrainReport, "reply_to", spy_report)
+    # bit-identical engines need reproducible noise: seeded, which these runs then say
+    cfg = tiny().override({**dotted, "dp.noise": "seeded"})
     a = train(cfg, tmp_path / "builtin")
     b = train(cfg.override({"train.engine": "flower-sim"}), tmp_path / "flower")
     # the server mirrors record-level accountants and takes user-level steps exactly as built in
     assert b["privacy"]["epsilon"] == pytest.approx(a["privacy"]["epsilon"], rel=1e-12)
+    assert (
+        a["privacy"]["guarantee"]
+        == b["privacy"]["guarantee"]
+        == "no DP guarantee against anyone who holds the seed"
+    )
     rows_a, rows_b = RunDir(tmp_path / "builtin").metrics(), RunDir(tmp_path / "flower").metrics()
     for ra, rb in zip(rows_a, rows_b, strict=True):
-        assert ra["clients"] == rb["clients"]
-        assert ra["clipped_fraction"] == rb["clipped_fraction"]  # reported by clients under CKKS
-        assert ra.get("server_noise_share") == rb.get("server_noise_share")
+        assert ra.get("clients") == rb.get("clients")  # absent under user-dp: the sample is secret
+        assert "clipped_fraction" not in ra and "clipped_fraction" not in rb
+        assert "train_loss" not in ra and "train_loss" not in rb
+    # what leaves a DP client: its id and its update, nothing else (no count, loss, clip bit, time)
+    assert reports, "no client reported"
+    encrypted = cfg.secure.scheme != "none"
+    for content in reports:
+        assert set(content.metric_records) == {"report"} and dict(content.metric_records["report"]) == {
+            "client": content.metric_records["report"]["client"]
+        }
+        assert set(content.array_records) == {"update"}
+        assert set(content.array_records["update"]) == (
+            {"ciphertext", "signature"} if encrypted else {"delta"}
+        )
+        assert not content.config_records
+    # what a client is told: never who else was sampled; user-dp + CKKS: the count k only
+    for content in tasks:
+        task = content.config_records["task"]
+        assert "sampled" not in task
+        assert ("sampled-count" in task) == (encrypted and cfg.train.mode == "user-dp")
     # CKKS adds ~1e-7 relative error to the sum; plaintext modes are bit-identical
     atol = 1e-5 if cfg.secure.scheme == "ckks" else 0.0
     np.testing.assert_allclose(
