@@ -382,6 +382,14 @@ def _check_gender_labels(observed: ObservedRun, rounds: list[int]) -> None:
         seen.extend(observed.observe(r)[1].genders)
     if seen and all(client_label(g)[0] < 0 for g in seen):
         genders = sorted({g for gs in seen for g in gs})
+        if {"female", "male"} & set(genders):
+            # the labels exist, but every client holds as many female as male speakers' utterances
+            raise AttackError(
+                f"no client of {observed.run.path} has a gender to infer: each holds as many female as "
+                f"male speakers (data.partition = {observed.config.data.partition!r}); the gender "
+                "attack needs clients of one speaker each, e.g. privfl train --partition by-speaker "
+                "--record-updates ..."
+            )
         raise AttackError(
             f"the corpus of {observed.run.path} ({observed.config.data.dataset}) has no usable gender labels "
             "for "

@@ -199,3 +199,28 @@ def test_attack_finds_a_planted_gender_signal_and_its_control_does_not():
     auc = attack_on_clients(gendered_clients=True)
     assert auc["attack"] > 0.75, auc
     assert abs(auc["control"] - 0.5) < 0.15, auc  # a control fitted on the true labels scores as the attack
+
+
+def test_gender_balanced_clients_are_refused_with_the_partition_to_change():
+    """An iid run's clients each hold as many female as male speakers: the error says so (not that the
+    corpus lacks gender labels) and names the by-speaker partition that gives clients a gender."""
+    from types import SimpleNamespace
+
+    from privfl.attacks.gender import _check_gender_labels
+    from privfl.errors import AttackError
+
+    def observed(genders_per_client):
+        truth = SimpleNamespace(genders=genders_per_client)
+        return SimpleNamespace(
+            observe=lambda r: (None, truth),
+            run=SimpleNamespace(path=Path("runs/x")),
+            config=ExperimentConfig(),
+        )
+
+    balanced = [("female", "male"), ("male", "female", "female", "male")]
+    expected = r"each holds as many female as male.*'iid'.*--partition by-speaker"
+    with pytest.raises(AttackError, match=expected):
+        _check_gender_labels(observed(balanced), [1])
+    with pytest.raises(AttackError, match="no usable gender labels.*genders seen: unknown"):
+        _check_gender_labels(observed([("unknown",), ("unknown",)]), [1])
+    _check_gender_labels(observed([("female",), ("male", "male")]), [1])  # clients with a gender pass
