@@ -47,6 +47,7 @@ from privfl.fl.aggregate import (
     gaussian_noise,
 )
 from privfl.fl.client import LocalConfig, Update
+from privfl.fl.federation import FedAvgPolicy
 from privfl.models import PaperLSTM, build_model, canonical_parameters, get_flat, set_flat
 from privfl.parallel import thread_map, torch_threads
 from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy
@@ -390,7 +391,7 @@ class AccountedReports:
         return disclosed(self.inner.train(data, global_weights, round_index))
 
 
-class EqualWeightFedAvg:
+class EqualWeightFedAvg(FedAvgPolicy):
     """FedAvg with weight 1 per client (record-level DP): w + sum_k delta_k / k.
 
     Sample-count weights would need n_k in the clear, and n_k is what add/remove-one adjacency
@@ -399,13 +400,6 @@ class EqualWeightFedAvg:
 
     def contribution(self, update: Update) -> Contribution:
         return Contribution(update.client_id, update.delta.astype(np.float64), 1.0)
-
-    def server_step(
-        self, weights: np.ndarray, result: SumResult, round_index: int
-    ) -> tuple[np.ndarray, dict]:
-        if result.count == 0 or result.weight <= 0:
-            return weights, {"skipped": True}
-        return (weights + result.vector / result.weight).astype(np.float32), {}
 
 
 class UserDPPolicy:
