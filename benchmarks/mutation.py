@@ -37,7 +37,7 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
 CORE: dict[str, list[str]] = {
     "privfl/metrics.py": ["tests/test_metrics.py"],
     "privfl/fl/aggregate.py": ["tests/fl/test_aggregate.py"],
-    "privfl/privacy.py": ["tests/test_privacy.py"],
+    "privfl/privacy.py": ["tests/test_privacy.py", "tests/test_privacy_bounds.py"],
     "privfl/fl/dp.py": ["tests/fl/test_dp.py"],
     "privfl/fl/secure/packing.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_protocol.py"],
     "privfl/fl/secure/payload.py": ["tests/fl/test_secure.py"],
