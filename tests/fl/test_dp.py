@@ -43,13 +43,7 @@ SMALL = {
 ENGINES = ["microbatch", "hooks", "functorch", "ew", "ghost"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: OpenMP threads only add synchronisation (badly so on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fl/conftest.py
 
 
 def client_data(client_id: int = 0, n: int = N, scale: float = 1.0, seed: int = 0) -> ClientData:

@@ -40,12 +40,7 @@ USER_SERVER_NOISE_TAG = 0x0DF5
 USER_CLIENT_NOISE_TAG = 0x0DFC
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fl/conftest.py
 
 
 def read_config(run) -> dict:
