@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 # The attacks live in the top-level attacks/ folder and install as `privfl.attacks`
 # (pyproject.toml, [tool.setuptools.package-dir]). An installed privfl has them (a wheel copies
 # them in; an editable install maps the name); privfl imported straight from a source tree
-# (PYTHONPATH=.) finds them through this finder, which answers for that one name only.
+# (PYTHONPATH=.) finds them through this finder, which answers for that one name only. It goes
+# first on the path so that a source tree on PYTHONPATH (a git worktree, say) uses its own
+# attacks/ even where another checkout is installed editable.
 _SOURCE_ATTACKS = Path(__file__).resolve().parent.parent / "attacks"
 
 
@@ -24,4 +26,4 @@ class _SourceTreeAttacks(importlib.abc.MetaPathFinder):
 
 
 if not (Path(__file__).resolve().parent / "attacks").is_dir():
-    sys.meta_path.append(_SourceTreeAttacks())
+    sys.meta_path.insert(0, _SourceTreeAttacks())
