@@ -359,10 +359,12 @@ def _register_subcommands() -> None:
     """Command groups that live beside the training CLI: attacks/ and privfl.bench."""
     from privfl.attacks.cli import attack
     from privfl.bench.cli import bench
+    from privfl.deploy.cli import deploy
     from privfl.keyholder_cli import keyholder
 
     main.add_command(attack)
     main.add_command(bench)
+    main.add_command(deploy)
     main.add_command(keyholder)
 
 

@@ -472,12 +472,18 @@ class ExperimentConfig:
             )
         if self.train.mode == "central" and self.secure.scheme != "none":
             raise ConfigError("mode 'central' has no clients to aggregate: drop --secure-agg")
-        if self.secure.scheme == "ckks" and self.train.mode == "user-dp":
+        if self.secure.scheme != "none" and self.train.mode == "user-dp":
+            # Any secure scheme releases only sums of at least secure.min_clients (>= 2) clients.
+            # Under Poisson sampling with rate q, a round draws fewer than that with probability
+            # (1-q)^K + Kq(1-q)^(K-1) + ... (K = 3, q = 0.67: 25 % below 2), and whether it does
+            # depends on whether the protected client was sampled: skipping such rounds would
+            # release a data-dependent event the DP-FedAvg (Poisson) accounting does not cover.
             raise ConfigError(
-                "--mode user-dp with --secure-agg ckks: the key holder releases only sums of at least "
-                "secure.min_clients (>= 2) clients, and under Poisson sampling whether a round reaches "
-                "that depends on who was sampled, which the DP-FedAvg accounting does not cover; use "
-                "--mode dp with --secure-agg ckks, or --mode user-dp without it"
+                f"--mode user-dp with --secure-agg {self.secure.scheme}: secure aggregation releases only "
+                "sums of at least secure.min_clients (>= 2) clients, and under user-dp's Poisson client "
+                "sampling whether a round reaches that depends on who was sampled, which the DP-FedAvg "
+                f"accounting does not cover; use --mode dp with --secure-agg {self.secure.scheme}, or "
+                "--mode user-dp without secure aggregation"
             )
         if self.secure.scheme == "ckks":
             self.secure.ckks_params(clients_per_round(self)).validate()

@@ -169,8 +169,9 @@ class Session:
         if close is not None:
             close()
 
-    def finish(self) -> dict:
-        """Write model.pt, curves.png and (last) summary.json; returns the summary."""
+    def finish(self, engine: str | None = None) -> dict:
+        """Write model.pt, curves.png and (last) summary.json; returns the summary. `engine` names
+        what ran the rounds where cfg.train.engine does not (a Flower deployment)."""
         cfg, state, run = self.cfg, self.state, self.run
         model = build_model(cfg.model, self.data.n_mels)
         set_flat(model, self.weights)
@@ -186,7 +187,7 @@ class Session:
         summary = {
             "privfl_version": __version__,
             "mode": cfg.train.mode,
-            "engine": cfg.train.engine,
+            "engine": engine or cfg.train.engine,
             "model": cfg.model.name,
             "dataset": cfg.data.dataset,
             "seed": cfg.seed,

@@ -38,6 +38,7 @@ from privfl.fl.engines.session import EngineError, Session, run_rounds
 from privfl.fl.federation import Federation, RoundOutcome
 
 NO_DELTA = np.zeros(0, dtype=np.float32)  # an encrypted client's Update: the server never sees its delta
+ROLL_CALL_POLL_S = 0.5  # how often the roll call asks for new nodes and replies
 POLL_S = 0.1  # how often to ask for replies (Grid.send_and_receive waits 3 s between asks on a SuperLink)
 
 
@@ -84,57 +85,23 @@ class FlowerRounds:
     # --- roll call ----------------------------------------------------------------------------
     def connect(self) -> dict[int, int]:
         """Wait for the nodes, ask each for its partition-id, and map every client to one node."""
-        k = len(self.session.data.clients)
-        deadline = time.monotonic() + self.node_timeout
-        nodes = list(self.grid.get_node_ids())
-        while len(nodes) < k and time.monotonic() < deadline:
-            time.sleep(1.0)
-            nodes = list(self.grid.get_node_ids())
-        if len(nodes) < k:
-            raise EngineError(
-                f"{len(nodes)} SuperNode(s) connected within {self.node_timeout:.0f}s, the experiment has "
-                f"train.clients = {k}: start one SuperNode per client with "
-                f'--node-config "partition-id=<0..{k - 1}> num-partitions={k}"'
-            )
         ckks = self.session.cfg.secure.scheme == "ckks"
-        query = RecordDict({"query": ConfigRecord({"ckks": int(ckks)})})
-        queries = [Message(query, dst_node_id=n, message_type=QUERY) for n in nodes]
-        public_keys: dict[int, bytes] = {}
-        replies = self._send_and_receive(queries, self.node_timeout)
-        node_of: dict[int, int] = {}
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                raise EngineError(f"SuperNode {node} failed the roll call: {reply.error.reason}")
-            info = reply.content.config_records["node"]
-            partition, total = int(info[PARTITION_ID]), int(info[NUM_PARTITIONS])
-            if total not in (-1, k):
-                raise EngineError(
-                    f"SuperNode {node} was started with num-partitions={total}, the experiment has "
-                    f"train.clients = {k}; restart it with num-partitions={k}"
-                )
-            if partition in node_of:
-                raise EngineError(
-                    f"SuperNodes {node_of[partition]} and {node} both claim partition-id={partition}; "
-                    "give every SuperNode its own"
-                )
-            if 0 <= partition < k:
-                node_of[partition] = node
-                if ckks and PUBLIC_KEY in info:
-                    public_keys[partition] = bytes.fromhex(str(info[PUBLIC_KEY]))
-        missing = sorted(set(range(k)) - set(node_of))
-        if missing:
-            raise EngineError(
-                f"no SuperNode answered for partition-id(s) {missing} within {self.node_timeout:.0f}s; start "
-                f'one per client with --node-config "partition-id=<id> num-partitions={k}"'
-            )
-        self.node_of = node_of
+        node_of, public_keys = roll_call(self.grid, len(self.session.data.clients), ckks, self.node_timeout)
+        self.adopt(node_of, public_keys)
+        return node_of
+
+    def adopt(self, node_of: dict[int, int], public_keys: dict[int, bytes]) -> None:
+        """Use a roll call's answer (privfl.flower_app calls `roll_call` before it builds the Session)."""
+        self.node_of = dict(node_of)
         register = getattr(self.session.components.summation, "register", None)
-        if ckks and register is not None and not self.session.cfg.secure.keyholder:
+        if (
+            self.session.cfg.secure.scheme == "ckks"
+            and register is not None
+            and not self.session.cfg.secure.keyholder
+        ):
             # a key holder this ServerApp spawns enrols the keys the nodes reported: one operator
             # then runs both parties (docs/deployment.md); one run apart keeps its own registry
             register(public_keys)
-        return node_of
 
     # --- rounds -------------------------------------------------------------------------------
     def run(self, on_round: Callable[[dict], None] | None = None) -> None:
@@ -221,6 +188,87 @@ class FlowerRounds:
             return
         cid = report.client_id
         p.spend(cid, p.steps_per_round[cid], p.sample_rates[cid], r)
+
+
+def roll_call(
+    grid: Grid,
+    k: int,
+    ckks: bool,
+    timeout: float,
+    progress: Callable[[list[int], dict[int, int]], None] | None = None,
+) -> tuple[dict[int, int], dict[int, bytes]]:
+    """Map partition-ids 0..k-1 to Flower node ids: ask each node as soon as it connects, and
+    return once every id is claimed ({partition: node}, {partition: Ed25519 public key} under CKKS).
+
+    A node with the wrong num-partitions, two nodes with one id, or a node that fails the query
+    stop the roll call at once. `progress(missing, node_of)` is called whenever every connected
+    node has answered and ids are still missing (their SuperNodes have not connected, or were
+    started with other ids); after `timeout` seconds the error names the missing ids.
+    """
+    query = RecordDict({"query": ConfigRecord({"ckks": int(ckks)})})
+    deadline = time.monotonic() + timeout
+    asked: set[int] = set()
+    waiting: set[str] = set()
+    node_of: dict[int, int] = {}
+    public_keys: dict[int, bytes] = {}
+    others: dict[int, int] = {}  # node -> a partition-id outside 0..k-1
+    reported: list[int] | None = None
+    while True:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        if new:
+            asked.update(new)
+            waiting.update(
+                grid.push_messages([Message(query, dst_node_id=n, message_type=QUERY) for n in new])
+            )
+        if waiting:
+            for reply in grid.pull_messages(set(waiting)):
+                waiting.discard(reply.metadata.reply_to_message_id)
+                partition = _roll_call_entry(reply, k, node_of)
+                if 0 <= partition < k:
+                    node_of[partition] = reply.metadata.src_node_id
+                    info = reply.content.config_records["node"]
+                    if ckks and PUBLIC_KEY in info:
+                        public_keys[partition] = bytes.fromhex(str(info[PUBLIC_KEY]))
+                else:
+                    others[reply.metadata.src_node_id] = partition
+        missing = sorted(set(range(k)) - set(node_of))
+        if not missing:
+            return node_of, public_keys
+        if not waiting and missing != reported:
+            reported = missing
+            if progress is not None:
+                progress(missing, node_of)
+        if time.monotonic() > deadline:
+            stray = f"; node(s) with partition-ids outside 0..{k - 1}: {others}" if others else ""
+            silent = f"; {len(waiting)} connected node(s) did not answer" if waiting else ""
+            raise EngineError(
+                f"no SuperNode answered for partition-id(s) {missing} within {timeout:.0f}s "
+                f"(answered: {sorted(node_of) or 'none'}{stray}{silent}); start one SuperNode per missing "
+                f'id with --node-config "partition-id=<id> num-partitions={k}", or give them longer with '
+                "the run config's node-timeout="
+            )
+        time.sleep(ROLL_CALL_POLL_S)
+
+
+def _roll_call_entry(reply: Message, k: int, node_of: dict[int, int]) -> int:
+    """The partition-id a roll-call reply claims; raises on a failed query, a wrong
+    num-partitions, or an id another node claimed already."""
+    node = reply.metadata.src_node_id
+    if reply.has_error():
+        raise EngineError(f"SuperNode {node} failed the roll call: {reply.error.reason}")
+    info = reply.content.config_records["node"]
+    partition, total = int(info[PARTITION_ID]), int(info[NUM_PARTITIONS])
+    if total not in (-1, k):
+        raise EngineError(
+            f"SuperNode {node} was started with num-partitions={total}, the experiment has "
+            f"train.clients = {k}; restart it with num-partitions={k}"
+        )
+    if partition in node_of:
+        raise EngineError(
+            f"SuperNodes {node_of[partition]} and {node} both claim partition-id={partition}; "
+            "give every SuperNode its own"
+        )
+    return partition
 
 
 def _record_level_privacy(privacy):
