@@ -137,6 +137,7 @@ class LocalDeployment:
         self.port = port or free_port()
         self.logs: list[Path] = []
         self.procs: list[subprocess.Popen] = []
+        self.nodes: dict[int, subprocess.Popen] = {}  # partition-id -> its SuperNode
         self.flwr_home = self.root / "flwr-home"
         self.env = {
             **(env if env is not None else os.environ),  # PRIVFL_CACHE goes to every process
@@ -210,18 +211,29 @@ class LocalDeployment:
                     raise DeployError(f"the SuperLink did not start:\n{self.tail()}") from None
                 time.sleep(0.2)
         for i in range(self.num_nodes):
-            self._spawn(
-                f"supernode{i}",
-                str(self.bin / "flower-supernode"),
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{self.port}",
-                "--node-config",
-                f"partition-id={i} num-partitions={self.num_nodes}",
-                "--port",
-                str(free_port()),  # each SuperNode's own ClientApp API
-            )
-            self._record()
+            self.start_node(i)
+
+    def start_node(self, partition: int) -> None:
+        """Start the SuperNode for one partition-id (again, after stop_node)."""
+        self.nodes[partition] = self._spawn(
+            f"supernode{partition}",
+            str(self.bin / "flower-supernode"),
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+            "--node-config",
+            f"partition-id={partition} num-partitions={self.num_nodes}",
+            "--port",
+            str(free_port()),  # each SuperNode's own ClientApp API
+        )
+        self._record()
+
+    def stop_node(self, partition: int) -> None:
+        """Stop one SuperNode (SIGTERM: it leaves the SuperLink's node list)."""
+        proc = self.nodes.pop(partition)
+        stop_process_tree(proc)
+        self.procs.remove(proc)
+        self._record()
 
     def _record(self) -> None:
         """deployment.json: what `privfl deploy local stop` needs to stop these processes."""

@@ -170,6 +170,11 @@ def deploy_run(
     if row["status"] != COMPLETED:
         details = str(row.get("status-details") or "").strip()
         details = details.removeprefix("ServerApp failed with exception: ")
+        if str(row["status"]).endswith("stopped"):
+            details = (
+                f"stopped before it finished; continue it from its last checkpoint with "
+                f'privfl deploy run --federation {federation} --resume "{request.out or request.resume}"'
+            )
         raise DeployError(
             f"run {run_id} {row['status']}: {details or 'no details'} "
             f"(full log: flwr log {run_id} {federation} --show)"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from privfl.config import ExperimentConfig
 from privfl.errors import ConfigError
@@ -19,7 +18,6 @@ from tests.conftest import TINY
 
 pytest.importorskip("flwr", reason='Flower is not installed: pip install -e ".[flower]"')
 
-REPO = Path(__file__).resolve().parents[2]
 N_NODES = 2
 
 
@@ -132,54 +130,88 @@ def test_without_flwr_privfl_works_and_names_the_extra(tmp_path, monkeypatch):
 
 
 # --- deployment runtime: real SuperLink and SuperNodes ---------------------------------------------
+# One loopback deployment for the module (starting one costs seconds); the doc's own commands, with
+# FedAvg and CKKS runs checked against the built-in engine, are tests/fl/engines/test_deployment_doc.py.
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    from tests.fl.engines.local_deployment import LocalDeployment
+    from privfl.deploy.local import LocalDeployment
 
     # PRIVFL_CACHE (conftest: the session's cache) is inherited by every subprocess
     with LocalDeployment(tmp_path_factory.mktemp("flower"), num_nodes=N_NODES) as fed:
         yield fed  # the with block stops all processes, also when the test fails
 
 
-def test_deployment_runs_fedavg_and_ckks_on_superlink_and_supernodes(federation, tmp_path):
-    fedavg = tiny(train__record_updates=True)
-    ckks = tiny(secure__scheme="ckks")
-    reference = train(fedavg, tmp_path / "builtin")  # also fills the shared corpus cache
-    runs = {"fedavg": federation.root / "fedavg", "ckks": federation.root / "ckks"}
-    cli = [federation.submit(fedavg, runs["fedavg"]), federation.submit(ckks, runs["ckks"])]  # concurrently
-    for proc in cli:
-        proc.wait(timeout=300)
-    for name, run in runs.items():
-        assert (run / "summary.json").is_file(), f"{name} run did not finish:\n{federation.tail()}"
-        for f in ("config.toml", "metrics.jsonl", "model.pt", "curves.png", "checkpoint.json"):
-            assert (run / f).is_file(), f
-        rows = RunDir(run).metrics()
-        assert [r["round"] for r in rows] == [1, 2] and all(r["clients"] == N_NODES for r in rows)
-        assert all(r["exchange_s"] > 0 for r in rows)
-        summary = json.loads((run / "summary.json").read_text())
-        assert summary["clients"] == N_NODES and summary["secure_aggregation"] == name.replace(
-            "fedavg", "none"
-        )
+def deploy_log(federation, name: str) -> str:
+    return (federation.root / f"{name}.log").read_text(errors="replace")
 
-    # FedAvg over the network ends with the built-in engine's model, and its recorded updates
-    # (what `privfl attack` reads) are the built-in ones
-    np.testing.assert_array_equal(final_weights(runs["fedavg"]), final_weights(tmp_path / "builtin"))
-    assert (
-        json.loads((runs["fedavg"] / "summary.json").read_text())["final_val_uar"]
-        == reference["final_val_uar"]
-    )
-    got, want = RunDir(runs["fedavg"]), RunDir(tmp_path / "builtin")
-    assert got.recorded_rounds() == [1, 2]
+
+def error_line(federation, name: str) -> str:
+    """The one `error: ...` line `privfl deploy run` ended with."""
+    lines = [line for line in deploy_log(federation, name).splitlines() if line.startswith("error: ")]
+    assert lines, f"{name}: no error line\n{federation.tail()}"
+    return lines[-1]
+
+
+def test_deployment_failures_exit_nonzero_and_name_the_run_config_key(federation, tmp_path):
+    existing = tmp_path / "existing"
+    RunDir.create(existing, tiny())
+    not_a_run = tmp_path / "not-a-run"
+    not_a_run.mkdir()
+    federation.stop_node(1)  # partition-id 1 has no SuperNode now
+    try:
+        procs = {
+            "missing": federation.submit(tiny(), tmp_path / "missing", node_timeout=20.0, name="missing"),
+            "existing": federation.submit(tiny(), existing, name="existing"),
+            "resume": federation.submit(None, None, resume=not_a_run, name="resume"),
+        }
+        for proc in procs.values():
+            proc.wait(timeout=300)
+    finally:
+        federation.start_node(1)
+    assert {name: proc.returncode for name, proc in procs.items()} == dict.fromkeys(procs, 2)
+    missing = error_line(federation, "missing")
+    assert "finished:failed" in missing and "partition-id(s) [1]" in missing and "node-timeout=" in missing
+    # the roll call said which id it waited for as soon as the connected nodes had answered
+    assert "privfl roll call: waiting for partition-id(s) [1]" in deploy_log(federation, "missing")
+    assert not (tmp_path / "missing").exists()  # nothing left to block the identical rerun
+    refused = error_line(federation, "existing")
+    assert f'resume="{existing}"' in refused and "overwrite=true" in refused and "out=" in refused
+    assert "--overwrite" not in refused and (existing / "config.toml").is_file()  # untouched
+    bad_resume = error_line(federation, "resume")
+    assert f"resume={str(not_a_run)!r}" in bad_resume and "no config.toml" in bad_resume
+
+
+def test_deployment_resume_with_only_resume_is_bit_identical_to_an_uninterrupted_run(federation, tmp_path):
+    import re
+    import subprocess
+    import time
+
+    from privfl.deploy.local import CONNECTION
+    from privfl.deploy.submit import flwr_command
+
+    cfg = tiny(train__record_updates=True)  # two rounds: stopped after the first, resumed for the second
+    train(cfg, tmp_path / "builtin")  # the uninterrupted run (the engines agree bit for bit)
+    run = tmp_path / "stopped"
+    proc = federation.submit(cfg, run, name="stopped")
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoint.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run_id = re.search(r"started Flower run (\d+)", deploy_log(federation, "stopped")).group(1)
+    subprocess.run([flwr_command(), "stop", run_id, CONNECTION], env=federation.env, check=True)
+    proc.wait(timeout=300)
+    stopped = error_line(federation, "stopped")
+    assert proc.returncode == 2 and "finished:stopped" in stopped and f'--resume "{run}"' in stopped
+    done = [r["round"] for r in RunDir(run).metrics()]
+    assert done == [1] and not (run / "summary.json").exists(), done  # round 2 is the resume's
+
+    resumed = federation.submit(None, None, resume=run, name="resumed")  # resume= alone
+    resumed.wait(timeout=300)
+    assert resumed.returncode == 0, federation.tail()
+    assert [r["round"] for r in RunDir(run).metrics()] == [1, 2]
+    np.testing.assert_array_equal(final_weights(run), final_weights(tmp_path / "builtin"))
+    got, want = RunDir(run), RunDir(tmp_path / "builtin")
+    assert got.recorded_rounds() == [1, 2]  # what `privfl attack` reads: the built-in updates
     for r in (1, 2):
         np.testing.assert_array_equal(got.load_updates(r)["deltas"], want.load_updates(r)["deltas"])
-
-    # CKKS: only ciphertexts travelled (~29 bytes per parameter and bound), and the decrypted sums
-    # give the plaintext model up to CKKS's error
-    rows = RunDir(runs["ckks"]).metrics()
-    n_params = final_weights(runs["ckks"]).shape[0]
-    assert rows[0]["bytes_up"] > 20 * n_params * N_NODES and rows[0]["rejected"] == 0
-    assert "he_bound_bits" in rows[0] and rows[0]["encrypt_s"] > 0
-    assert not (runs["ckks"] / "updates").exists()
-    np.testing.assert_allclose(final_weights(runs["ckks"]), final_weights(tmp_path / "builtin"), atol=1e-5)
-    model = torch.load(runs["ckks"] / "model.pt", weights_only=True)
-    assert sum(t.numel() for t in model.values()) == n_params
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["engine"] == "flower-deployment" and summary["clients"] == N_NODES
