@@ -137,8 +137,13 @@ def main(grid: Grid, context: Context) -> None:
     try:
         check_flower_config(cfg.validate())
     except ConfigError as exc:
-        key = "resume" if request.resume is not None and request.config is None else "config"
-        raise ConfigError(f"run config {key}=: {exc}") from exc
+        if request.config is not None:
+            where = f"config={str(request.config)!r}"
+        elif request.resume is not None:
+            where = f"resume={str(request.resume)!r} (its config.toml)"
+        else:
+            where = "config= (empty: privfl's defaults)"
+        raise ConfigError(f"the experiment of run config {where} cannot run: {exc}") from exc
     request.check_target()
     k = cfg.train.clients
     node_of, public_keys = roll_call(

@@ -189,3 +189,20 @@ def test_deploy_run_exits_by_the_runs_final_status(monkeypatch, status, details,
             submit_mod.deploy_run("/app", "fed", req)
         assert isinstance(err.value, PrivflError)  # the CLI's one line and exit code 2
     assert calls == ["run", "ls"]
+
+
+def test_the_serverapp_refuses_an_experiment_flower_cannot_run_before_the_roll_call(tmp_path):
+    from privfl.flower_app import main
+
+    ExperimentConfig().override({"secure.scheme": "ckks", "secure.debug_check": True}).to_toml(
+        tmp_path / "e.toml"
+    )
+
+    class NoGrid:
+        def get_node_ids(self):
+            raise AssertionError("the roll call started before the config was checked")
+
+    context = SimpleNamespace(run_config={"config": str(tmp_path / "e.toml"), "out": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match=r"run config config='.*e.toml' cannot run: secure.debug_check"):
+        main(NoGrid(), context)
+    assert not (tmp_path / "run").exists()
