@@ -160,10 +160,10 @@ def deploy_run(
     if on_start is not None:
         on_start(run_id)
     try:
-        if echo is not None:
-            stream_log(federation, run_id, echo)
-        # the log ends when the run does; without a log (or in the moments after it) ask until it has
-        row = wait_finished(federation, run_id, finish_timeout_s if echo is not None else float("inf"))
+        # the log stream ends when the run does (quiet: read and dropped, rather than asking for the
+        # status every second with a new `flwr ls` process); then ask until the status says finished
+        stream_log(federation, run_id, echo if echo is not None else (lambda line: None))
+        row = wait_finished(federation, run_id, finish_timeout_s)
     except KeyboardInterrupt:
         stop_run(federation, run_id)
         raise

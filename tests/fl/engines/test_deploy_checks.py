@@ -181,6 +181,7 @@ def test_deploy_run_exits_by_the_runs_final_status(monkeypatch, status, details,
         return {"success": True, "runs": [{"status": status, "status-details": details}]}
 
     monkeypatch.setattr(submit_mod, "_flwr_json", flwr_json)
+    monkeypatch.setattr(submit_mod, "stream_log", lambda fed, run_id, echo: calls.append("log"))
     req = submit_mod.RunRequest(out="/abs/run")
     if expected is None:
         assert submit_mod.deploy_run("/app", "fed", req)["status"] == status
@@ -188,7 +189,7 @@ def test_deploy_run_exits_by_the_runs_final_status(monkeypatch, status, details,
         with pytest.raises(DeployError, match=expected) as err:
             submit_mod.deploy_run("/app", "fed", req)
         assert isinstance(err.value, PrivflError)  # the CLI's one line and exit code 2
-    assert calls == ["run", "ls"]
+    assert calls == ["run", "log", "ls"]
 
 
 def test_the_serverapp_refuses_an_experiment_flower_cannot_run_before_the_roll_call(tmp_path):
