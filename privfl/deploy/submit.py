@@ -24,6 +24,7 @@ from pathlib import Path
 import tomli_w
 
 from privfl.deploy import DeployError
+from privfl.fl.engines import require_flower
 
 FINISHED = "finished"
 COMPLETED = "finished:completed"
@@ -156,6 +157,7 @@ def deploy_run(
     """Start the run, stream its log to echo (None: quiet), wait for it to finish, and return its
     status row; raises DeployError with the ServerApp's error unless it completed."""
     request.check()
+    require_flower("privfl deploy run")  # also: no telemetry from the flwr commands, unless asked for
     run_id = start_run(app, federation, request)
     if on_start is not None:
         on_start(run_id)
