@@ -1,5 +1,7 @@
-"""privfl on Flower: the simulation engine matches the built-in one, and a real SuperLink with
-SuperNodes (subprocesses on 127.0.0.1) runs FedAvg and CKKS aggregation into a run directory."""
+"""privfl on Flower: the simulation engine matches the built-in one, and on a real SuperLink with
+SuperNodes (subprocesses on 127.0.0.1) `privfl deploy run` fails loudly, naming the run-config key
+that fixes it, and resumes a stopped run to the built-in engine's model. FedAvg and CKKS runs on a
+deployment are checked by tests/fl/engines/test_deployment_doc.py, which runs docs/deployment.md."""
 
 from __future__ import annotations
 
