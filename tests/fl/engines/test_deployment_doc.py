@@ -8,6 +8,7 @@ to the built-in engine, CKKS agrees with it to CKKS's error, and the summary nam
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -39,7 +40,7 @@ def doc_blocks(text: str) -> list[tuple[str, str]]:
 def uar_table(text: str) -> dict[str, list[float]]:
     """The doc's round | fedavg | ckks table, by column."""
     rows = text.split(TABLE_MARK, 1)[1].split("\n")[1:]
-    table = [r for r in rows if r.startswith("|")]
+    table = list(itertools.takewhile(lambda r: r.startswith("|"), rows))
     header = [c.strip() for c in table[0].strip("|").split("|")]
     cols: dict[str, list[float]] = {h: [] for h in header[1:]}
     for row in table[2:]:
