@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "privfl.experiment",
             "privfl.folds",
             "privfl.flower_app",
+            "privfl.deploy",
             "privfl.cli",
             "privfl.keyholder_cli",
             "privfl.clickgroup",
