@@ -39,6 +39,9 @@ from privfl.fl.federation import Federation, RoundOutcome
 
 NO_DELTA = np.zeros(0, dtype=np.float32)  # an encrypted client's Update: the server never sees its delta
 ROLL_CALL_POLL_S = 0.5  # how often the roll call asks for new nodes and replies
+# A SuperNode drops a ClientApp task whose process misses Flower's heartbeats (a loaded machine:
+# the process is still importing torch); the roll call then asks that node again.
+ROLL_CALL_RETRY_S = 30.0
 POLL_S = 0.1  # how often to ask for replies (Grid.send_and_receive waits 3 s between asks on a SuperLink)
 
 
@@ -207,16 +210,22 @@ def roll_call(
     """
     query = RecordDict({"query": ConfigRecord({"ckks": int(ckks)})})
     deadline = time.monotonic() + timeout
-    asked: set[int] = set()
+    asked: dict[int, float] = {}  # node -> when it was last asked
     waiting: set[str] = set()
     node_of: dict[int, int] = {}
     public_keys: dict[int, bytes] = {}
     others: dict[int, int] = {}  # node -> a partition-id outside 0..k-1
     reported: list[int] | None = None
     while True:
-        new = [n for n in grid.get_node_ids() if n not in asked]
+        now = time.monotonic()
+        answered = set(node_of.values()) | set(others)
+        new = [
+            n
+            for n in grid.get_node_ids()
+            if n not in answered and (n not in asked or now - asked[n] > ROLL_CALL_RETRY_S)
+        ]
         if new:
-            asked.update(new)
+            asked.update(dict.fromkeys(new, now))
             waiting.update(
                 grid.push_messages([Message(query, dst_node_id=n, message_type=QUERY) for n in new])
             )
@@ -240,7 +249,8 @@ def roll_call(
                 progress(missing, node_of)
         if time.monotonic() > deadline:
             stray = f"; node(s) with partition-ids outside 0..{k - 1}: {others}" if others else ""
-            silent = f"; {len(waiting)} connected node(s) did not answer" if waiting else ""
+            unanswered = set(asked) - set(node_of.values()) - set(others)
+            silent = f"; {len(unanswered)} connected node(s) did not answer" if unanswered else ""
             raise EngineError(
                 f"no SuperNode answered for partition-id(s) {missing} within {timeout:.0f}s "
                 f"(answered: {sorted(node_of) or 'none'}{stray}{silent}); start one SuperNode per missing "
@@ -263,7 +273,7 @@ def _roll_call_entry(reply: Message, k: int, node_of: dict[int, int]) -> int:
             f"SuperNode {node} was started with num-partitions={total}, the experiment has "
             f"train.clients = {k}; restart it with num-partitions={k}"
         )
-    if partition in node_of:
+    if partition in node_of and node_of[partition] != node:
         raise EngineError(
             f"SuperNodes {node_of[partition]} and {node} both claim partition-id={partition}; "
             "give every SuperNode its own"

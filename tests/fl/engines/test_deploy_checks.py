@@ -144,6 +144,25 @@ def test_roll_call_names_the_missing_ids_as_soon_as_the_connected_nodes_answered
     assert seen == [([1, 3], {0: 10, 2: 12})]  # once, when the answers were in, not only at the timeout
 
 
+def test_roll_call_asks_a_node_again_whose_answer_was_dropped(monkeypatch):
+    from privfl.fl.engines import server_app
+
+    class DroppingGrid(StandInGrid):
+        """Node 11's first query is lost (its SuperNode dropped the task)."""
+
+        def push_messages(self, messages):
+            ids = super().push_messages(messages)
+            return [f"lost{i}" if i == "m11" and self.sent.count(11) == 1 else i for i in ids]
+
+        def pull_messages(self, ids):
+            return super().pull_messages([i for i in ids if not i.startswith("lost")])
+
+    monkeypatch.setattr(server_app, "ROLL_CALL_RETRY_S", 0.2)
+    grid = DroppingGrid({10: 0, 11: 1}, 2)
+    assert roll_call(grid, 2, ckks=False, timeout=10)[0] == {0: 10, 1: 11}
+    assert sorted(grid.sent) == [10, 11, 11]  # asked again, and only the node that had not answered
+
+
 def test_roll_call_refuses_a_wrong_partition_count_and_a_duplicate_at_once():
     with pytest.raises(EngineError, match="num-partitions=2, the experiment has train.clients = 3"):
         roll_call(StandInGrid({10: 0, 11: 1}, 2), 3, ckks=False, timeout=60)
