@@ -356,7 +356,7 @@ def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flag
 
 
 def _register_subcommands() -> None:
-    """Command groups that live beside the training CLI: attacks/ and privfl.bench."""
+    """Command groups that live beside the training CLI: attacks/, privfl.bench, privfl.deploy, keyholder."""
     from privfl.attacks.cli import attack
     from privfl.bench.cli import bench
     from privfl.deploy.cli import deploy
