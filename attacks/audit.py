@@ -43,7 +43,7 @@ from privfl.models import initial_weights
 from privfl.runs import RunDir, atomic_write_json
 
 VIEWS = ("auto", "model", "updates")
-GUESS_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+GUESS_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0)
 """Fractions of m the auditor may guess on (both tails, and the top tail alone): a fixed grid."""
 
 
@@ -128,10 +128,12 @@ def _delta_of(eps: float, mu1: float, s1: float, mu0: float, s0: float) -> float
     a = 1 / (2 * s0**2) - 1 / (2 * s1**2)
     b = mu1 / s1**2 - mu0 / s0**2
     c = mu0**2 / (2 * s0**2) - mu1**2 / (2 * s1**2) + math.log(s0 / s1) - eps
-    P, Q = stats.norm(mu1, s1), stats.norm(mu0, s0)
+    ndtr = special.ndtr
 
     def mass(lo: float, hi: float) -> float:
-        return (P.cdf(hi) - P.cdf(lo)) - math.exp(eps) * (Q.cdf(hi) - Q.cdf(lo))
+        p = ndtr((hi - mu1) / s1) - ndtr((lo - mu1) / s1)
+        q = ndtr((hi - mu0) / s0) - ndtr((lo - mu0) / s0)
+        return float(p - math.exp(eps) * q)
 
     if abs(a) < 1e-12 * max(abs(b), 1e-300):
         if b == 0:

@@ -1,8 +1,10 @@
 """Client canaries in the round loop: a Summation wrapper that adds them before the sum is released.
 
 Each round the included canaries that take part (`privfl.canaries.ClientCanaries.round_members`)
-contribute through the round's policy exactly like a client: FedAvg weights them by their
-reported sample count, DP-FedAvg clips them to S and the server's noise covers them. They are
+contribute through the round's policy like a client: DP-FedAvg clips them to S and the server's
+noise covers them; under FedAvg a canary's update is multiplied by its reported sample count (the
+clients' mean) but adds nothing to the sum of weights, so the clients' weighted mean is what it
+would be without canaries and each canary moves the model as far as an average client would. They are
 never among the round's `selected` clients or its `updates`, so metrics, recorded updates and
 client counts are those of the real clients alone (docs/auditing.md).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import math
 
 from privfl.canaries import ClientCanaries
-from privfl.fl.aggregate import ContributionRule, RoundKeys, Summation, SumResult, Upload
+from privfl.fl.aggregate import Contribution, ContributionRule, RoundKeys, Summation, SumResult, Upload
 from privfl.fl.client import Update
 
 
@@ -44,7 +46,10 @@ class WithCanaryClients:
             update = Update(
                 c.first_id + int(index), self._round, c.update_vector(int(index)), c.weight, math.nan
             )
-            self.inner.add(self.contribution(update))
+            made = self.contribution(update)
+            # no FedAvg weight: the clients' weighted mean stays theirs, each canary adds its own
+            # (weighted) update on top; DP-FedAvg ignores weights (it divides by qK)
+            self.inner.add(Contribution(made.client_id, made.vector, 0.0, clipped=made.clipped))
         return self.inner.finish()
 
     def state(self) -> dict:
