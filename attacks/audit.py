@@ -133,7 +133,7 @@ def _delta_of(eps: float, mu1: float, s1: float, mu0: float, s0: float) -> float
     def mass(lo: float, hi: float) -> float:
         p = ndtr((hi - mu1) / s1) - ndtr((lo - mu1) / s1)
         q = ndtr((hi - mu0) / s0) - ndtr((lo - mu0) / s0)
-        return float(p - math.exp(eps) * q)
+        return float(p - math.exp(eps) * q) if q > 0 else float(p)
 
     if abs(a) < 1e-12 * max(abs(b), 1e-300):
         if b == 0:
@@ -149,6 +149,9 @@ def _delta_of(eps: float, mu1: float, s1: float, mu0: float, s0: float) -> float
     return max(0.0, mass(r1, r2))
 
 
+_MAX_EPS = 512.0
+
+
 def gaussian_epsilon(mu1: float, s1: float, mu0: float, s0: float, delta: float) -> float:
     """Smallest eps at which N(mu1, s1^2) and N(mu0, s0^2) are (eps, delta)-indistinguishable both ways."""
     if not (s1 > 0 and s0 > 0):
@@ -160,7 +163,7 @@ def gaussian_epsilon(mu1: float, s1: float, mu0: float, s0: float, delta: float)
         hi = 1.0
         while _delta_of(hi, *args) > delta:
             hi *= 2.0
-            if hi > 1e4:
+            if hi > _MAX_EPS:  # beyond e^700 the arithmetic overflows: report "unbounded"
                 return math.inf
         worst = max(worst, optimize.brentq(lambda e, a=args: _delta_of(e, *a) - delta, 0.0, hi, xtol=1e-6))
     return float(worst)
@@ -184,7 +187,8 @@ def gaussian_estimate(
     boots = [
         fit(rng.choice(s_in, s_in.size), rng.choice(s_out, s_out.size)) for _ in range(max(bootstrap, 0))
     ]
-    lo, hi = np.percentile(boots, [2.5, 97.5]).tolist() if boots else (None, None)
+    # "nearest": no interpolation, so an unbounded (inf) resample gives inf, not nan
+    lo, hi = np.percentile(boots, [2.5, 97.5], method="nearest").tolist() if boots else (None, None)
     return {
         "epsilon_estimate": fit(s_in, s_out),
         "ci95": [lo, hi],
