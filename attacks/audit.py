@@ -37,7 +37,7 @@ import numpy as np
 from scipy import optimize, special, stats
 
 from privfl.attacks.result import AttackResult, AttackRow
-from privfl.canaries import CanarySecrets, direction
+from privfl.canaries import SECRET_FILE, CanarySecrets, direction
 from privfl.errors import ConfigError, RunError
 from privfl.models import initial_weights
 from privfl.runs import RunDir, atomic_write_json
@@ -334,6 +334,15 @@ def audit_run(run_path: Path, cfg: AuditConfig | None = None) -> AttackResult:
         metrics={**common, **estimate},
         notes=["an estimate from fitted Gaussians, not a bound; ci95 is a bootstrap interval over canaries"],
     )
+    notes = [
+        f"{secrets.count} {secrets.kind} canaries, {int(secrets.included.sum())} inserted (secret draw "
+        f"read from {run.path.name}/{SECRET_FILE}); run mode {config.train.mode}",
+    ]
+    if 2 * secrets.count * delta > 0.01:
+        notes.append(
+            f"2 m delta = {2 * secrets.count * delta:.3g}: the one-run bound's delta term is large, so the "
+            "bound is weak or 0; train with a smaller --delta (e.g. 1e-5) or fewer --canaries"
+        )
     result = AttackResult(
         attack="audit",
         run=str(run.path),
@@ -341,10 +350,7 @@ def audit_run(run_path: Path, cfg: AuditConfig | None = None) -> AttackResult:
         config={"view": view, "confidence": cfg.confidence, "bootstrap": cfg.bootstrap, "unit": unit},
         seed=cfg.seed,
         rows=[lower, est],
-        notes=[
-            f"{secrets.count} {secrets.kind} canaries, {int(secrets.included.sum())} inserted (secret draw "
-            f"read from {run.path.name}/canaries.secret.npz); run mode {config.train.mode}",
-        ],
+        notes=notes,
     )
     result.seconds = time.perf_counter() - started
     return result

@@ -262,6 +262,8 @@ def audit(run_path, out, view, confidence, bootstrap, seed) -> None:
         f"({lower['correct']} of {lower['guesses']} guesses correct, delta {lower['delta']:g}) | "
         f"Gaussian estimate {shown} | accountant epsilon {acc}"
     )
+    for note in result.notes[1:]:
+        click.echo(f"note: {note}")
     path = write_audit(out if out is not None else Path(run_path) / "attacks", result)
     click.echo(f"wrote {path}")
 
