@@ -159,6 +159,20 @@ def test_estimate_recovers_a_known_gaussian_pair():
     assert est["epsilon_estimate"] == pytest.approx(truth, rel=0.15)
     lo, hi = est["ci95"]
     assert lo < truth < hi
+    assert est["mu"] == pytest.approx(2.0, rel=0.1)
+
+
+def test_pooled_estimate_ignores_a_sampling_variance_ratio_the_unequal_fit_blows_up():
+    """Inserted scores with 10 % more spread than held-out ones (as 250 samples can show by chance):
+    the unequal-variance fit's eps at delta 1e-5 jumps well above the shift's, the pooled one does not."""
+    m = 500
+    included = np.arange(m) < 250
+    base = stats.norm.ppf((np.arange(250) + 0.5) / 250)  # exact quantiles: no sampling noise
+    scores = np.where(included, 1.6 + 1.1 * np.tile(base, 2), np.tile(base, 2))
+    est = gaussian_estimate(scores, included, 1e-5, bootstrap=0)
+    shift_only = gaussian_epsilon(1.6 / math.sqrt((1.1**2 + 1) / 2), 1.0, 0.0, 1.0, 1e-5)
+    assert est["epsilon_estimate"] == pytest.approx(shift_only, rel=0.02)
+    assert est["epsilon_unequal_variances"] > est["epsilon_estimate"] + 1.5
 
 
 def test_auc_of_perfect_and_reversed_scores():
