@@ -354,7 +354,7 @@ def audit_run(run_path: Path, cfg: AuditConfig | None = None) -> AttackResult:
         f"{secrets.count} {secrets.kind} canaries, {int(secrets.included.sum())} inserted (secret draw "
         f"read from {run.path.name}/{SECRET_FILE}); run mode {config.train.mode}",
     ]
-    if 2 * secrets.count * delta > 0.01:
+    if 2 * secrets.count * delta >= 0.1:
         notes.append(
             f"2 m delta = {2 * secrets.count * delta:.3g}: the one-run bound's delta term is large, so the "
             "bound is weak or 0; train with a smaller --delta (e.g. 1e-5) or fewer --canaries"
