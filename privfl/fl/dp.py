@@ -324,12 +324,13 @@ class DPSGDTrainer:
             )
         sampling, noise = self.randomness.client_dpsgd(round_index, cid)
         batches = (poisson_batch(data.num_samples, rate, sampling) for _ in range(steps))
-        canary_rows = None
-        if self.canaries is not None:
+        if self.canaries is None:
+            update = self._run(data, global_weights, round_index, batches, noise)
+        else:
             coords, values = self.canaries.held(cid)
             plan = self.canaries.poisson_plan(cid, steps, rate)
-            canary_rows = ((coords[i], values[i]) for i in plan)
-        update = self._run(data, global_weights, round_index, batches, noise, canary_rows)
+            rows = ((coords[i], values[i]) for i in plan)
+            update = self._run(data, global_weights, round_index, batches, noise, rows)
         self.privacy.spend(cid, steps, rate, round_index)
         return update
 
