@@ -290,3 +290,17 @@ def test_canary_settings_fail_in_validate(tiny_config, dotted, match):
     cfg = tiny_config.override({"audit.canaries": 10, **dotted})
     with pytest.raises(ConfigError, match=match):
         cfg.validate()
+
+
+def test_a_diverged_client_update_is_clipped_to_zero_not_nan():
+    """Found auditing user-dp on RAVDESS: a client whose local training diverged sent NaN, which
+    clipping left NaN, and the released model became NaN (no norm bound, no audit possible)."""
+    from privfl.fl.aggregate import clip_update
+
+    for bad in (np.nan, np.inf):
+        vector = np.ones(10)
+        vector[3] = bad
+        clipped, was = clip_update(vector, 1.0)
+        assert was and np.all(clipped == 0)
+    fine, was = clip_update(np.full(4, 2.0), 1.0)
+    assert was and np.linalg.norm(fine) == pytest.approx(1.0)
