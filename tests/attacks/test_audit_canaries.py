@@ -304,3 +304,12 @@ def test_a_diverged_client_update_is_clipped_to_zero_not_nan():
         assert was and np.all(clipped == 0)
     fine, was = clip_update(np.full(4, 2.0), 1.0)
     assert was and np.linalg.norm(fine) == pytest.approx(1.0)
+
+
+def test_resume_keeps_the_runs_own_canaries(tiny_config, tmp_path):
+    cfg = _small(tiny_config, **{"audit.canaries": 40, "train.rounds": 1})
+    train(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / SECRET_FILE).read_bytes()
+    train(cfg.override({"train.rounds": 2}), resume=tmp_path / "run")
+    assert (tmp_path / "run" / SECRET_FILE).read_bytes() == before
+    assert len(RunDir.open(tmp_path / "run").metrics()) == 2
