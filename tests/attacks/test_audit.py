@@ -179,3 +179,17 @@ def test_auc_of_perfect_and_reversed_scores():
     included = np.array([True, False, True, False])
     assert auc(np.array([3.0, 1.0, 4.0, 0.0]), included) == 1.0
     assert auc(np.array([0.0, 3.0, 1.0, 4.0]), included) == 0.0
+
+
+def test_gaussian_epsilon_matches_opacus_prv_for_composed_unsampled_gaussians():
+    """R rounds of the Gaussian mechanism at sigma without subsampling are N(sqrt(R)/sigma, 1) vs
+    N(0, 1); Opacus's PRV accountant (tight to eps_error 0.01) must agree."""
+    import warnings
+
+    from privfl.privacy import epsilon_of
+
+    sigma, rounds = 2.02, 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # PRV's log(1 - q) at q = 1
+        prv = epsilon_of([(sigma, 1.0, rounds)], 1e-5, "prv")
+    assert gaussian_epsilon(math.sqrt(rounds) / sigma, 1.0, 0.0, 1.0, 1e-5) == pytest.approx(prv, abs=0.03)
