@@ -313,3 +313,10 @@ def test_resume_keeps_the_runs_own_canaries(tiny_config, tmp_path):
     train(cfg.override({"train.rounds": 2}), resume=tmp_path / "run")
     assert (tmp_path / "run" / SECRET_FILE).read_bytes() == before
     assert len(RunDir.open(tmp_path / "run").metrics()) == 2
+
+
+def test_auditing_a_run_without_canaries_is_one_clear_line(recorded_run):
+    out = CliRunner().invoke(main, ["attack", "audit", "--run", str(recorded_run)])
+    assert out.exit_code == 2
+    assert "canaries.secret.npz does not exist" in out.output and "--canaries N" in out.output
+    assert "Traceback" not in out.output
