@@ -1,4 +1,4 @@
-"""`privfl attack {gender, membership, all}`: parse, call attacks.run_attacks, print, write.
+"""`privfl attack {gender, membership, all, audit}`: parse, call the attack, print, write.
 
 No logic of its own.
 
@@ -211,6 +211,61 @@ def all_attacks(run_path, out, seed, rounds, max_rounds, bootstrap, **opts) -> N
     g = {k: opts[k] for k in _G_KEYS}
     m = {k: opts[k] for k in _M_KEYS}
     _execute(("gender", "membership"), run_path, out, seed, rounds, max_rounds, bootstrap, g, m)
+
+
+@attack.command()
+@click.option(
+    "--run",
+    "run_path",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A run trained with --canaries N.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where audit.json goes [default: <run>/attacks].",
+)
+@click.option(
+    "--view",
+    type=click.Choice(["auto", "model", "updates"]),
+    default="auto",
+    show_default=True,
+    help="Whose observations score the canaries: the released model, or each client's recorded "
+    "updates (the server; gradient canaries, needs --record-updates). auto: updates when recorded.",
+)
+@click.option("--confidence", default=0.95, show_default=True, type=float, help="Of the lower bound.")
+@click.option(
+    "--bootstrap", default=1000, show_default=True, type=int, help="Resamples for the estimate's CI."
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the bootstrap only.")
+def audit(run_path, out, view, confidence, bootstrap, seed) -> None:
+    """DP audit in one run: empirical epsilon lower bound from the run's canaries (docs/auditing.md)."""
+    from privfl.attacks.audit import AuditConfig, audit_run, write_audit
+
+    result = audit_run(run_path, AuditConfig(view, confidence, bootstrap, seed))
+    lower, est = (row.metrics for row in result.rows)
+    accounted = lower["accountant_epsilon"]
+    acc = "none (no DP)" if accounted is None else f"{accounted:.3g}"
+    ci = est.get("ci95") or [None, None]
+    shown = (
+        f"{est['epsilon_estimate']:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+        if est.get("epsilon_estimate") is not None and ci[0] is not None
+        else str(est.get("epsilon_estimate"))
+    )
+    click.echo(
+        f"audit ({lower['canary_kind']} canaries, view {lower['view']}: {result.observed}): "
+        f"{lower['canaries']} canaries, {lower['inserted']} inserted, AUC {lower['auc']:.3f}"
+    )
+    click.echo(
+        f"empirical epsilon lower bound {lower['epsilon_lower_bound']:.3g} at {confidence:.0%} confidence "
+        f"({lower['correct']} of {lower['guesses']} guesses correct, delta {lower['delta']:g}) | "
+        f"Gaussian estimate {shown} | accountant epsilon {acc}"
+    )
+    for note in result.notes[1:]:
+        click.echo(f"note: {note}")
+    path = write_audit(out if out is not None else Path(run_path) / "attacks", result)
+    click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -137,6 +137,12 @@ def _train_options(f):
             default=None,
             help="Allow CKKS parameters below 128-bit security (testing only).",
         ),
+        click.option(
+            "--canaries",
+            type=int,
+            help="Audit canaries for `privfl attack audit`, each inserted with probability 1/2 "
+            "(gradient canaries for dp, canary clients for user-dp; docs/auditing.md) [0].",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)

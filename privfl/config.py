@@ -41,6 +41,7 @@ ordinary model (TF Privacy's microbatches; for the paper LSTM only the recurrenc
 the others are Opacus's engines on the DP model (hooks, functorch, ew = expanded weights, ghost =
 ghost clipping, which never forms per-sample gradients)."""
 SECURE_SCHEMES = ("none", "ckks")
+CANARY_KINDS = ("auto", "gradient", "client")  # audit.kind; auto: gradient for dp/central, client otherwise
 DEFAULT_AUX_SPEAKERS = 4
 
 
@@ -254,6 +255,29 @@ class DPConfig:
             raise ConfigError(f"dp.clip_norm must be > 0, got {self.clip_norm}")
 
 
+@dataclass(frozen=True)
+class AuditConfig:
+    """Canaries for `privfl attack audit` (docs/auditing.md); their secrets never enter the config.
+
+    canaries: m, each included with probability 1/2 from OS entropy (0: none). kind: "gradient"
+    (Dirac per-sample gradients, record level: mode dp, fedavg, central) or "client" (clients with
+    random update directions, user level: mode user-dp, fedavg); "auto" picks gradient for dp and
+    central, client for user-dp and fedavg. norm: a gradient canary's norm (default dp.max_grad_norm,
+    the clip bound C) or a client canary's update norm (default dp.clip_norm, the clip bound S).
+    """
+
+    canaries: int = 0
+    kind: str = "auto"
+    norm: float | None = None
+
+    def validate(self) -> None:
+        _choice("audit.kind", self.kind, CANARY_KINDS)
+        if self.canaries < 0:
+            raise ConfigError(f"audit.canaries must be >= 0, got {self.canaries}; e.g. --canaries 500")
+        if self.norm is not None and not self.norm > 0:
+            raise ConfigError(f"audit.norm must be > 0, got {self.norm}; or leave it unset")
+
+
 # --- CKKS secure aggregation ------------------------------------------------------------------
 # total coefficient modulus (bits, all primes including the special one) for each ring degree N.
 HE_STANDARD_128_MAX_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -456,10 +480,11 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def validate(self) -> ExperimentConfig:
         """Check every field and cross-field rule; returns self so calls can chain."""
-        for section in (self.data, self.model, self.train, self.dp, self.secure):
+        for section in (self.data, self.model, self.train, self.dp, self.secure, self.audit):
             section.validate()
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
@@ -485,6 +510,8 @@ class ExperimentConfig:
                 f"accounting does not cover; use --mode dp with --secure-agg {self.secure.scheme}, or "
                 "--mode user-dp without secure aggregation"
             )
+        if self.audit.canaries:
+            self._validate_canaries()
         if self.secure.scheme == "ckks":
             self.secure.ckks_params(clients_per_round(self)).validate()
             per_round, needed = clients_per_round(self), min_clients(self)
@@ -495,6 +522,26 @@ class ExperimentConfig:
                     "key holder would refuse every round; sample more clients per round (at least 2)"
                 )
         return self
+
+    def _validate_canaries(self) -> None:
+        kind, mode = canary_kind(self), self.train.mode
+        allowed = {"dp": ("gradient",), "central": ("gradient",), "user-dp": ("client",)}
+        if kind not in allowed.get(mode, ("gradient", "client")):
+            raise ConfigError(
+                f"audit.kind {kind!r} with --mode {mode}: {kind} canaries test a guarantee this mode "
+                f"does not give; use --set audit.kind={allowed[mode][0]} (or auto)"
+            )
+        if self.train.engine != "builtin" or self.secure.scheme != "none":
+            raise ConfigError(
+                f"--canaries {self.audit.canaries} needs the built-in engine without secure aggregation "
+                f"(got engine {self.train.engine!r}, secure.scheme {self.secure.scheme!r}): the canaries "
+                "are inserted in-process; drop --engine/--secure-agg for an audit run"
+            )
+        if kind == "gradient" and mode == "dp" and self.dp.grad_sample_mode == "ghost":
+            raise ConfigError(
+                "gradient canaries join the per-sample gradients, which dp.grad_sample_mode 'ghost' never "
+                "forms; use --set dp.grad_sample_mode=microbatch"
+            )
 
     # --- dict / TOML -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -545,6 +592,20 @@ def clients_per_round(cfg: ExperimentConfig) -> int:
     return max(int(round(t.fraction * t.clients)), 1)
 
 
+def canary_kind(cfg: ExperimentConfig) -> str:
+    """audit.kind resolved: gradient canaries for dp and central, client canaries for user-dp and fedavg."""
+    if cfg.audit.kind != "auto":
+        return cfg.audit.kind
+    return "gradient" if cfg.train.mode in ("dp", "central") else "client"
+
+
+def canary_norm(cfg: ExperimentConfig) -> float:
+    """audit.norm, or the clip bound of the canaries' kind: C (gradient) or S (client)."""
+    if cfg.audit.norm is not None:
+        return cfg.audit.norm
+    return cfg.dp.max_grad_norm if canary_kind(cfg) == "gradient" else cfg.dp.clip_norm
+
+
 def min_clients(cfg: ExperimentConfig) -> int:
     """secure.min_clients, or its default: 3 where a round holds 3 or more clients, else 2."""
     if cfg.secure.min_clients is not None:
@@ -586,6 +647,7 @@ FLAG_FIELDS: dict[str, str] = {
     "dp_noise": "dp.noise",
     "secure_agg": "secure.scheme",
     "insecure_he": "secure.insecure_he",
+    "canaries": "audit.canaries",
 }
 
 

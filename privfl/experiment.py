@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from privfl import __version__
-from privfl.config import ExperimentConfig, flatten
+from privfl.canaries import CanarySecrets, draw_canaries
+from privfl.config import ExperimentConfig, canary_kind, canary_norm, flatten
 from privfl.data.dataset import Stage, prepare
 from privfl.errors import ConfigError, RunError
 from privfl.evaluate import Evaluator
@@ -88,7 +89,8 @@ class Session:
         started = time.perf_counter()
         self.cfg = cfg
         self.data = prepare(cfg, on_stage)
-        self.components = build_components(cfg, self.data)
+        self.canaries = self._canaries(resume)
+        self.components = build_components(cfg, self.data, self.canaries)
         self.evaluator = Evaluator(cfg, self.data.n_mels)
         self.start_round = 1
         self.weights = initial_weights(cfg.model, self.data.n_mels, cfg.seed)
@@ -104,10 +106,24 @@ class Session:
             (run.path / "summary.json").unlink(missing_ok=True)
         else:
             run = RunDir.create(out or default_out(cfg), cfg, overwrite=overwrite)
+        if self.canaries is not None and resume is None:
+            self.canaries.save(run.path)  # for the auditor only: never in config, metrics or summary
         run.write_skipped(self.data.corpus.skipped)
         self.run = run
         self.setup_s = time.perf_counter() - started
         self._round_started = time.perf_counter()
+
+    def _canaries(self, resume: Path | None) -> CanarySecrets | None:
+        """The run's audit canaries: drawn from OS entropy, or a resumed run's own."""
+        cfg = self.cfg
+        if not cfg.audit.canaries:
+            return None
+        if resume is not None:
+            return CanarySecrets.load(resume)
+        n_params = parameter_count(cfg)
+        return draw_canaries(
+            canary_kind(cfg), cfg.audit.canaries, n_params, len(self.data.clients), canary_norm(cfg)
+        )
 
     def rounds(self) -> range:
         """The rounds still to run."""

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "privfl.models",
             "privfl.metrics",
             "privfl.privacy",
+            "privfl.canaries",
             "privfl.evaluate",
             "privfl.runs",
             "privfl.plots",

@@ -16,6 +16,7 @@ call the two in that order and never look at the scheme. The encrypted summation
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -129,8 +130,15 @@ def weighted_mean(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray
 
 
 def clip_update(vector: np.ndarray, max_norm: float) -> tuple[np.ndarray, bool]:
-    """Scale `vector` so its L2 norm is at most max_norm; returns (vector, was_clipped)."""
+    """Scale `vector` so its L2 norm is at most max_norm; returns (vector, was_clipped).
+
+    A vector that is not finite (a client whose local training diverged) becomes zero: scaling NaN
+    or inf leaves it NaN, which would break the norm bound DP-FedAvg's sensitivity rests on and
+    turn the released model into NaN (found by `privfl attack audit`, docs/auditing.md).
+    """
     norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm):
+        return np.zeros_like(vector), True
     if norm <= max_norm or norm == 0.0:
         return vector, False
     return vector * (max_norm / norm), True

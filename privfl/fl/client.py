@@ -6,15 +6,17 @@ sent (weighting, clipping, noise, encryption) is the aggregation policy's job, n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from privfl.canaries import GradientCanaries, dirac_rows
 from privfl.config import ModelConfig
 from privfl.data.dataset import ClientData
-from privfl.models import build_model, get_flat, set_flat
+from privfl.models import build_model, canonical_parameters, get_flat, set_flat
 from privfl.randomness import derive_seed
 
 
@@ -47,18 +49,25 @@ def sgd_epochs(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
+    after_backward: Callable[[int, int, int], None] | None = None,
 ) -> tuple[float, int]:
-    """Run `epochs` shuffled passes of minibatch training; returns (mean loss, steps taken)."""
+    """Run `epochs` shuffled passes of minibatch training; returns (mean loss, steps taken).
+
+    after_backward(epoch, batch, batch_size), if given, may change the gradients before each step
+    (gradient canaries do).
+    """
     loss_fn = nn.CrossEntropyLoss()
     total, steps = 0.0, 0
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(data.num_samples, generator=generator)
-        for start in range(0, data.num_samples, batch_size):
+        for batch, start in enumerate(range(0, data.num_samples, batch_size)):
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(data.x[idx], data.lengths[idx]), data.y[idx])
             loss.backward()
+            if after_backward is not None:
+                after_backward(epoch, batch, int(idx.numel()))
             optimizer.step()
             total += float(loss.detach())
             steps += 1
@@ -66,19 +75,58 @@ def sgd_epochs(
 
 
 class LocalTrainer:
-    """Plain (non-private) local training; one model instance reused for every client."""
+    """Plain (non-private) local training; one model instance reused for every client.
 
-    def __init__(self, model_cfg: ModelConfig, n_mels: int, local: LocalConfig, seed: int) -> None:
+    canaries: gradient canaries (`privfl.canaries`): each included canary the client holds joins
+    one random batch of every epoch (from its own OS-seeded generator) as a record whose gradient
+    is a Dirac of norm `canaries.norm`, averaged in like a real record's (divided by the batch size).
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        n_mels: int,
+        local: LocalConfig,
+        seed: int,
+        canaries: GradientCanaries | None = None,
+    ) -> None:
         self.model = build_model(model_cfg, n_mels)
         self.local = local
         self.seed = seed
+        self.canaries = canaries
 
     def train(self, data: ClientData, global_weights: np.ndarray, round_index: int) -> Update:
         set_flat(self.model, global_weights)
         optimizer = torch.optim.SGD(self.model.parameters(), lr=self.local.lr, momentum=self.local.momentum)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, round_index, data.client_id))
         loss, steps = sgd_epochs(
-            self.model, optimizer, data, self.local.epochs, self.local.batch_size, generator
+            self.model,
+            optimizer,
+            data,
+            self.local.epochs,
+            self.local.batch_size,
+            generator,
+            self._canary_hook(data),
         )
         delta = get_flat(self.model) - global_weights
         return Update(data.client_id, round_index, delta, data.num_samples, loss, {"steps": steps})
+
+    def _canary_hook(self, data: ClientData) -> Callable[[int, int, int], None] | None:
+        if self.canaries is None:
+            return None
+        coords, values = self.canaries.held(data.client_id)
+        n_batches = -(-data.num_samples // self.local.batch_size)
+        plan = self.canaries.epoch_plan(data.client_id, self.local.epochs, n_batches)
+        params = [p for _, p in canonical_parameters(self.model)]
+        shapes = [p.shape for p in params]
+
+        def add(epoch: int, batch: int, size: int) -> None:
+            picked = plan.get((epoch, batch))
+            if picked is None:
+                return
+            rows = dirac_rows(shapes, coords[picked], values[picked], params[0].dtype)
+            with torch.no_grad():
+                for p, row in zip(params, rows, strict=True):
+                    p.grad += row.sum(dim=0) / size
+
+        return add

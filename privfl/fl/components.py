@@ -9,6 +9,8 @@ Flower ServerApp and each Flower ClientApp (from the config the server sends). T
   DP modes             privacy randomness per party (privfl.randomness, dp.noise); the trainer
                        behind AccountedReports: a client discloses its update and nothing else
   secure.scheme        PlainSummation or CkksSummation (user-dp: behind SkipEmptyRounds)
+  audit canaries       gradient canaries inside the trainer (DPSGDTrainer, LocalTrainer); client
+                       canaries as WithCanaryClients around the summation (privfl.canaries)
 
 Every check that can fail does so here or in `ExperimentConfig.validate()`, before the first round.
 """
@@ -20,10 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from privfl.canaries import CanarySecrets, ClientCanaries, GradientCanaries
 from privfl.config import ExperimentConfig
 from privfl.data.dataset import ClientData
 from privfl.errors import PrivacyError
 from privfl.fl.aggregate import PlainSummation, Summation
+from privfl.fl.canary_clients import WithCanaryClients
 from privfl.fl.client import LocalConfig, LocalTrainer
 from privfl.fl.dp import (
     AccountedReports,
@@ -66,23 +70,35 @@ class Components:
     privacy: PrivacyReport | None = None
 
 
-def build_components(cfg: ExperimentConfig, data: ClientsData) -> Components:
-    """Choose trainer, policy, summation and sampler from the mode and secure-aggregation settings."""
+def build_components(
+    cfg: ExperimentConfig, data: ClientsData, canaries: CanarySecrets | None = None
+) -> Components:
+    """Choose trainer, policy, summation and sampler from the mode and secure-aggregation settings.
+
+    canaries: the run's audit canaries (privfl.canaries), when cfg.audit.canaries > 0.
+    """
     t = cfg.train
     local = LocalConfig(t.local_epochs, t.batch_size, t.lr, t.momentum)
+    gradient = GradientCanaries(canaries) if canaries is not None and canaries.kind == "gradient" else None
     if t.mode == "dp":
-        return _record_level(cfg, data.clients, data.n_mels, local)
-    if t.mode == "user-dp":
-        return _user_level(cfg, data.clients, data.n_mels, local)
-    trainer = LocalTrainer(cfg.model, data.n_mels, local, cfg.seed)
-    n = len(data.clients)
-    fraction = t.fraction if t.mode != "central" else 1.0
-    return Components(
-        trainer=trainer,
-        policy=FedAvgPolicy(),
-        summation=make_summation(cfg),
-        sampler=lambda r: sample_clients(n, fraction, cfg.seed, r),
-    )
+        parts = _record_level(cfg, data.clients, data.n_mels, local, gradient)
+    elif t.mode == "user-dp":
+        parts = _user_level(cfg, data.clients, data.n_mels, local)
+    else:
+        trainer = LocalTrainer(cfg.model, data.n_mels, local, cfg.seed, canaries=gradient)
+        n = len(data.clients)
+        fraction = t.fraction if t.mode != "central" else 1.0
+        parts = Components(
+            trainer=trainer,
+            policy=FedAvgPolicy(),
+            summation=make_summation(cfg),
+            sampler=lambda r: sample_clients(n, fraction, cfg.seed, r),
+        )
+    if canaries is not None and canaries.kind == "client":
+        sizes = [c.num_samples for c in data.clients]
+        clients = ClientCanaries(canaries, t.fraction, round(sum(sizes) / len(sizes)), len(sizes))
+        parts.summation = WithCanaryClients(parts.summation, parts.policy.contribution, clients)
+    return parts
 
 
 def make_summation(cfg: ExperimentConfig) -> Summation:
@@ -99,6 +115,7 @@ def _record_level(
     clients: Sequence[ClientData],
     n_mels: int,
     local: LocalConfig,
+    canaries: GradientCanaries | None = None,
 ) -> Components:
     d, t = cfg.dp, cfg.train
     resolve_grad_sample_mode(d.grad_sample_mode, cfg.model.name)  # a typo fails before sigma is solved
@@ -126,7 +143,14 @@ def _record_level(
     )
     randomness = PrivacyRandomness(d.noise, cfg.seed)
     trainer = DPSGDTrainer(
-        cfg.model, n_mels, local, randomness, privacy, d.grad_sample_mode, max_grad_norm=d.max_grad_norm
+        cfg.model,
+        n_mels,
+        local,
+        randomness,
+        privacy,
+        d.grad_sample_mode,
+        max_grad_norm=d.max_grad_norm,
+        canaries=canaries,
     )
     log.info(
         "record-level DP: sigma=%.4g C=%g delta=%g accountant=%s grad_sample_mode=%s noise from %s",

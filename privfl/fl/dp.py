@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from privfl.canaries import GradientCanaries, dirac_rows
 from privfl.config import GRAD_SAMPLE_MODES, ModelConfig
 from privfl.data.dataset import ClientData
 from privfl.errors import ConfigError, PrivacyError
@@ -276,6 +277,11 @@ class DPSGDTrainer:
     noise come from `randomness.client_dpsgd(round, client)` (the client's OS entropy unless
     seeded); the optimizer is rebuilt every call (momentum restarts, as in LocalTrainer), the
     accountants in `privacy` never are.
+
+    canaries: gradient canaries (`privfl.canaries`, for `privfl attack audit`): each included
+    canary a client holds is one more record, Poisson-sampled at q_k every step from its own
+    OS-seeded generator, whose per-sample gradient (a Dirac of norm C) joins the batch's before
+    Opacus clips and noises it. The record sample and the noise draw what they would without them.
     """
 
     def __init__(
@@ -288,13 +294,20 @@ class DPSGDTrainer:
         grad_sample_mode: str = "auto",
         *,
         max_grad_norm: float,
+        canaries: GradientCanaries | None = None,
     ) -> None:
         self.local = local
+        self.canaries = canaries
         self.randomness = randomness
         self.privacy = privacy
         self.max_grad_norm = float(max_grad_norm)  # the mechanism's clip bound C
         self.grad_sample_mode = resolve_grad_sample_mode(grad_sample_mode, model_cfg.name)
         validate_dp_model(build_model(model_cfg, n_mels, dp=True))
+        if canaries is not None and self.grad_sample_mode == "ghost":
+            raise PrivacyError(
+                "gradient canaries join the per-sample gradients, which ghost clipping never forms; "
+                "use --set dp.grad_sample_mode=microbatch"
+            )
         self.engine = _engine(model_cfg, n_mels, self.grad_sample_mode, self.max_grad_norm)
         self.model = self.engine.module
 
@@ -311,7 +324,13 @@ class DPSGDTrainer:
             )
         sampling, noise = self.randomness.client_dpsgd(round_index, cid)
         batches = (poisson_batch(data.num_samples, rate, sampling) for _ in range(steps))
-        update = self._run(data, global_weights, round_index, batches, noise)
+        if self.canaries is None:
+            update = self._run(data, global_weights, round_index, batches, noise)
+        else:
+            coords, values = self.canaries.held(cid)
+            plan = self.canaries.poisson_plan(cid, steps, rate)
+            rows = ((coords[i], values[i]) for i in plan)
+            update = self._run(data, global_weights, round_index, batches, noise, rows)
         self.privacy.spend(cid, steps, rate, round_index)
         return update
 
@@ -322,8 +341,13 @@ class DPSGDTrainer:
         round_index: int,
         batches: Iterable[torch.Tensor],
         noise: torch.Generator,
+        canary_rows: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> Update:
-        """DP-SGD over the given index batches; no accounting (tests feed fixed batches here)."""
+        """DP-SGD over the given index batches; no accounting (tests feed fixed batches here).
+
+        canary_rows: per step, (flat coordinates, values) of the Dirac canaries in its batch.
+        """
+        canary_steps = iter(canary_rows) if canary_rows is not None else None
         set_flat(self.model, global_weights)
         base = torch.optim.SGD(self.engine.params, lr=self.local.lr, momentum=self.local.momentum)
         optimizer = self.engine.optimizer(
@@ -350,12 +374,23 @@ class DPSGDTrainer:
                     loss_sum += batch_loss
                     seen += int(idx.numel())
                     clipped += int((norms > self.max_grad_norm).sum())
+                if canary_steps is not None:  # after the real batch (or the empty one)
+                    self._append_canaries(*next(canary_steps))
                 optimizer.step()
                 steps += 1
         optimizer.zero_grad(set_to_none=True)
         delta = get_flat(self.model) - global_weights
         stats = {"steps": steps, "per_sample_grads": seen, "clipped": clipped, "empty_batches": empty}
         return Update(data.client_id, round_index, delta, data.num_samples, loss_sum / max(seen, 1), stats)
+
+    def _append_canaries(self, coordinates: np.ndarray, values: np.ndarray) -> None:
+        """Add this step's canaries as per-sample gradient rows, before clipping and noise."""
+        if coordinates.shape[0] == 0:
+            return
+        params = self.engine.params
+        rows = dirac_rows([p.shape for p in params], coordinates, values, params[0].dtype)
+        for p, row in zip(params, rows, strict=True):
+            p.grad_sample = torch.cat([p.grad_sample, row])
 
 
 # --- user-level DP -----------------------------------------------------------------------------------
