@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("central", "fedavg", "dp", "user-dp")
 MODELS = ("cnn", "lstm")
+POOLINGS = ("paper", "meanstd")  # over time: the paper's (CNN max, LSTM mean), or mean + std
+CLASS_WEIGHTS = ("none", "balanced")  # local cross-entropy: plain, or weighted by 1 / class count
 DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb", "manifest")
 NORMALIZE = ("utterance", "speaker", "global", "none")
 FOUR_CLASSES = ("neutral", "happy", "sad", "angry")  # privfl.data.records.EMOTIONS, without its import
@@ -180,9 +182,11 @@ class ModelConfig:
     conv_channels: int = 32  # CNN
     lstm_hidden: int = 128  # LSTM
     fc_hidden: int = 128  # both: the first fully connected layer
+    pooling: str = "paper"  # over time: paper (CNN max, LSTM mean) or meanstd (statistics pooling)
 
     def validate(self) -> None:
         _choice("model.name", self.name, MODELS)
+        _choice("model.pooling", self.pooling, POOLINGS)
         for name in ("conv_channels", "lstm_hidden", "fc_hidden"):
             _positive(f"model.{name}", getattr(self, name))
 
@@ -202,9 +206,13 @@ class TrainConfig:
     momentum: float = 0.9  # the paper gives eta = 0.01 but no momentum; 0 is plain SGD
     eval_every: int = 1
     record_updates: bool = False  # keep every client's update per round for attacks/
+    # "balanced": each client weights its cross-entropy by n / (classes * n_class) over its own
+    # labels (scikit-learn's "balanced" heuristic), so a small class (RAVDESS neutral) is not given up
+    class_weights: str = "none"
 
     def validate(self) -> None:
         _choice("train.mode", self.mode, MODES)
+        _choice("train.class_weights", self.class_weights, CLASS_WEIGHTS)
         _choice("train.engine", self.engine, ENGINES)
         _positive("train.clients", self.clients)
         _positive("train.rounds", self.rounds)
@@ -469,6 +477,17 @@ class ExperimentConfig:
             raise ConfigError(
                 f"mode {self.train.mode!r} needs exactly one of --noise-multiplier or --target-epsilon "
                 f"(got noise_multiplier={self.dp.noise_multiplier}, target_epsilon={self.dp.target_epsilon})"
+            )
+        if self.train.mode == "dp" and self.train.class_weights != "none":
+            raise ConfigError(
+                f"train.class_weights {self.train.class_weights!r} weights each utterance's loss by its "
+                "client's class counts, so one record changes the others' gradients, which DP-SGD's "
+                "per-record accounting does not cover; use train.class_weights = 'none' with --mode dp"
+            )
+        if self.train.mode == "dp" and self.model.name == "lstm" and self.model.pooling != "paper":
+            raise ConfigError(
+                f"model.pooling {self.model.pooling!r} with the LSTM under --mode dp: the DP-SGD engines "
+                "mirror the paper LSTM's mean pooling; use model.pooling = 'paper', or the CNN"
             )
         if self.train.mode == "central" and self.secure.scheme != "none":
             raise ConfigError("mode 'central' has no clients to aggregate: drop --secure-agg")

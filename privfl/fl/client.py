@@ -14,6 +14,7 @@ from torch import nn
 
 from privfl.config import ModelConfig
 from privfl.data.dataset import ClientData
+from privfl.data.records import EMOTIONS
 from privfl.models import build_model, get_flat, set_flat
 from privfl.randomness import derive_seed
 
@@ -26,6 +27,7 @@ class LocalConfig:
     batch_size: int = 10
     lr: float = 0.01
     momentum: float = 0.0
+    class_weights: str = "none"  # "balanced": cross-entropy weighted by the client's own class counts
 
 
 @dataclass
@@ -40,6 +42,16 @@ class Update:
     stats: dict = field(default_factory=dict)
 
 
+def balanced_class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """[n_classes] weights n / (n_classes * count_c) from labels y [n]; a class absent from y gets 0
+    (no term of the loss has it) and the classes present average to 1 per utterance."""
+    counts = torch.bincount(y, minlength=n_classes).to(torch.float32)
+    present = counts > 0
+    weights = torch.zeros(n_classes)
+    weights[present] = y.numel() / (int(present.sum()) * counts[present])
+    return weights
+
+
 def sgd_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -47,9 +59,12 @@ def sgd_epochs(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[float, int]:
-    """Run `epochs` shuffled passes of minibatch training; returns (mean loss, steps taken)."""
-    loss_fn = nn.CrossEntropyLoss()
+    """Run `epochs` shuffled passes of minibatch training; returns (mean loss, steps taken).
+
+    class_weights [n_classes] weight each utterance's cross-entropy by its class (None: plain)."""
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights)
     total, steps = 0.0, 0
     model.train()
     for _ in range(epochs):
@@ -77,8 +92,11 @@ class LocalTrainer:
         set_flat(self.model, global_weights)
         optimizer = torch.optim.SGD(self.model.parameters(), lr=self.local.lr, momentum=self.local.momentum)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, round_index, data.client_id))
+        weights = None
+        if self.local.class_weights == "balanced":
+            weights = balanced_class_weights(data.y, len(EMOTIONS))
         loss, steps = sgd_epochs(
-            self.model, optimizer, data, self.local.epochs, self.local.batch_size, generator
+            self.model, optimizer, data, self.local.epochs, self.local.batch_size, generator, weights
         )
         delta = get_flat(self.model) - global_weights
         return Update(data.client_id, round_index, delta, data.num_samples, loss, {"steps": steps})
