@@ -77,6 +77,9 @@ class DataConfig:
     # over each speaker's utterances (each client does its own speaker locally), over the training
     # set (a statistic pooled across clients), or none.
     normalize: str = "utterance"
+    # > 0: drop leading and trailing frames more than trim_db (dB) below the loudest frame before the
+    # crop to max_frames and the normalisation (RAVDESS: about 1 s of silence around each sentence)
+    trim_db: float = 0.0
     # Speaker-independent k-fold CV: folds > 0 splits the speakers into `folds` disjoint test groups
     # (IEMOCAP: one fold per session); fold 1..folds picks one, 0 runs them all (privfl.folds).
     folds: int = 0
@@ -121,6 +124,11 @@ class DataConfig:
         _positive("data.n_mels", self.n_mels)
         _positive("data.max_frames", self.max_frames)
         _choice("data.normalize", self.normalize, NORMALIZE)
+        if not (math.isfinite(self.trim_db) and 0.0 <= self.trim_db <= 120.0):
+            raise ConfigError(
+                f"data.trim_db must be between 0 (keep every frame) and 120 dB, got {self.trim_db}; "
+                "e.g. 30 trims what is 30 dB below the loudest frame"
+            )
         self._validate_folds()
         self._validate_manifest()
 
