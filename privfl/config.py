@@ -28,6 +28,7 @@ MODES = ("central", "fedavg", "dp", "user-dp")
 MODELS = ("cnn", "lstm")
 POOLINGS = ("paper", "meanstd")  # over time: the paper's (CNN max, LSTM mean), or mean + std
 CLASS_WEIGHTS = ("none", "balanced")  # local cross-entropy: plain, or weighted by 1 / class count
+LR_SCHEDULES = ("constant", "cosine")  # the local lr over rounds: fixed (the paper) or cosine-annealed
 DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb", "manifest")
 NORMALIZE = ("utterance", "speaker", "global", "none")
 FOUR_CLASSES = ("neutral", "happy", "sad", "angry")  # privfl.data.records.EMOTIONS, without its import
@@ -217,10 +218,14 @@ class TrainConfig:
     # "balanced": each client weights its cross-entropy by n / (classes * n_class) over its own
     # labels (scikit-learn's "balanced" heuristic), so a small class (RAVDESS neutral) is not given up
     class_weights: str = "none"
+    # "cosine": round r (1..rounds) trains at lr * (1 + cos(pi (r - 1) / rounds)) / 2 (Loshchilov &
+    # Hutter 2017, one cycle, by round), so the last rounds take small steps; "constant": the paper
+    lr_schedule: str = "constant"
 
     def validate(self) -> None:
         _choice("train.mode", self.mode, MODES)
         _choice("train.class_weights", self.class_weights, CLASS_WEIGHTS)
+        _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("train.engine", self.engine, ENGINES)
         _positive("train.clients", self.clients)
         _positive("train.rounds", self.rounds)
@@ -491,6 +496,11 @@ class ExperimentConfig:
                 f"train.class_weights {self.train.class_weights!r} weights each utterance's loss by its "
                 "client's class counts, so one record changes the others' gradients, which DP-SGD's "
                 "per-record accounting does not cover; use train.class_weights = 'none' with --mode dp"
+            )
+        if self.train.mode == "dp" and self.train.lr_schedule != "constant":
+            raise ConfigError(
+                f"train.lr_schedule {self.train.lr_schedule!r} is not implemented for DP-SGD clients "
+                "(--mode dp); use train.lr_schedule = 'constant'"
             )
         if self.train.mode == "dp" and self.model.name == "lstm" and self.model.pooling != "paper":
             raise ConfigError(

@@ -6,6 +6,7 @@ sent (weighting, clipping, noise, encryption) is the aggregation policy's job, n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,15 @@ class LocalConfig:
     lr: float = 0.01
     momentum: float = 0.0
     class_weights: str = "none"  # "balanced": cross-entropy weighted by the client's own class counts
+    lr_schedule: str = "constant"  # "cosine": lr annealed over `rounds` rounds (round_lr)
+    rounds: int = 1
+
+    def round_lr(self, round_index: int) -> float:
+        """The local learning rate in round `round_index` (1-based)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = min(max(round_index - 1, 0) / max(self.rounds, 1), 1.0)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -90,7 +100,8 @@ class LocalTrainer:
 
     def train(self, data: ClientData, global_weights: np.ndarray, round_index: int) -> Update:
         set_flat(self.model, global_weights)
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.local.lr, momentum=self.local.momentum)
+        lr = self.local.round_lr(round_index)
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=self.local.momentum)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, round_index, data.client_id))
         weights = None
         if self.local.class_weights == "balanced":

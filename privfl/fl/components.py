@@ -69,7 +69,9 @@ class Components:
 def build_components(cfg: ExperimentConfig, data: ClientsData) -> Components:
     """Choose trainer, policy, summation and sampler from the mode and secure-aggregation settings."""
     t = cfg.train
-    local = LocalConfig(t.local_epochs, t.batch_size, t.lr, t.momentum, t.class_weights)
+    local = LocalConfig(
+        t.local_epochs, t.batch_size, t.lr, t.momentum, t.class_weights, t.lr_schedule, t.rounds
+    )
     if t.mode == "dp":
         return _record_level(cfg, data.clients, data.n_mels, local)
     if t.mode == "user-dp":

@@ -50,3 +50,28 @@ def test_class_weights_are_validated_and_refused_under_dp_sgd():
     ExperimentConfig().override(
         {"train.class_weights": "balanced", "train.mode": "user-dp", "dp.noise_multiplier": 1.0}
     ).validate()
+
+
+def test_cosine_schedule_by_round_and_constant_default():
+    cosine = LocalConfig(lr=0.1, lr_schedule="cosine", rounds=4)
+    assert [round(cosine.round_lr(r), 6) for r in (1, 2, 3, 4)] == [0.1, 0.085355, 0.05, 0.014645]
+    assert cosine.round_lr(9) == pytest.approx(0.0)  # rounds extended past the schedule: it stays at 0
+    assert LocalConfig(lr=0.1, rounds=4).round_lr(3) == 0.1
+    with pytest.raises(ConfigError, match="train.lr_schedule 'step' is not one of constant, cosine"):
+        ExperimentConfig().override({"train.lr_schedule": "step"}).validate()
+    with pytest.raises(ConfigError, match="not implemented for DP-SGD"):
+        ExperimentConfig().override(
+            {"train.lr_schedule": "cosine", "train.mode": "dp", "dp.noise_multiplier": 1.0}
+        ).validate()
+
+
+def test_the_trainer_steps_with_the_round_lr(one_thread):
+    data = _client([0, 1, 2, 3] * 2)
+    w0 = initial_weights(SMALL, 40, 0)
+
+    def delta(lr: float, schedule: str, round_index: int) -> np.ndarray:
+        local = LocalConfig(epochs=1, batch_size=8, lr=lr, lr_schedule=schedule, rounds=4)
+        return LocalTrainer(SMALL, 40, local, seed=0).train(data, w0, round_index).delta
+
+    # one full-batch step of plain SGD: the delta is -lr * gradient, so it scales with the round's lr
+    np.testing.assert_allclose(delta(0.1, "cosine", 3), delta(0.05, "constant", 3), rtol=1e-5, atol=1e-7)
