@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("central", "fedavg", "dp", "user-dp")
 MODELS = ("cnn", "lstm")
+POOLINGS = ("paper", "meanstd")  # over time: the paper's (CNN max, LSTM mean), or mean + std
+CLASS_WEIGHTS = ("none", "balanced")  # local cross-entropy: plain, or weighted by 1 / class count
+LR_SCHEDULES = ("constant", "cosine")  # the local lr over rounds: fixed (the paper) or cosine-annealed
 DATASETS = ("synthetic", "iemocap", "crema-d", "ravdess", "emodb", "manifest")
 NORMALIZE = ("utterance", "speaker", "global", "none")
 FOUR_CLASSES = ("neutral", "happy", "sad", "angry")  # privfl.data.records.EMOTIONS, without its import
@@ -76,6 +79,9 @@ class DataConfig:
     # over each speaker's utterances (each client does its own speaker locally), over the training
     # set (a statistic pooled across clients), or none.
     normalize: str = "utterance"
+    # > 0: drop leading and trailing frames more than trim_db (dB) below the loudest frame before the
+    # crop to max_frames and the normalisation (RAVDESS: about 1 s of silence around each sentence)
+    trim_db: float = 0.0
     # Speaker-independent k-fold CV: folds > 0 splits the speakers into `folds` disjoint test groups
     # (IEMOCAP: one fold per session); fold 1..folds picks one, 0 runs them all (privfl.folds).
     folds: int = 0
@@ -120,6 +126,11 @@ class DataConfig:
         _positive("data.n_mels", self.n_mels)
         _positive("data.max_frames", self.max_frames)
         _choice("data.normalize", self.normalize, NORMALIZE)
+        if not (math.isfinite(self.trim_db) and 0.0 <= self.trim_db <= 120.0):
+            raise ConfigError(
+                f"data.trim_db must be between 0 (keep every frame) and 120 dB, got {self.trim_db}; "
+                "e.g. 30 trims what is 30 dB below the loudest frame"
+            )
         self._validate_folds()
         self._validate_manifest()
 
@@ -181,9 +192,11 @@ class ModelConfig:
     conv_channels: int = 32  # CNN
     lstm_hidden: int = 128  # LSTM
     fc_hidden: int = 128  # both: the first fully connected layer
+    pooling: str = "paper"  # over time: paper (CNN max, LSTM mean) or meanstd (statistics pooling)
 
     def validate(self) -> None:
         _choice("model.name", self.name, MODELS)
+        _choice("model.pooling", self.pooling, POOLINGS)
         for name in ("conv_channels", "lstm_hidden", "fc_hidden"):
             _positive(f"model.{name}", getattr(self, name))
 
@@ -203,9 +216,17 @@ class TrainConfig:
     momentum: float = 0.9  # the paper gives eta = 0.01 but no momentum; 0 is plain SGD
     eval_every: int = 1
     record_updates: bool = False  # keep every client's update per round for attacks/
+    # "balanced": each client weights its cross-entropy by n / (classes * n_class) over its own
+    # labels (scikit-learn's "balanced" heuristic), so a small class (RAVDESS neutral) is not given up
+    class_weights: str = "none"
+    # "cosine": round r (1..rounds) trains at lr * (1 + cos(pi (r - 1) / rounds)) / 2 (Loshchilov &
+    # Hutter 2017, one cycle, by round), so the last rounds take small steps; "constant": the paper
+    lr_schedule: str = "constant"
 
     def validate(self) -> None:
         _choice("train.mode", self.mode, MODES)
+        _choice("train.class_weights", self.class_weights, CLASS_WEIGHTS)
+        _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("train.engine", self.engine, ENGINES)
         _positive("train.clients", self.clients)
         _positive("train.rounds", self.rounds)
@@ -494,6 +515,22 @@ class ExperimentConfig:
             raise ConfigError(
                 f"mode {self.train.mode!r} needs exactly one of --noise-multiplier or --target-epsilon "
                 f"(got noise_multiplier={self.dp.noise_multiplier}, target_epsilon={self.dp.target_epsilon})"
+            )
+        if self.train.mode == "dp" and self.train.class_weights != "none":
+            raise ConfigError(
+                f"train.class_weights {self.train.class_weights!r} weights each utterance's loss by its "
+                "client's class counts, so one record changes the others' gradients, which DP-SGD's "
+                "per-record accounting does not cover; use train.class_weights = 'none' with --mode dp"
+            )
+        if self.train.mode == "dp" and self.train.lr_schedule != "constant":
+            raise ConfigError(
+                f"train.lr_schedule {self.train.lr_schedule!r} is not implemented for DP-SGD clients "
+                "(--mode dp); use train.lr_schedule = 'constant'"
+            )
+        if self.train.mode == "dp" and self.model.name == "lstm" and self.model.pooling != "paper":
+            raise ConfigError(
+                f"model.pooling {self.model.pooling!r} with the LSTM under --mode dp: the DP-SGD engines "
+                "mirror the paper LSTM's mean pooling; use model.pooling = 'paper', or the CNN"
             )
         if self.train.mode == "central" and self.secure.scheme != "none":
             raise ConfigError("mode 'central' has no clients to aggregate: drop --secure-agg")

@@ -2,7 +2,10 @@
 
 The paper gives layer types but no sizes; the widths here are config fields (ModelConfig).
 Both models take x [batch, frames, n_mels] and lengths [batch] (true frame counts) and return
-logits [batch, n_classes]; the softmax of the paper lives in the cross-entropy loss. Neither has
+logits [batch, n_classes]; the softmax of the paper lives in the cross-entropy loss.
+`model.pooling` swaps the paper's pooling over time (CNN: max, LSTM: mean) for the mean and the
+standard deviation over real frames ("meanstd", statistics pooling as in x-vector systems,
+Snyder et al. 2018), which doubles the input of the first fully connected layer. Neither has
 batch-norm or buffers, so the parameters are the whole state and Opacus can wrap both.
 """
 
@@ -21,24 +24,50 @@ def _time_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def mean_std_over_time(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] -> [B, 2D]: mean and standard deviation over each row's real frames (`lengths`)."""
+    mask = _time_mask(lengths, h.shape[1]).unsqueeze(-1).to(h.dtype)
+    n = lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)
+    mean = (h * mask).sum(dim=1) / n
+    var = (((h - mean.unsqueeze(1)) * mask) ** 2).sum(dim=1) / n
+    return torch.cat([mean, (var + 1e-5).sqrt()], dim=1)
+
+
 class PaperCNN(nn.Module):
     """One conv layer, one max-pool, two fully connected layers (Latif et al. 2020).
 
     conv 5x5 (time x Mel) -> ReLU -> max-pool over all real frames and by 2 over Mel bands
     -> FC(channels * n_mels/2, fc_hidden) -> ReLU -> FC(fc_hidden, n_classes).
     Pooling over time makes the model length-independent; padding frames never win the max.
+    pooling="meanstd": max-pool by 2 over Mel bands only, then the mean and standard deviation of
+    each (channel, band) over real frames -> FC(2 * channels * n_mels/2, fc_hidden).
     """
 
-    def __init__(self, n_mels: int = 40, channels: int = 32, fc_hidden: int = 128, n_classes: int = 4):
+    def __init__(
+        self,
+        n_mels: int = 40,
+        channels: int = 32,
+        fc_hidden: int = 128,
+        n_classes: int = 4,
+        pooling: str = "max",
+    ):
         super().__init__()
+        if pooling not in ("max", "meanstd"):
+            raise ValueError(f"PaperCNN pooling must be 'max' or 'meanstd', got {pooling!r}")
+        self.pooling = pooling
         self.conv = nn.Conv2d(1, channels, kernel_size=5, padding=2)
-        self.fc1 = nn.Linear(channels * (n_mels // 2), fc_hidden)
+        width = channels * (n_mels // 2) * (2 if pooling == "meanstd" else 1)
+        self.fc1 = nn.Linear(width, fc_hidden)
         self.fc2 = nn.Linear(fc_hidden, n_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = x[:, : int(lengths.max())]  # frames that are padding for the whole batch change nothing
         h = self.conv(x.unsqueeze(1))  # [B, C, T, M]
         t = h.shape[2]
+        if self.pooling == "meanstd":
+            h = torch.relu(nn.functional.max_pool2d(h, kernel_size=(1, 2)))  # [B, C, T, M/2]
+            h = mean_std_over_time(h.transpose(1, 2).flatten(2), lengths)  # [B, 2 * C * M/2]
+            return self.fc2(torch.relu(self.fc1(h)))
         if bool((lengths < t).any()):
             h = h.masked_fill(~_time_mask(lengths, t)[:, None, :, None], float("-inf"))
         # One max-pool over all real frames and Mel pairs, then ReLU: max and ReLU commute, and
@@ -52,25 +81,37 @@ class PaperLSTM(nn.Module):
 
     LSTM(n_mels -> hidden) over the frames -> mean of the outputs over real frames
     -> FC(hidden, fc_hidden) -> ReLU -> FC(fc_hidden, n_classes).
+    pooling="meanstd": mean and standard deviation over real frames -> FC(2 * hidden, fc_hidden).
     With dp=True the LSTM is opacus.layers.DPLSTM, whose state-dict keys equal nn.LSTM's.
     """
 
     def __init__(
-        self, n_mels: int = 40, hidden: int = 128, fc_hidden: int = 128, n_classes: int = 4, dp: bool = False
+        self,
+        n_mels: int = 40,
+        hidden: int = 128,
+        fc_hidden: int = 128,
+        n_classes: int = 4,
+        dp: bool = False,
+        pooling: str = "mean",
     ):
         super().__init__()
+        if pooling not in ("mean", "meanstd"):
+            raise ValueError(f"PaperLSTM pooling must be 'mean' or 'meanstd', got {pooling!r}")
+        self.pooling = pooling
         if dp:
             from opacus.layers import DPLSTM
 
             self.lstm = DPLSTM(n_mels, hidden, batch_first=True)
         else:
             self.lstm = nn.LSTM(n_mels, hidden, batch_first=True)
-        self.fc1 = nn.Linear(hidden, fc_hidden)
+        self.fc1 = nn.Linear(hidden * (2 if pooling == "meanstd" else 1), fc_hidden)
         self.fc2 = nn.Linear(fc_hidden, n_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         t_max = int(lengths.max())  # skip frames that are padding for the whole batch
         out, _ = self.lstm(x[:, :t_max])
+        if self.pooling == "meanstd":
+            return self.fc2(torch.relu(self.fc1(mean_std_over_time(out, lengths))))
         mask = _time_mask(lengths, t_max).unsqueeze(-1).to(out.dtype)
         pooled = (out * mask).sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(out.dtype)
         return self.fc2(torch.relu(self.fc1(pooled)))
@@ -79,8 +120,10 @@ class PaperLSTM(nn.Module):
 def build_model(cfg: ModelConfig, n_mels: int = 40, dp: bool = False) -> nn.Module:
     """The configured model with PyTorch's default initialisation (seed torch before calling)."""
     if cfg.name == "cnn":
-        return PaperCNN(n_mels, cfg.conv_channels, cfg.fc_hidden, len(EMOTIONS))
-    return PaperLSTM(n_mels, cfg.lstm_hidden, cfg.fc_hidden, len(EMOTIONS), dp=dp)
+        pooling = "max" if cfg.pooling == "paper" else cfg.pooling
+        return PaperCNN(n_mels, cfg.conv_channels, cfg.fc_hidden, len(EMOTIONS), pooling=pooling)
+    pooling = "mean" if cfg.pooling == "paper" else cfg.pooling
+    return PaperLSTM(n_mels, cfg.lstm_hidden, cfg.fc_hidden, len(EMOTIONS), dp=dp, pooling=pooling)
 
 
 def initial_weights(cfg: ModelConfig, n_mels: int, seed: int) -> np.ndarray:

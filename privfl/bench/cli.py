@@ -185,6 +185,12 @@ def _print_timings(console, timings: dict, runs: list[dict]) -> None:
 )
 @click.option("--seeds", "seeds_text", type=str, help="Comma-separated seeds, e.g. 0,1,2 [the grid's].")
 @click.option(
+    "--folds",
+    type=int,
+    help="Repeat over the K folds of K-fold speaker CV instead of over seeds (one seed: the grid's "
+    "first, or --seeds).",
+)
+@click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a base config field, e.g. train.lr=0.05."
 )
 @click.option("--only", multiple=True, metavar="POINT", help="Run only these grid points (repeatable).")
@@ -206,6 +212,7 @@ def privacy_utility(
     clients,
     partition,
     seeds_text,
+    folds,
     sets,
     only,
     no_attacks,
@@ -218,6 +225,7 @@ def privacy_utility(
     privfl bench privacy-utility --out bench/pu                      # quick default grid, built-in corpus
     privfl bench privacy-utility --config benchmarks/configs/iemocap_lstm.toml --data-dir ~/IEMOCAP
     privfl bench privacy-utility --only fedavg --only secagg --seeds 0 --rounds 3
+    privfl bench privacy-utility --dataset ravdess --data-dir RAVDESS/ --folds 6   # 6 speaker folds, seed 0
     """
     from rich.console import Console
 
@@ -243,6 +251,12 @@ def privacy_utility(
     seeds = _seeds(seeds_text)
     if seeds is not None:
         grid = grid.with_seeds(seeds)
+    if folds is not None:
+        if folds < 2:
+            raise ConfigError(f"--folds must be >= 2 (K-fold speaker CV), got {folds}; e.g. --folds 6")
+        grid = grid.with_folds(folds)
+        if seeds is None:  # folds replace the seeds as the repeats
+            grid = grid.with_seeds(grid.seeds[:1])
     if no_attacks:
         grid = grid.without_attacks()
     grid.validate()

@@ -24,6 +24,10 @@ Grid TOML (benchmarks/configs/*.toml):
 
 A point's experiment is `base.override(point.set)` with `seed` replaced by each of `seeds`;
 the attacks use the run's seed, so one seed reproduces a row.
+
+Speaker folds instead of (or besides) seeds: with `data.folds = K` in [base], a top-level
+`folds = [1, 2, ..., K]` runs every point on each listed fold of K-fold speaker CV (test speakers
+disjoint across folds), and the tables give mean +- sd over folds (`--folds K` on the CLI).
 """
 
 from __future__ import annotations
@@ -122,9 +126,16 @@ class Grid:
     seeds: tuple[int, ...] = (0, 1, 2)
     attacks: AttackPlan = field(default_factory=AttackPlan)
     description: str = ""
+    folds: tuple[int, ...] = ()  # folds of base.data.folds to run; () = one split per seed
 
-    def config_for(self, point: GridPoint, seed: int) -> ExperimentConfig:
-        return self.base.override({**point.overrides_dict(), "seed": seed})
+    def config_for(self, point: GridPoint, seed: int, fold: int = 0) -> ExperimentConfig:
+        """The experiment of one run: the point's overrides, this seed and (with folds) this fold."""
+        fold_set = {"data.fold": fold} if fold else {}
+        return self.base.override({**point.overrides_dict(), **fold_set, "seed": seed})
+
+    def repeats(self) -> list[tuple[int, int]]:
+        """(seed, fold) of every run of a point, fold 0 where the grid has no folds."""
+        return [(seed, fold) for seed in self.seeds for fold in (self.folds or (0,))]
 
     def point(self, name: str) -> GridPoint:
         for p in self.points:
@@ -141,6 +152,12 @@ class Grid:
 
     def with_seeds(self, seeds: tuple[int, ...]) -> Grid:
         return dataclasses.replace(self, seeds=tuple(seeds))
+
+    def with_folds(self, k: int) -> Grid:
+        """A copy that runs every point on all k folds of k-fold speaker CV (base data.folds = k)."""
+        return dataclasses.replace(
+            self, base=self.base.override({"data.folds": k, "data.fold": 0}), folds=tuple(range(1, k + 1))
+        )
 
     def only(self, names: tuple[str, ...]) -> Grid:
         """A copy with just the named points (in grid order)."""
@@ -163,6 +180,7 @@ class Grid:
             raise ConfigError("the grid needs at least one seed, e.g. seeds = [0, 1, 2]")
         if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and >= 0, got {list(self.seeds)}")
+        self._validate_folds()
         unknown = [a for a in self.attacks.which if a not in ATTACKS]
         if unknown:
             raise ConfigError(f"attacks.which has {unknown[0]!r}; choose among {', '.join(ATTACKS)}")
@@ -175,7 +193,7 @@ class Grid:
             if p.name in seen:
                 raise ConfigError(f"two points are named {p.name!r}; point names must be unique")
             seen.add(p.name)
-            cfg = self.config_for(p, self.seeds[0]).validate()
+            cfg = self.config_for(p, *self.repeats()[0]).validate()
             if cfg.train.mode == "central":
                 raise ConfigError(
                     f"point {p.name!r} uses mode 'central', which has no clients to defend or attack; "
@@ -207,6 +225,29 @@ class Grid:
                 )
         return self
 
+    def _validate_folds(self) -> None:
+        k = self.base.data.folds
+        if self.base.data.fold:
+            raise ConfigError(
+                f"[base] sets data.fold = {self.base.data.fold}; a grid lists its folds at the top level "
+                f"instead (folds = [1, 2, ...])"
+            )
+        if k and not self.folds:
+            raise ConfigError(
+                f"[base] sets data.folds = {k} but the grid lists no folds to run: add "
+                f"folds = {list(range(1, k + 1))} at the top level (or --folds {k})"
+            )
+        if self.folds and not k:
+            raise ConfigError(
+                f"the grid lists folds {list(self.folds)} but [base] has no data.folds: set data.folds "
+                "(the number of speaker folds, e.g. 6) in [base], or use --folds K"
+            )
+        bad = [f for f in self.folds if isinstance(f, bool) or not isinstance(f, int) or not 1 <= f <= k]
+        if bad or len(set(self.folds)) != len(self.folds):
+            raise ConfigError(
+                f"folds must be distinct integers in 1..{k} (data.folds = {k}), got {list(self.folds)}"
+            )
+
     # --- TOML ---------------------------------------------------------------------------------
     def to_dict(self, full: bool = True) -> dict[str, Any]:
         """Plain dict; full=False writes only the base fields that differ from ExperimentConfig's defaults."""
@@ -214,6 +255,8 @@ class Grid:
         if self.description:
             out["description"] = self.description
         out["seeds"] = list(self.seeds)
+        if self.folds:
+            out["folds"] = list(self.folds)
         base = self.base.to_dict() if full else _changed(self.base.to_dict(), ExperimentConfig().to_dict())
         if not full:  # always say which corpus and model, defaults or not
             base.setdefault("data", {})["dataset"] = self.base.data.dataset
@@ -231,7 +274,7 @@ class Grid:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "grid") -> Grid:
-        known = {"name", "description", "seeds", "base", "attacks", "points"}
+        known = {"name", "description", "seeds", "folds", "base", "attacks", "points"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(
@@ -248,6 +291,11 @@ class Grid:
             isinstance(s, int) and not isinstance(s, bool) for s in seeds
         ):
             raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
+        folds = raw.get("folds", [])
+        if not isinstance(folds, list) or not all(
+            isinstance(f, int) and not isinstance(f, bool) for f in folds
+        ):
+            raise ConfigError(f"{where}: folds must be a list of fold numbers, e.g. [1, 2, 3], got {folds!r}")
         a = raw.get("attacks", {})
         if not isinstance(a, dict) or set(a) - {"which", "gender", "membership"}:
             raise ConfigError(
@@ -290,6 +338,7 @@ class Grid:
             tuple(seeds),
             attacks,
             str(raw.get("description", "")),
+            tuple(folds),
         )
 
     @classmethod

@@ -1,10 +1,11 @@
 """The privacy-utility benchmark: for one corpus and model, what each defence costs and what it stops.
 
-For every grid point and seed: train (or resume, or reuse) a run directory under
-out/points/<point>-s<seed>/, attack it (gender inference, membership inference), and collect test
-UAR, (epsilon, delta), attack AUCs and TPR at 1 % FPR, wall times and upload size. Then write
-results.csv (one row per point: mean and spread over seeds), runs.csv (one row per run),
-results.json (everything, with the grid and the environment), results.md and three plots.
+For every grid point and seed (and speaker fold, where the grid lists folds): train (or resume,
+or reuse) a run directory under out/points/<point>-s<seed>/ (<point>-s<seed>-f<fold>/), attack it
+(gender inference, membership inference), and collect test UAR, (epsilon, delta), attack AUCs and
+TPR at 1 % FPR, wall times and upload size. Then write results.csv (one row per point: mean and
+spread over seeds and folds), runs.csv (one row per run), results.json (everything, with the grid
+and the environment), results.md and three plots.
 
     from privfl.bench import default_grid, run_privacy_utility
     doc = run_privacy_utility(default_grid(), Path("bench/pu"))
@@ -29,7 +30,7 @@ from privfl.bench.reporter import Reporter
 from privfl.errors import AttackError
 from privfl.runs import RunDir, atomic_write_bytes, atomic_write_json
 
-TIMING_KEYS = ("point", "seed", "status", "setup_s", "train_s", "attack_s", "wall_s", "cpu_s")
+TIMING_KEYS = ("point", "seed", "fold", "status", "setup_s", "train_s", "attack_s", "wall_s", "cpu_s")
 BENCH_FILE = "bench.json"  # in each point's run directory: its attack summary and the plan that made it
 
 
@@ -136,7 +137,8 @@ def run_privacy_utility(
     reporter: Reporter | None = None,
     command: str = "",
 ) -> dict[str, Any]:
-    """Run (or reuse) every point x seed of `grid` into `out` and write the results; returns results.json."""
+    """Run (or reuse) every point x seed (x fold) of `grid` into `out` and write the results; returns
+    results.json."""
     started = time.perf_counter()
     rep = reporter or Reporter()
     grid.validate()
@@ -152,7 +154,7 @@ def run_privacy_utility(
     skipped: list[dict] = []
     runnable = []
     for point in grid.points:
-        why = missing_for(grid.config_for(point, grid.seeds[0]))
+        why = missing_for(grid.config_for(point, *grid.repeats()[0]))
         if why:
             skipped.append({"point": point.name, "defence": point.defence, "reason": why})
             rep.note(f"point {point.name} ({point.defence}) skipped: {why}")
@@ -160,16 +162,16 @@ def run_privacy_utility(
             runnable.append(point)
     # refuse a directory of another experiment before anything trains
     for point in runnable:
-        for seed in grid.seeds:
-            run_state(_run_path(out, point.name, seed), grid.config_for(point, seed))
+        for seed, fold in grid.repeats():
+            run_state(_run_path(out, point.name, seed, fold), grid.config_for(point, seed, fold))
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "grid.toml", grid.to_toml().encode())
-    rep.grid_started(len(runnable) * len(grid.seeds))
+    rep.grid_started(len(runnable) * len(grid.repeats()))
     runs: list[dict] = []
     for point in runnable:
-        for seed in grid.seeds:
-            record = _run_point(grid, point, seed, out, rep, stages, cpu, attack_block)
+        for seed, fold in grid.repeats():
+            record = _run_point(grid, point, seed, fold, out, rep, stages, cpu, attack_block)
             runs.append(record)
             rep.run_finished(record)
 
@@ -190,16 +192,16 @@ def run_privacy_utility(
     return doc
 
 
-def _run_path(out: Path, point: str, seed: int) -> Path:
-    return out / "points" / f"{point}-s{seed}"
+def _run_path(out: Path, point: str, seed: int, fold: int = 0) -> Path:
+    return out / "points" / (f"{point}-s{seed}" + (f"-f{fold}" if fold else ""))
 
 
 def _run_point(
-    grid: Grid, point, seed: int, out: Path, rep: Reporter, stages: dict, cpu: dict, attack_block
+    grid: Grid, point, seed: int, fold: int, out: Path, rep: Reporter, stages: dict, cpu: dict, attack_block
 ) -> dict:
-    cfg = grid.config_for(point, seed)
-    path = _run_path(out, point.name, seed)
-    label = f"{point.name} s{seed}"
+    cfg = grid.config_for(point, seed, fold)
+    path = _run_path(out, point.name, seed, fold)
+    label = f"{point.name} s{seed}" + (f" f{fold}" if fold else "")
     state = run_state(path, cfg)
     rep.run_started(label, state, cfg.train.rounds)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -214,6 +216,7 @@ def _run_point(
         "point": point.name,
         "defence": point.defence,
         "seed": seed,
+        "fold": fold,
         "status": STATUS_WORD[state],
         "run_dir": str(path),
         "mode": summary["mode"],
@@ -382,6 +385,7 @@ def _aggregate_point(name: str, defence: str, runs: list[dict]) -> dict:
         "point": name,
         "defence": defence,
         "seeds": [r["seed"] for r in runs],
+        "folds": [r.get("fold", 0) for r in runs],
         "status": sorted({r["status"] for r in runs}),
         "epsilon": spread(finite) if finite else None,
         "epsilon_server": _observer_spread(runs, "epsilon_server"),
@@ -441,6 +445,7 @@ POINT_COLUMNS = [
     "point",
     "defence",
     "n_seeds",
+    "n_folds",
     "epsilon",
     "epsilon_server",
     "epsilon_other_client",
@@ -468,6 +473,7 @@ RUN_COLUMNS = [
     "point",
     "defence",
     "seed",
+    "fold",
     "status",
     "epsilon",
     "epsilon_server",
@@ -500,7 +506,8 @@ def point_row(p: dict) -> dict:
     return {
         "point": p["point"],
         "defence": p["defence"],
-        "n_seeds": len(p["seeds"]),
+        "n_seeds": len(set(p["seeds"])),
+        "n_folds": len(set(p.get("folds", ())) - {0}),
         "epsilon": _m(p["epsilon"]) if p["epsilon"] else math.inf,
         "epsilon_server": _observer_cell(p.get("epsilon_server")),
         "epsilon_other_client": _observer_cell(p.get("epsilon_other_client")),
@@ -538,6 +545,7 @@ def run_row(r: dict) -> dict:
         "point": r["point"],
         "defence": r["defence"],
         "seed": r["seed"],
+        "fold": r.get("fold", 0),
         "status": r["status"],
         "epsilon": r["epsilon"],
         "epsilon_server": "none" if r.get("epsilon_server", math.inf) is None else r.get("epsilon_server"),
@@ -652,7 +660,7 @@ def _bytes(v: float | None) -> str:
 
 
 def markdown_table(doc: dict) -> str:
-    """The results table in Markdown: one row per grid point, mean ± sd over seeds."""
+    """The results table in Markdown: one row per grid point, mean ± sd over seeds (and folds)."""
     head = (
         "| point | defence | DP noise | ε released model | ε server | ε another client | δ "
         "| test UAR % | gender AUC | membership AUC | membership TPR@1%FPR | upload / client / round "
@@ -705,9 +713,11 @@ def markdown(doc: dict) -> str:
         "",
         f"{d.get('dataset')} corpus, {base.get('model', {}).get('name')} model, K={t.get('clients')} clients "
         f"({d.get('partition')}), {t.get('rounds')} rounds, B={t.get('batch_size')}, "
-        f"E={t.get('local_epochs')}, lr={t.get('lr')}, momentum={t.get('momentum')}; seeds {grid['seeds']}. "
-        "Values are mean ± sd over seeds; UAR of the final model on the "
-        f"test speakers. privfl {doc['privfl_version']}, torch {env['torch']}, {env['cpus']} CPUs"
+        f"E={t.get('local_epochs')}, lr={t.get('lr')}, momentum={t.get('momentum')}; seeds {grid['seeds']}"
+        + (f", speaker folds {grid['folds']} of {d.get('folds')}" if grid.get("folds") else "")
+        + f". Values are mean ± sd over {'folds' if grid.get('folds') else 'seeds'}; UAR of the "
+        f"final model on the test speakers. privfl {doc['privfl_version']}, torch {env['torch']}, "
+        f"{env['cpus']} CPUs"
         + (f", synthetic corpus {env['synthetic_generator']}." if env.get("synthetic_generator") else "."),
         "",
         markdown_table(doc),

@@ -155,7 +155,10 @@ def featurise(
     from privfl.data.corpora.synthetic import cache_root
 
     fcfg = FeatureConfig(
-        n_mels=cfg.n_mels, max_frames=cfg.max_frames, per_utterance_norm=cfg.normalize == "utterance"
+        n_mels=cfg.n_mels,
+        max_frames=cfg.max_frames,
+        per_utterance_norm=cfg.normalize == "utterance",
+        trim_db=cfg.trim_db,
     )
     cb = (lambda done, total: progress(stage, done, total)) if progress else None
     feats = extract(utts, fcfg, speed=speed, cache_dir=cache_root() / "features", progress=cb)

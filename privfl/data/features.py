@@ -4,13 +4,17 @@
 of the Mel power plus a floor, then (by default) per-utterance mean/variance normalisation over
 that utterance's own frames, so no statistic crosses a speaker or client boundary. With
 `per_utterance_norm=False` the raw log-Mel frames are kept, for normalisation over a speaker's
-utterances or the training set (`normalise_groups`).
+utterances or the training set (`normalise_groups`). `trim_db > 0` first drops the leading and
+trailing frames whose Mel power is more than trim_db below the utterance's loudest frame (as
+librosa.effects.trim does on the waveform), so silence neither fills the fixed crop nor enters
+the normalisation statistics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -41,6 +45,7 @@ class FeatureConfig:
     hop_ms: float = 10.0
     max_frames: int = 300
     per_utterance_norm: bool = True  # False: raw log-Mel, normalised later over a group of utterances
+    trim_db: float = 0.0  # > 0: trim leading/trailing frames this far (dB) below the loudest; 0: keep all
 
     @property
     def win_length(self) -> int:
@@ -57,6 +62,7 @@ class LogMel(torch.nn.Module):
     def __init__(self, cfg: FeatureConfig = FeatureConfig()) -> None:
         super().__init__()
         self.per_utterance_norm = cfg.per_utterance_norm
+        self.trim_db = cfg.trim_db
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=cfg.sample_rate,
             n_fft=cfg.win_length,
@@ -69,7 +75,19 @@ class LogMel(torch.nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         logmel = torch.log(self.mel(wave) + LOG_FLOOR).transpose(-1, -2)  # [frames, n_mels]
+        if self.trim_db > 0:
+            logmel = trim_silence(logmel, self.trim_db)
         return normalise(logmel) if self.per_utterance_norm else logmel
+
+
+def trim_silence(logmel: torch.Tensor, top_db: float) -> torch.Tensor:
+    """[frames, n_mels] log-Mel -> the span from the first to the last frame whose total Mel power
+    is within top_db (dB) of the loudest frame's; the quiet frames inside the span stay."""
+    power_db = torch.logsumexp(logmel, dim=-1) * (10.0 / math.log(10.0))  # [frames]
+    if power_db.numel() == 0:
+        return logmel
+    loud = torch.nonzero(power_db >= power_db.max() - top_db).flatten()
+    return logmel[int(loud[0]) : int(loud[-1]) + 1]
 
 
 def normalise(frames: torch.Tensor) -> torch.Tensor:
@@ -201,10 +219,12 @@ def cache_key(utterances: Sequence[Utterance], cfg: FeatureConfig, speed: float)
     """Hash of the corpus listing (paths, sizes, mtimes) and the feature config."""
     h = hashlib.sha256()
     params = asdict(cfg)
-    if params.pop("per_utterance_norm"):  # the default keeps the keys of caches written before the field
-        h.update(json.dumps([FEATURE_VERSION, params, speed]).encode())
-    else:
-        h.update(json.dumps([FEATURE_VERSION, params, speed, "raw"]).encode())
+    # the defaults keep the keys of caches written before these fields
+    extra = [] if params.pop("per_utterance_norm") else ["raw"]
+    trim_db = params.pop("trim_db")
+    if trim_db:
+        extra.append(f"trim{trim_db:g}")
+    h.update(json.dumps([FEATURE_VERSION, params, speed, *extra]).encode())
     for u in utterances:
         st = os.stat(u.path)
         h.update(f"{u.id}\0{u.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -6,6 +6,7 @@ sent (weighting, clipping, noise, encryption) is the aggregation policy's job, n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from torch import nn
 from privfl.canaries import GradientCanaries, dirac_rows
 from privfl.config import ModelConfig
 from privfl.data.dataset import ClientData
+from privfl.data.records import EMOTIONS
 from privfl.models import build_model, canonical_parameters, get_flat, set_flat
 from privfl.randomness import derive_seed
 
@@ -28,6 +30,16 @@ class LocalConfig:
     batch_size: int = 10
     lr: float = 0.01
     momentum: float = 0.0
+    class_weights: str = "none"  # "balanced": cross-entropy weighted by the client's own class counts
+    lr_schedule: str = "constant"  # "cosine": lr annealed over `rounds` rounds (round_lr)
+    rounds: int = 1
+
+    def round_lr(self, round_index: int) -> float:
+        """The local learning rate in round `round_index` (1-based)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = min(max(round_index - 1, 0) / max(self.rounds, 1), 1.0)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -42,6 +54,16 @@ class Update:
     stats: dict = field(default_factory=dict)
 
 
+def balanced_class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """[n_classes] weights n / (n_classes * count_c) from labels y [n]; a class absent from y gets 0
+    (no term of the loss has it) and the classes present average to 1 per utterance."""
+    counts = torch.bincount(y, minlength=n_classes).to(torch.float32)
+    present = counts > 0
+    weights = torch.zeros(n_classes)
+    weights[present] = y.numel() / (int(present.sum()) * counts[present])
+    return weights
+
+
 def sgd_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -50,13 +72,15 @@ def sgd_epochs(
     batch_size: int,
     generator: torch.Generator,
     after_backward: Callable[[int, int, int], None] | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[float, int]:
     """Run `epochs` shuffled passes of minibatch training; returns (mean loss, steps taken).
 
     after_backward(epoch, batch, batch_size), if given, may change the gradients before each step
-    (gradient canaries do).
+    (gradient canaries do). class_weights [n_classes] weight each utterance's cross-entropy by its
+    class (None: plain).
     """
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights)
     total, steps = 0.0, 0
     model.train()
     for epoch in range(epochs):
@@ -97,8 +121,12 @@ class LocalTrainer:
 
     def train(self, data: ClientData, global_weights: np.ndarray, round_index: int) -> Update:
         set_flat(self.model, global_weights)
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.local.lr, momentum=self.local.momentum)
+        lr = self.local.round_lr(round_index)
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=self.local.momentum)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, round_index, data.client_id))
+        weights = None
+        if self.local.class_weights == "balanced":
+            weights = balanced_class_weights(data.y, len(EMOTIONS))
         loss, steps = sgd_epochs(
             self.model,
             optimizer,
@@ -107,6 +135,7 @@ class LocalTrainer:
             self.local.batch_size,
             generator,
             self._canary_hook(data),
+            weights,
         )
         delta = get_flat(self.model) - global_weights
         return Update(data.client_id, round_index, delta, data.num_samples, loss, {"steps": steps})

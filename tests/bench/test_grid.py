@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,41 @@ def test_bad_toml_names_the_key(tmp_path):
             g.attacks.configs(0)
     with pytest.raises(ConfigError, match="does not exist"):
         Grid.from_toml(tmp_path / "missing.toml")
+
+
+def test_folds_replace_seeds_as_the_repeats(tmp_path):
+    g = default_grid().with_seeds((4,)).with_folds(3)
+    assert g.base.data.folds == 3 and g.folds == (1, 2, 3)
+    assert g.repeats() == [(4, 1), (4, 2), (4, 3)]
+    assert default_grid().repeats() == [(0, 0), (1, 0), (2, 0)]
+    cfg = g.config_for(g.point("record-dp-sigma1"), 4, 2)
+    assert (cfg.seed, cfg.data.folds, cfg.data.fold, cfg.train.mode) == (4, 3, 2, "dp")
+    assert default_grid().config_for(g.point("fedavg"), 1).data.fold == 0
+    path = tmp_path / "g.toml"
+    path.write_text(g.to_toml(full=False))
+    assert Grid.from_toml(path) == g
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            lambda g: g.with_base({"data.folds": 6}),
+            r"lists no folds to run: add folds = \[1, 2, 3, 4, 5, 6\]",
+        ),
+        (lambda g: dataclasses.replace(g, folds=(1, 2)), "has no data.folds"),
+        (lambda g: dataclasses.replace(g.with_folds(3), folds=(1, 4)), r"distinct integers in 1..3"),
+        (lambda g: dataclasses.replace(g.with_folds(3), folds=(2, 2)), r"distinct integers in 1..3"),
+        (lambda g: g.with_folds(3).with_base({"data.fold": 1}), "sets data.fold = 1"),
+    ],
+)
+def test_bad_folds_fail_with_a_fix(change, match):
+    with pytest.raises(ConfigError, match=match):
+        change(default_grid()).validate()
+
+
+def test_bad_folds_in_toml(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text('folds = "1,2"\n')
+    with pytest.raises(ConfigError, match="folds must be a list"):
+        Grid.from_toml(path)

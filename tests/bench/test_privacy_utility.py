@@ -174,6 +174,29 @@ def test_missing_defence_is_skipped_with_a_message(tmp_path, tiny_grid, monkeypa
     assert any("secagg" in n for n in notes)
 
 
+def test_folds_instead_of_seeds(tmp_path, tiny_grid):
+    """--folds K: one run per speaker fold (seed 0), disjoint test speakers, mean +- sd over folds."""
+    grid = tiny_grid.with_base({"data.speakers": 12})  # 3 folds of 4 test speakers, 5 train each
+    path = tmp_path / "g.toml"
+    path.write_text(grid.to_toml())
+    out = tmp_path / "out"
+    args = ["privacy-utility", "--config", str(path), "--out", str(out), "--only", "fedavg", "--no-attacks"]
+    result = CliRunner().invoke(bench, [*args, "--folds", "3"])
+    assert result.exit_code == 0, result.output
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert [(r["seed"], r["fold"]) for r in runs] == [("0", "1"), ("0", "2"), ("0", "3")]
+    tests = [json.loads((out / "points" / f"fedavg-s0-f{f}" / "summary.json").read_text()) for f in (1, 2, 3)]
+    speakers = [s for t in tests for s in t["split"]["test"]]
+    assert len(speakers) == len(set(speakers)) == 12  # every speaker tests exactly once
+    row = next(csv.DictReader((out / "results.csv").open()))
+    assert (row["n_seeds"], row["n_folds"]) == ("1", "3")
+    uars = [t["final_test_uar"] for t in tests]
+    assert float(row["test_uar_mean"]) == pytest.approx(sum(uars) / 3, abs=1e-5)
+    assert "speaker folds [1, 2, 3] of 3" in (out / "results.md").read_text()
+    bad = CliRunner().invoke(bench, [*args, "--folds", "1"])
+    assert bad.exit_code == 2 and "--folds must be >= 2" in bad.output
+
+
 # --- arithmetic ---------------------------------------------------------------------------------
 def test_spread_over_seeds():
     s = spread([0.1, 0.2, 0.3, None])

@@ -4,10 +4,11 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from privfl.config import DataConfig
 from privfl.data.audio import read_audio
-from privfl.data.features import FeatureConfig, LogMel, extract, pad_or_crop
+from privfl.data.features import FeatureConfig, LogMel, cache_key, extract, pad_or_crop, trim_silence
 from privfl.data.records import Utterance
-from privfl.errors import DataError
+from privfl.errors import ConfigError, DataError
 
 
 def _tone(seconds=1.0, sr=16000, f=220.0, seed=0):
@@ -110,3 +111,23 @@ def test_a_broken_file_in_a_worker_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="broken.wav"):
         extract(utts, FeatureConfig(), workers=2, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # no cache entry
+
+
+def test_trim_silence_keeps_the_span_between_the_first_and_last_loud_frame():
+    db = torch.tensor([-60.0, -45.0, 0.0, -50.0, -5.0, -31.0, -70.0])  # total power per frame, dB
+    logmel = (db * np.log(10) / 10)[:, None] - np.log(40) + torch.zeros(7, 40)  # 40 equal bands
+    kept = trim_silence(logmel, 30.0)
+    torch.testing.assert_close(kept, logmel[2:5])  # the quiet frame 3 inside the span stays
+    torch.testing.assert_close(trim_silence(logmel, 40.0), logmel[2:6])
+
+
+def test_trimmed_features_drop_the_silence_around_a_tone(tmp_path):
+    silence = np.zeros(8000, dtype=np.float32)  # 0.5 s each side
+    sf.write(tmp_path / "a.wav", np.concatenate([silence, _tone(), silence]), 16000)
+    utt = [Utterance("a", str(tmp_path / "a.wav"), "s", "female", "neutral")]
+    full = extract(utt, FeatureConfig(max_frames=300))
+    trimmed = extract(utt, FeatureConfig(max_frames=300, trim_db=30.0))
+    assert full.lengths.tolist() == [201] and abs(int(trimmed.lengths[0]) - 101) <= 3
+    assert cache_key(utt, FeatureConfig(), 1.0) != cache_key(utt, FeatureConfig(trim_db=30.0), 1.0)
+    with pytest.raises(ConfigError, match="data.trim_db must be between 0"):
+        DataConfig(trim_db=-3.0).validate()

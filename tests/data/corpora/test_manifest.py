@@ -135,3 +135,18 @@ def test_train_data_check_and_attack_end_to_end(tmp_path: Path) -> None:
     assert attacked.exit_code == 0, attacked.output
     doc = json.loads((run / "attacks" / "attack.json").read_text())
     assert set(doc["attacks"]) == {"gender", "membership"}
+
+
+def test_a_manifest_without_a_split_column_runs_speaker_folds(tmp_path: Path) -> None:
+    """No split column: --folds gives every speaker (gender unknown included) one test fold."""
+    root = write_manifest_corpus(tmp_path / "corpus", split_column=False)
+    out = tmp_path / "cv"
+    args = ["train", "--dataset", "manifest", "--data-dir", str(root), "--mode", "central", "--folds", "3"]
+    args += ["--rounds", "1", "--set", 'data.label_map=["hap=happy"]', "--set", "data.aux_speakers=0"]
+    args += ["--set", "data.val_speakers=1", "--set", "data.max_frames=30", "--set", "model.conv_channels=4"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    tested = [s for f in summary["folds"] for s in f["test_speakers"]]
+    assert sorted(tested) == sorted(SPEAKERS) and len(summary["folds"]) == 3
+    assert sum(f["test_utterances"] for f in summary["folds"]) == 56
