@@ -8,7 +8,8 @@ Flower ServerApp and each Flower ClientApp (from the config the server sends). T
   mode user-dp         LocalTrainer, UserDPPolicy (DP-FedAvg) which is also the Poisson sampler
   DP modes             privacy randomness per party (privfl.randomness, dp.noise); the trainer
                        behind AccountedReports: a client discloses its update and nothing else
-  secure.scheme        PlainSummation or CkksSummation (user-dp: behind SkipEmptyRounds)
+  secure.scheme        PlainSummation, CkksSummation or SecAggPlusSummation (user-dp: behind
+                       SkipEmptyRounds)
 
 Every check that can fail does so here or in `ExperimentConfig.validate()`, before the first round.
 """
@@ -86,9 +87,16 @@ def build_components(cfg: ExperimentConfig, data: ClientsData) -> Components:
 
 
 def make_summation(cfg: ExperimentConfig) -> Summation:
-    """Plaintext sum, or a CKKS sum released by a key holder in its own process (secure.scheme 'ckks')."""
+    """Plaintext sum, a CKKS sum released by a key holder in its own process (secure.scheme 'ckks'),
+    or a SecAgg+ masked sum that the server unmasks with the survivors' shares ('secaggplus')."""
     if cfg.secure.scheme == "none":
         return PlainSummation()
+    if cfg.secure.scheme == "secaggplus":
+        from privfl.fl.secure.secaggplus_summation import SecAggParams, SecAggPlusSummation
+
+        return SecAggPlusSummation(
+            SecAggParams.from_config(cfg), on_abort=cfg.secure.on_abort, debug_check=cfg.secure.debug_check
+        )
     from privfl.fl.secure.summation import CkksSummation  # TenSEAL loads only when asked for
 
     return CkksSummation(cfg, debug_check=cfg.secure.debug_check)
