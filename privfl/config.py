@@ -679,7 +679,7 @@ def check_secaggplus(cfg: ExperimentConfig) -> None:
             f"(train.clients = {cfg.train.clients}, train.fraction = {cfg.train.fraction})"
         )
     n, t = round_shares(k, s.neighbours, s.threshold)
-    drops = math.ceil(s.max_dropout * k)
+    drops = math.floor(s.max_dropout * k)  # up to this many of a round's k clients may drop
     if t > n - drops:
         raise ConfigError(
             f"secure.max_dropout = {s.max_dropout}: {drops} of {k} clients dropping can leave a client "

@@ -102,6 +102,19 @@ def make_summation(cfg: ExperimentConfig) -> Summation:
     return CkksSummation(cfg, debug_check=cfg.secure.debug_check)
 
 
+def _masked_noise_share(cfg: ExperimentConfig, n_mels: int):
+    """SecAgg+: each client's share is a discrete Gaussian on the masking grid (Kairouz et al. 2021);
+    None (a float Gaussian share, or server noise) for the other schemes."""
+    if cfg.secure.scheme != "secaggplus":
+        return None
+    from privfl.fl.secure.discrete_noise import DiscreteGaussianShare
+    from privfl.fl.secure.secaggplus_summation import SecAggParams
+    from privfl.models import build_model, count_parameters
+
+    n_params = count_parameters(build_model(cfg.model, n_mels))  # noised; the weight 1 is public
+    return DiscreteGaussianShare(SecAggParams.from_config(cfg).fixed, n_params, cfg.secure.max_dropout)
+
+
 def _record_level(
     cfg: ExperimentConfig,
     clients: Sequence[ClientData],
@@ -130,7 +143,9 @@ def _record_level(
         sample_rates={cid: local.batch_size / n for cid, n in sizes.items()},
         steps_per_round={cid: local.epochs * -(-n // local.batch_size) for cid, n in sizes.items()},
         rounds=t.rounds,
-        setting=Setting(d.noise, cfg.secure.scheme != "none", t.record_updates),
+        setting=Setting(
+            d.noise, cfg.secure.scheme != "none", t.record_updates, masked=cfg.secure.scheme == "secaggplus"
+        ),
     )
     randomness = PrivacyRandomness(d.noise, cfg.seed)
     trainer = DPSGDTrainer(
@@ -174,10 +189,17 @@ def _user_level(
         accountant=d.accountant,
         sample_rate=t.fraction,
         rounds=t.rounds,
-        setting=Setting(d.noise, encrypted, t.record_updates),
+        setting=Setting(d.noise, encrypted, t.record_updates, masked=cfg.secure.scheme == "secaggplus"),
     )
     randomness = PrivacyRandomness(d.noise, cfg.seed)
-    policy = UserDPPolicy(k, privacy, randomness, noise_on_clients=encrypted, clip_norm=d.clip_norm)
+    policy = UserDPPolicy(
+        k,
+        privacy,
+        randomness,
+        noise_on_clients=encrypted,
+        clip_norm=d.clip_norm,
+        noise_share=_masked_noise_share(cfg, n_mels),
+    )
     log.info(
         "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s from %s",
         privacy.noise_multiplier,

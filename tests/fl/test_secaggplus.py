@@ -216,8 +216,8 @@ def test_aborted_round_is_skipped_or_stops_the_run() -> None:
 def test_config_checks_threshold_dropouts_and_range() -> None:
     base = {"secure.scheme": "secaggplus", "train.clients": 10}
     ExperimentConfig().override(base).validate()
-    with pytest.raises(ConfigError, match="max_dropout = 0.45: 5 of 10 clients dropping"):
-        ExperimentConfig().override({**base, "secure.max_dropout": 0.45}).validate()
+    with pytest.raises(ConfigError, match="max_dropout = 0.3: 3 of 10 clients dropping.*fewer than t = 8"):
+        ExperimentConfig().override({**base, "secure.max_dropout": 0.3, "secure.threshold": 0.7}).validate()
     with pytest.raises(ConfigError, match="threshold = 0.3"):
         ExperimentConfig().override({**base, "secure.threshold": 0.3}).validate()
     with pytest.raises(ConfigError, match="modulus_bits = 20 cannot hold"):
