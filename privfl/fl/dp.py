@@ -535,6 +535,12 @@ class SkipEmptyRounds:
         self._n_params = 0
         self._count = 0
 
+    def __getattr__(self, name: str):
+        """The inner summation's own capabilities (e.g. SecAgg+'s use_relay, respond, close)."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def begin_round(self, round_index: int, n_params: int) -> RoundKeys:
         self._n_params, self._count = n_params, 0
         return self.inner.begin_round(round_index, n_params)

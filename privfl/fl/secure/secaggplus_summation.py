@@ -152,6 +152,18 @@ class SecAggPlusSummation:
             encode_cpu_s=time.process_time() - c0,
         )
 
+    def held(self, client_id: int) -> tuple[ClientRound, np.ndarray] | None:
+        """This client's round secrets and encoded input, if this process holds them."""
+        return self._clients.get(client_id)
+
+    def hold(self, client_id: int, party: ClientRound, encoded: np.ndarray) -> None:
+        """Restore a client's round state (a Flower node keeps it between messages)."""
+        self._clients[client_id] = (party, encoded)
+
+    def use_relay(self, relay: Relay) -> None:
+        """Carry the stages over this relay (the Flower engine's Grid) instead of in-process calls."""
+        self.relay = relay
+
     def respond(self, round_index: int, stage: str, client_id: int, request: object) -> object:
         """One client's answer to one stage's request (the relay's far end). Raises CryptoError when
         the client refuses (e.g. `UnmaskRefused`); a relay treats that client as dropped."""
