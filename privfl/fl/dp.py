@@ -494,13 +494,13 @@ class UserDPPolicy:
         # share of the required variance sigma^2 S^2 the server must add itself: all of it without
         # client noise or when nobody was sampled; the missing shares when an encrypted aggregator
         # dropped contributions (the server then saw an under-noised sum: logged, not hidden)
-        if not self.noise_on_clients or result.count == 0:
+        if self.noise_on_clients and share is not None:
+            # a share provisioned for dropouts: the server tops every round up to one variance
+            missing = share.missing(self._sampled if result.count else 0, result.count)
+        elif not self.noise_on_clients or result.count == 0:
             missing = 1.0
         else:
-            if share is not None:
-                missing = share.missing(self._sampled, result.count)
-            else:
-                missing = max(self._sampled - result.count, 0) / self._sampled
+            missing = max(self._sampled - result.count, 0) / self._sampled
             if missing > 0:
                 log.warning(
                     "round %d: %d of %d noise shares missing from the decrypted sum; the server adds them "

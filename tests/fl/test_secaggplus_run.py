@@ -109,15 +109,16 @@ def test_discrete_gaussian_has_the_stated_moments_and_tau() -> None:
 def test_noise_shares_sit_on_the_grid_and_sum_to_the_full_variance() -> None:
     fixed = FixedPoint(62, 64.0, 10)
     share = DiscreteGaussianShare(fixed, 1000, max_dropout=0.2)
-    assert share.provisioned(10) == 8 and share.missing(10, 9) == 0.0 and share.missing(10, 6) == 0.25
+    # every released sum ends with sigma^2 S'^2 / (1 - f) = 1.25 of it, whoever dropped
+    assert share.missing(10, 10) == 0.0 and share.missing(10, 8) == 0.25 and share.missing(0, 0) == 1.25
     rng = np.random.default_rng(3)
     x = rng.normal(size=1000) * 0.01
-    shares = [share.add(x, 1.0, 1.0, 10, rng) for _ in range(8)]  # 8 survivors of 10
+    shares = [share.add(x, 1.0, 1.0, 10, rng) for _ in range(8)]  # 8 survivors of 10: f k dropped
     for s in shares:
         q = np.ldexp(s, fixed.frac_bits)
         assert np.array_equal(q, np.rint(q))  # exactly on the masking grid: encoding adds nothing
     noise = sum(shares) - 8 * x
-    assert abs(noise.std() / share.sensitivity(1.0) - 1.0) < 0.1  # sigma S' in total
+    assert abs(noise.std() / share.sensitivity(1.0) - 1.0) < 0.1  # still sigma S' in total
     assert share.sensitivity(1.0) - 1.0 == pytest.approx(math.sqrt(1000) * fixed.step / 2)
 
 

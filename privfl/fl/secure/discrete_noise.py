@@ -6,8 +6,12 @@ grid (step Delta = 2^-f, `privfl.config.FixedPoint`). Each sampled client:
   1. clips its update to L2 norm S (the policy),
   2. rounds it to the grid, to nearest: the L2 norm grows by at most sqrt(d) Delta / 2, so the
      sensitivity the noise is scaled to is S' = S + sqrt(d) Delta / 2 (rounding first, accounted),
-  3. adds Delta * N_Z(0, s^2), s = sigma S' / (Delta sqrt(m)), m = k - floor(max_dropout k): the
-     survivors of a round that lost at most max_dropout of its k clients hold variance >= sigma^2 S'^2.
+  3. adds Delta * N_Z(0, s^2), s = sigma S' / (Delta sqrt((1 - f) k)), f = secure.max_dropout: the
+     survivors of a round that lost at most f k of its k clients hold variance >= sigma^2 S'^2, so
+     the server never sees a sum with less noise than accounted; with no dropout the sum holds
+     sigma^2 S'^2 / (1 - f), and the server tops every released sum up to that same variance
+     (`missing`), so the released model's noise does not reveal k. The accountant uses sigma: the
+     released model's noise multiplier is sigma / sqrt(1 - f), the figure is conservative for it.
 
 The sum of m discrete Gaussians of scale s is not itself a discrete Gaussian, but is within
 tau = 10 sum_{j=1}^{m-1} exp(-2 pi^2 s^2 j / (j + 1)) of one (Kairouz et al., Prop. 14), and a
@@ -74,13 +78,10 @@ class DiscreteGaussianShare:
         """S' = S + sqrt(d) Delta / 2: the clipped update's norm after rounding to the grid."""
         return clip_norm + math.sqrt(self.n_params) * self.fixed.step / 2.0
 
-    def provisioned(self, sampled: int) -> int:
-        """m: the fewest survivors whose shares still add up to the full noise."""
-        return max(sampled - math.floor(self.max_dropout * sampled), 1)
-
     def scale(self, sigma: float, clip_norm: float, sampled: int) -> float:
-        """s, one share's discrete-Gaussian scale in grid units."""
-        return sigma * self.sensitivity(clip_norm) / (self.fixed.step * math.sqrt(self.provisioned(sampled)))
+        """s, one share's discrete-Gaussian scale in grid units: variance sigma^2 S'^2 / ((1 - f) k)."""
+        share = (1.0 - self.max_dropout) * max(sampled, 1)
+        return sigma * self.sensitivity(clip_norm) / (self.fixed.step * math.sqrt(share))
 
     def add(
         self, vector: np.ndarray, sigma: float, clip_norm: float, sampled: int, rng: np.random.Generator
@@ -99,6 +100,7 @@ class DiscreteGaussianShare:
         return np.ldexp(grid + discrete_gaussian(grid.shape[0], s, rng).astype(np.float64), -step)
 
     def missing(self, sampled: int, survivors: int) -> float:
-        """The share of the noise variance sigma^2 S'^2 that `survivors` of `sampled` clients lack."""
-        m = self.provisioned(sampled)
-        return max(m - survivors, 0) / m
+        """What the server adds, in units of sigma^2 S'^2, so that every released sum carries
+        1 / (1 - f) of it whatever k and the dropouts were: (k - survivors) / ((1 - f) k)."""
+        k = max(sampled, 1)
+        return max(k - survivors, 0) / ((1.0 - self.max_dropout) * k)
