@@ -408,6 +408,7 @@ class UserLevelPrivacy:
             "server_noise_share",
             # SecAgg+ (privfl.fl.secure.secaggplus_summation): counts, and what scales with them
             "bytes_per_client",
+            "download_bytes_per_client",
             "encode_s",
             "encode_cpu_s",
             "secagg_clients",

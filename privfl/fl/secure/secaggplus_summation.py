@@ -100,7 +100,8 @@ class SecAggPlusSummation:
     """SecAgg+ behind the `Summation` protocol (see the module docstring).
 
     stats per round: secagg_clients (advertised keys), secagg_survivors (in the sum),
-    secagg_dropped, bytes_per_client (every stage, both directions, per advertised client),
+    secagg_dropped, bytes_per_client (uploaded in every stage, per advertised client),
+    download_bytes_per_client (what the server sent them after training),
     encode_s / encode_cpu_s (clients: encode, keys, masking), aggregate_s (server: relay and
     unmask), quant_error_bound (largest per-coordinate error of the decoded sum), and
     clipped_values (coordinates clipped to the range, summed inside the mask; not under DP).
@@ -125,7 +126,8 @@ class SecAggPlusSummation:
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._clipped = 0
         self._timers: dict[str, float] = {}
-        self._bytes = 0
+        self._bytes = 0  # uploaded by the clients this round (keys, shares, masked inputs, unmask shares)
+        self._down = 0  # sent to them after training (keys, forwarded shares, unmask requests)
         self._shuffle = random.SystemRandom()
 
     # --- the client half ---------------------------------------------------------------------------
@@ -199,7 +201,7 @@ class SecAggPlusSummation:
     # --- the server half ---------------------------------------------------------------------------
     def begin_round(self, round_index: int, n_params: int) -> RoundKeys:
         self._round = RoundKeys(round_index, n_params)
-        self._keys, self._clipped, self._bytes = {}, 0, 0
+        self._keys, self._clipped, self._bytes, self._down = {}, 0, 0, 0
         self._timers = {"encode_s": 0.0, "encode_cpu_s": 0.0, "aggregate_s": 0.0}
         return self._round
 
@@ -225,7 +227,7 @@ class SecAggPlusSummation:
         self.submit(self.encode(update, lambda _: contribution, self._round), lambda _: contribution)
 
     def _exchange(self, r: int, stage: str, requests: dict[int, object]) -> dict[int, object]:
-        self._bytes += sum(message_bytes(m) for m in requests.values())
+        self._down += sum(message_bytes(m) for m in requests.values())
         replies = self.relay(r, stage, requests)
         self._bytes += sum(message_bytes(m) for m in replies.values())
         return {c: m for c, m in replies.items() if c in requests}
@@ -261,6 +263,7 @@ class SecAggPlusSummation:
             "secagg_survivors": len(survivors),
             "secagg_dropped": advertised - len(survivors),
             "bytes_per_client": self._bytes / max(advertised, 1),
+            "download_bytes_per_client": self._down / max(advertised, 1),
             "quant_error_bound": p.fixed.sum_error_bound(len(survivors)),
             "quant_step": p.fixed.step,
         }
