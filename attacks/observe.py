@@ -1,8 +1,8 @@
 """What an honest-but-curious server observed in a finished run, and the data an evaluator needs.
 
 The server sends w_t to the selected clients and receives their updates. Without secure
-aggregation it sees each client's update delta_k; with CKKS secure aggregation
-(secure.scheme == "ckks") it sees only the aggregate, w_{t+1} - w_t. `Observation` holds exactly
+aggregation it sees each client's update delta_k; with secure aggregation (secure.scheme "ckks" or
+"secaggplus") it sees only the aggregate, w_{t+1} - w_t. `Observation` holds exactly
 what the server saw in one round; `Truth` holds what only the evaluator knows (who held which
 speakers and genders), used to score the attacks and never to mount them.
 """
@@ -94,8 +94,8 @@ class ObservedRun:
 
     @property
     def secure(self) -> bool:
-        """True when the server saw only the aggregate (CKKS secure aggregation)."""
-        return self.config.secure.scheme == "ckks"
+        """True when the server saw only the aggregate (CKKS or SecAgg+ secure aggregation)."""
+        return self.config.secure.scheme != "none"
 
     @property
     def observed(self) -> str:

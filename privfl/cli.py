@@ -129,7 +129,9 @@ def _train_options(f):
             "guarantee against anyone who holds the seed; for bit-identical reruns).",
         ),
         click.option(
-            "--secure-agg", type=click.Choice(SECURE_SCHEMES), help="Encrypt client updates (ckks)."
+            "--secure-agg",
+            type=click.Choice(SECURE_SCHEMES),
+            help="Secure aggregation: ckks (key holder) or secaggplus (masking, no key holder).",
         ),
         click.option(
             "--insecure-he",

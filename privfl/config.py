@@ -43,7 +43,8 @@ GRAD_SAMPLE_MODES = ("auto", "microbatch", "hooks", "functorch", "ew", "ghost")
 ordinary model (TF Privacy's microbatches; for the paper LSTM only the recurrence runs per sample);
 the others are Opacus's engines on the DP model (hooks, functorch, ew = expanded weights, ghost =
 ghost clipping, which never forms per-sample gradients)."""
-SECURE_SCHEMES = ("none", "ckks")
+SECURE_SCHEMES = ("none", "ckks", "secaggplus")
+SECAGG_ON_ABORT = ("skip", "stop")
 CANARY_KINDS = ("auto", "gradient", "client")  # audit.kind; auto: gradient for dp/central, client otherwise
 DEFAULT_AUX_SPEAKERS = 4
 
@@ -429,6 +430,105 @@ class CkksParams:
         return self
 
 
+# --- SecAgg+ masking ---------------------------------------------------------------------------
+MIN_BITS, MAX_BITS = 16, 62
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Fixed-point encoding of reals into Z_M, M = 2^bits, safe for sums of up to max_clients values.
+
+    bits: log2 of the masking group's modulus. value_range R: each encoded coordinate is clipped to
+    [-R, R]. frac_bits f: the scale 2^f, derived so that max_clients sums never wrap.
+    """
+
+    bits: int
+    value_range: float
+    max_clients: int
+
+    def __post_init__(self) -> None:
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ConfigError(
+                f"secure.modulus_bits = {self.bits}: expected {MIN_BITS}..{MAX_BITS} (the masked sum is "
+                "held in int64 once decoded); 62 is the default"
+            )
+        if not (self.value_range > 0 and math.isfinite(self.value_range)):
+            raise ConfigError(f"secure.value_range = {self.value_range}: expected a positive finite number")
+        if self.max_clients < 1:
+            raise ConfigError(f"max_clients = {self.max_clients}: expected >= 1")
+        if self.frac_bits < 0:
+            raise ConfigError(
+                f"secure.modulus_bits = {self.bits} cannot hold sums of {self.max_clients} values in "
+                f"[-{self.value_range:g}, {self.value_range:g}] (it needs "
+                f"{1 + self.headroom_bits} bits before any fraction): raise secure.modulus_bits or "
+                "lower secure.value_range"
+            )
+
+    @property
+    def headroom_bits(self) -> int:
+        """Integer bits a sum of max_clients values in [-R, R] needs: ceil(log2(K (R + 1)))."""
+        return math.ceil(math.log2(self.max_clients * (self.value_range + 1.0)))
+
+    @property
+    def frac_bits(self) -> int:
+        return self.bits - 1 - self.headroom_bits
+
+    @property
+    def step(self) -> float:
+        """The quantisation step Delta = 2^-f."""
+        return math.ldexp(1.0, -self.frac_bits)
+
+    @property
+    def modulus(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def dtype(self) -> type:
+        """What one masked coordinate travels as: uint32 up to 32 bits, else uint64."""
+        return np.uint32 if self.bits <= 32 else np.uint64
+
+    def sum_error_bound(self, count: int) -> float:
+        """Largest |decoded sum - true sum| per coordinate for `count` clients (rounding only)."""
+        return count * self.step / 2.0
+
+    def encode(self, x: np.ndarray, *, clip: bool = True) -> tuple[np.ndarray, int]:
+        """float [n] -> (uint64 [n] in Z_M, coordinates clipped to [-R, R]).
+
+        clip=False wraps values beyond the range mod M instead (user-level DP: clipping a noised
+        value would change the mechanism; wrapping is a function of the noised sum).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("cannot encode a vector with NaN or infinite values")
+        clipped = 0
+        if clip:
+            over = np.abs(x) > self.value_range
+            clipped = int(over.sum())
+            if clipped:
+                x = np.clip(x, -self.value_range, self.value_range)
+        q = np.rint(np.ldexp(x, self.frac_bits))  # exact scaling, one rounding
+        return self.reduce(q.astype(np.int64).view(np.uint64)), clipped
+
+    def reduce(self, values: np.ndarray) -> np.ndarray:
+        """uint64 values mod M (M divides 2^64, so uint64 wrap-around arithmetic is already mod 2^64)."""
+        return values & np.uint64(self.modulus - 1)
+
+    def decode(self, q: np.ndarray) -> np.ndarray:
+        """uint64 [n] in Z_M -> float64 [n], reading [M/2, M) as negative."""
+        q = self.reduce(np.asarray(q, dtype=np.uint64))
+        signed = q.astype(np.int64)  # bits <= 62: every residue and M itself fit in int64
+        signed = np.where(q >= np.uint64(1 << (self.bits - 1)), signed - np.int64(self.modulus), signed)
+        return np.ldexp(signed.astype(np.float64), -self.frac_bits)
+
+
+def round_shares(clients: int, neighbours: int | None, threshold: float) -> tuple[int, int]:
+    """(ring size n, threshold t) for a round of `clients`: n = neighbours (odd, itself included) or
+    all; t = floor(threshold * n) + 1, a strict majority when threshold >= 0.5."""
+    n = clients if neighbours is None or neighbours >= clients else neighbours | 1
+    n = min(n, clients)
+    return n, min(int(threshold * n) + 1, n)
+
+
 @dataclass(frozen=True)
 class SecureConfig:
     """Encrypted aggregation of client updates (TenSEAL CKKS); defaults are CkksParams's own."""
@@ -454,6 +554,18 @@ class SecureConfig:
     # Ed25519 public key (hex) that clients pin; "" only with a spawned key holder.
     keyholder: str = ""
     keyholder_key: str = ""
+    # SecAgg+ masking (scheme "secaggplus", no key holder; docs/secure-aggregation.md): each
+    # contribution coordinate is clipped to [-value_range, value_range] and encoded in fixed point in
+    # Z_(2^modulus_bits), with as many fraction bits as a round's sum leaves (privfl.fl.secure.masking);
+    # each client shares its secrets with `neighbours` ring neighbours (odd, itself included; unset:
+    # every client of the round), t = floor(threshold * n) + 1 of them rebuild one; rounds must
+    # survive max_dropout of their clients dropping; a round that cannot is skipped or stops the run
+    modulus_bits: int = 62
+    value_range: float = 65536.0
+    neighbours: int | None = None
+    threshold: float = 0.5
+    max_dropout: float = 0.2
+    on_abort: str = "skip"
 
     def ckks_params(self, max_clients: int) -> CkksParams:
         """The CKKS parameters and packing policy these settings give, for rounds of up to
@@ -489,6 +601,22 @@ class SecureConfig:
                 )
         if self.keyholder and ":" not in self.keyholder:
             raise ConfigError(f"secure.keyholder = {self.keyholder!r} must be host:port, e.g. 10.0.0.5:7710")
+        _choice("secure.on_abort", self.on_abort, SECAGG_ON_ABORT)
+        if not 0.5 <= self.threshold < 1.0:
+            raise ConfigError(
+                f"secure.threshold = {self.threshold}: expected 0.5 <= threshold < 1 (t = "
+                "floor(threshold * n) + 1 must be a majority of a client's n neighbours, or a server "
+                "could rebuild both its secrets)"
+            )
+        if not 0.0 <= self.max_dropout < 0.5:
+            raise ConfigError(
+                f"secure.max_dropout = {self.max_dropout}: expected 0 <= max_dropout < 0.5 (a majority "
+                "threshold cannot survive half of the clients dropping)"
+            )
+        if self.neighbours is not None and self.neighbours < 3:
+            raise ConfigError(
+                f"secure.neighbours = {self.neighbours}: expected >= 3 (or unset: every client)"
+            )
 
 
 @dataclass(frozen=True)
@@ -534,21 +662,26 @@ class ExperimentConfig:
             )
         if self.train.mode == "central" and self.secure.scheme != "none":
             raise ConfigError("mode 'central' has no clients to aggregate: drop --secure-agg")
-        if self.secure.scheme != "none" and self.train.mode == "user-dp":
+        if self.secure.scheme != "none" and self.train.mode == "user-dp" and self.train.fraction < 1.0:
             # Any secure scheme releases only sums of at least secure.min_clients (>= 2) clients.
-            # Under Poisson sampling with rate q, a round draws fewer than that with probability
+            # Under Poisson sampling with rate q < 1, a round draws fewer than that with probability
             # (1-q)^K + Kq(1-q)^(K-1) + ... (K = 3, q = 0.67: 25 % below 2), and whether it does
             # depends on whether the protected client was sampled: skipping such rounds would
             # release a data-dependent event the DP-FedAvg (Poisson) accounting does not cover.
+            # With q = 1 every client takes part in every round, so no round falls short by sampling
+            # and the accountant charges q = 1.
             raise ConfigError(
-                f"--mode user-dp with --secure-agg {self.secure.scheme}: secure aggregation releases only "
-                "sums of at least secure.min_clients (>= 2) clients, and under user-dp's Poisson client "
-                "sampling whether a round reaches that depends on who was sampled, which the DP-FedAvg "
-                f"accounting does not cover; use --mode dp with --secure-agg {self.secure.scheme}, or "
-                "--mode user-dp without secure aggregation"
+                f"--mode user-dp with --secure-agg {self.secure.scheme} and train.fraction = "
+                f"{self.train.fraction}: secure aggregation releases only sums of at least "
+                "secure.min_clients (>= 2) clients, and under user-dp's Poisson client sampling whether a "
+                "round reaches that depends on who was sampled, which the DP-FedAvg accounting does not "
+                "cover; use --fraction 1 (every client every round, accounted at q = 1), --mode dp with "
+                f"--secure-agg {self.secure.scheme}, or --mode user-dp without secure aggregation"
             )
         if self.audit.canaries:
             self._validate_canaries()
+        if self.secure.scheme == "secaggplus":
+            check_secaggplus(self)
         if self.secure.scheme == "ckks":
             self.secure.ckks_params(clients_per_round(self)).validate()
             per_round, needed = clients_per_round(self), min_clients(self)
@@ -641,6 +774,25 @@ def canary_norm(cfg: ExperimentConfig) -> float:
     if cfg.audit.norm is not None:
         return cfg.audit.norm
     return cfg.dp.max_grad_norm if canary_kind(cfg) == "gradient" else cfg.dp.clip_norm
+
+
+def check_secaggplus(cfg: ExperimentConfig) -> None:
+    """SecAgg+ settings against the round size: the encoding fits, the threshold survives max_dropout."""
+    s, k = cfg.secure, clients_per_round(cfg)
+    FixedPoint(s.modulus_bits, s.value_range, k)  # raises ConfigError when the sum cannot fit
+    if k < 2:
+        raise ConfigError(
+            f"secure.scheme 'secaggplus' needs >= 2 clients per round, but a round samples {k} "
+            f"(train.clients = {cfg.train.clients}, train.fraction = {cfg.train.fraction})"
+        )
+    n, t = round_shares(k, s.neighbours, s.threshold)
+    drops = math.floor(s.max_dropout * k)  # up to this many of a round's k clients may drop
+    if t > n - drops:
+        raise ConfigError(
+            f"secure.max_dropout = {s.max_dropout}: {drops} of {k} clients dropping can leave a client "
+            f"{n - drops} live neighbours of its {n}, fewer than t = {t}; lower secure.max_dropout or "
+            "secure.threshold, or use more neighbours"
+        )
 
 
 def min_clients(cfg: ExperimentConfig) -> int:

@@ -39,6 +39,7 @@ class Setting:
     noise: str = "os"
     encrypted: bool = False
     recorded_updates: bool = False
+    masked: bool = False  # the encrypted sum is a SecAgg+ masked sum (no key holder)
 
 
 def bound(epsilon: float, delta: float, why: str) -> dict:
@@ -98,6 +99,15 @@ def user_level(
         ),
         "server": (
             bound(
+                unamplified,
+                delta,
+                "knows the sample, so no amplification (q = 1); sees only the unmasked sum of the "
+                "survivors, noised by their discrete-Gaussian shares (provisioned for "
+                "secure.max_dropout); assumes it follows the protocol and fewer than t of any client's "
+                "neighbours collude with it",
+            )
+            if setting.encrypted and setting.masked
+            else bound(
                 unamplified,
                 delta,
                 "knows the sample, so no amplification (q = 1); sees only the decrypted sum, noised by "

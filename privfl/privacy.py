@@ -406,6 +406,17 @@ class UserLevelPrivacy:
             "rejected",
             "clipped_fraction",
             "server_noise_share",
+            # SecAgg+ (privfl.fl.secure.secaggplus_summation): counts, and what scales with them
+            "bytes_per_client",
+            "download_bytes_per_client",
+            "encode_s",
+            "encode_cpu_s",
+            "secagg_clients",
+            "secagg_survivors",
+            "secagg_dropped",
+            "secagg_aborted",
+            "quant_error_bound",
+            "max_abs_error",
         }
     )
     """Metrics keys a run directory must not keep: each reveals how many clients were sampled."""

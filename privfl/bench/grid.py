@@ -404,6 +404,12 @@ DEFAULT_POINTS: tuple[GridPoint, ...] = (
         "record-dp+secagg",
         (("train.mode", "dp"), ("dp.noise_multiplier", 1.0), ("secure.scheme", "ckks")),
     ),
+    GridPoint("secaggplus", "secagg", (("secure.scheme", "secaggplus"),)),
+    GridPoint(
+        "user-dp-sigma0.5-secaggplus",
+        "user-dp+secagg",
+        (("train.mode", "user-dp"), ("dp.noise_multiplier", 0.5), ("secure.scheme", "secaggplus")),
+    ),
 )
 
 
@@ -416,5 +422,8 @@ def default_grid(dataset: str = "synthetic", model: str = "cnn") -> Grid:
         points=DEFAULT_POINTS,
         seeds=(0, 1, 2),
         attacks=DEFAULT_ATTACKS,
-        description="plain FedAvg, record-level DP, user-level DP, CKKS secure aggregation, DP + CKKS",
+        description=(
+            "plain FedAvg, record-level DP, user-level DP, CKKS secure aggregation, DP + CKKS, SecAgg+ "
+            "masking, user-level DP + SecAgg+"
+        ),
     )

@@ -97,6 +97,10 @@ def missing_for(cfg: ExperimentConfig) -> str | None:
         why = _missing(("tenseal", "privfl.fl.secure"), "CKKS secure aggregation")
         if why:
             return why
+    if cfg.secure.scheme == "secaggplus":  # Flower's key agreement and Shamir sharing
+        why = _missing(("flwr", "privfl.fl.secure.secaggplus"), "SecAgg+ secure aggregation")
+        if why:
+            return why
     return None
 
 

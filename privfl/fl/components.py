@@ -8,7 +8,8 @@ Flower ServerApp and each Flower ClientApp (from the config the server sends). T
   mode user-dp         LocalTrainer, UserDPPolicy (DP-FedAvg) which is also the Poisson sampler
   DP modes             privacy randomness per party (privfl.randomness, dp.noise); the trainer
                        behind AccountedReports: a client discloses its update and nothing else
-  secure.scheme        PlainSummation or CkksSummation (user-dp: behind SkipEmptyRounds)
+  secure.scheme        PlainSummation, CkksSummation or SecAggPlusSummation (user-dp: behind
+                       SkipEmptyRounds)
   audit canaries       gradient canaries inside the trainer (DPSGDTrainer, LocalTrainer); client
                        canaries as WithCanaryClients around the summation (privfl.canaries)
 
@@ -104,12 +105,32 @@ def build_components(
 
 
 def make_summation(cfg: ExperimentConfig) -> Summation:
-    """Plaintext sum, or a CKKS sum released by a key holder in its own process (secure.scheme 'ckks')."""
+    """Plaintext sum, a CKKS sum released by a key holder in its own process (secure.scheme 'ckks'),
+    or a SecAgg+ masked sum that the server unmasks with the survivors' shares ('secaggplus')."""
     if cfg.secure.scheme == "none":
         return PlainSummation()
+    if cfg.secure.scheme == "secaggplus":
+        from privfl.fl.secure.secaggplus_summation import SecAggParams, SecAggPlusSummation
+
+        return SecAggPlusSummation(
+            SecAggParams.from_config(cfg), on_abort=cfg.secure.on_abort, debug_check=cfg.secure.debug_check
+        )
     from privfl.fl.secure.summation import CkksSummation  # TenSEAL loads only when asked for
 
     return CkksSummation(cfg, debug_check=cfg.secure.debug_check)
+
+
+def _masked_noise_share(cfg: ExperimentConfig, n_mels: int):
+    """SecAgg+: each client's share is a discrete Gaussian on the masking grid (Kairouz et al. 2021);
+    None (a float Gaussian share, or server noise) for the other schemes."""
+    if cfg.secure.scheme != "secaggplus":
+        return None
+    from privfl.fl.secure.discrete_noise import DiscreteGaussianShare
+    from privfl.fl.secure.secaggplus_summation import SecAggParams
+    from privfl.models import build_model, count_parameters
+
+    n_params = count_parameters(build_model(cfg.model, n_mels))  # noised; the weight 1 is public
+    return DiscreteGaussianShare(SecAggParams.from_config(cfg).fixed, n_params, cfg.secure.max_dropout)
 
 
 def _record_level(
@@ -141,7 +162,9 @@ def _record_level(
         sample_rates={cid: local.batch_size / n for cid, n in sizes.items()},
         steps_per_round={cid: local.epochs * -(-n // local.batch_size) for cid, n in sizes.items()},
         rounds=t.rounds,
-        setting=Setting(d.noise, cfg.secure.scheme != "none", t.record_updates),
+        setting=Setting(
+            d.noise, cfg.secure.scheme != "none", t.record_updates, masked=cfg.secure.scheme == "secaggplus"
+        ),
     )
     randomness = PrivacyRandomness(d.noise, cfg.seed)
     trainer = DPSGDTrainer(
@@ -192,10 +215,17 @@ def _user_level(
         accountant=d.accountant,
         sample_rate=t.fraction,
         rounds=t.rounds,
-        setting=Setting(d.noise, encrypted, t.record_updates),
+        setting=Setting(d.noise, encrypted, t.record_updates, masked=cfg.secure.scheme == "secaggplus"),
     )
     randomness = PrivacyRandomness(d.noise, cfg.seed)
-    policy = UserDPPolicy(k, privacy, randomness, noise_on_clients=encrypted, clip_norm=d.clip_norm)
+    policy = UserDPPolicy(
+        k,
+        privacy,
+        randomness,
+        noise_on_clients=encrypted,
+        clip_norm=d.clip_norm,
+        noise_share=_masked_noise_share(cfg, n_mels),
+    )
     log.info(
         "user-level DP: sigma=%.4g S=%g q=%g delta=%g accountant=%s noise by %s from %s",
         privacy.noise_multiplier,

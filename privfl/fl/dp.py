@@ -28,6 +28,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -437,6 +438,18 @@ class EqualWeightFedAvg(FedAvgPolicy):
         return Contribution(update.client_id, update.delta.astype(np.float64), 1.0)
 
 
+class NoiseShare(Protocol):
+    """How a user-dp client noises its clipped update inside an encrypted or masked sum."""
+
+    def sensitivity(self, clip_norm: float) -> float: ...
+
+    def add(
+        self, vector: np.ndarray, sigma: float, clip_norm: float, sampled: int, rng: np.random.Generator
+    ) -> np.ndarray: ...
+
+    def missing(self, sampled: int, survivors: int) -> float: ...
+
+
 class UserDPPolicy:
     """DP-FedAvg (McMahan et al. 2018) as a Policy; `sample` is its client sampler.
 
@@ -458,12 +471,14 @@ class UserDPPolicy:
         noise_on_clients: bool = False,
         *,
         clip_norm: float,
+        noise_share: NoiseShare | None = None,
     ) -> None:
         self.n_clients = n_clients
         self.privacy = privacy
         self.randomness = randomness
         self.noise_on_clients = noise_on_clients
         self.clip_norm = float(clip_norm)  # the mechanism's clip bound S
+        self.noise_share = noise_share  # None: a float Gaussian share of sigma^2 S^2 / k
         self._round: int | None = None
         self._sampled = 0
 
@@ -495,20 +510,29 @@ class UserDPPolicy:
         if self.noise_on_clients:
             # k sampled clients each add variance sigma^2 S^2 / k: the decrypted sum has exactly
             # the server noise of the analysis, whatever k the Poisson draw gave
-            std = self.privacy.noise_multiplier * self.clip_norm / math.sqrt(self._sampled)
             rng = self.randomness.client_noise_share(update.round, update.client_id)
-            vector = vector + gaussian_noise(vector.shape[0], std, rng)
+            sigma = self.privacy.noise_multiplier
+            if self.noise_share is not None:  # e.g. a discrete Gaussian on a masking grid
+                vector = self.noise_share.add(vector, sigma, self.clip_norm, self._sampled, rng)
+            else:
+                std = sigma * self.clip_norm / math.sqrt(self._sampled)
+                vector = vector + gaussian_noise(vector.shape[0], std, rng)
         return Contribution(update.client_id, vector, 1.0, clipped=was_clipped)
 
     def server_step(
         self, weights: np.ndarray, result: SumResult, round_index: int
     ) -> tuple[np.ndarray, dict]:
-        std = self.privacy.noise_multiplier * self.clip_norm
+        share = self.noise_share
+        sensitivity = share.sensitivity(self.clip_norm) if share is not None else self.clip_norm
+        std = self.privacy.noise_multiplier * sensitivity
         total = np.asarray(result.vector, dtype=np.float64) if result.count else np.zeros(weights.shape[0])
         # share of the required variance sigma^2 S^2 the server must add itself: all of it without
         # client noise or when nobody was sampled; the missing shares when an encrypted aggregator
         # dropped contributions (the server then saw an under-noised sum: logged, not hidden)
-        if not self.noise_on_clients or result.count == 0:
+        if self.noise_on_clients and share is not None:
+            # a share provisioned for dropouts: the server tops every round up to one variance
+            missing = share.missing(self._sampled if result.count else 0, result.count)
+        elif not self.noise_on_clients or result.count == 0:
             missing = 1.0
         else:
             missing = max(self._sampled - result.count, 0) / self._sampled
@@ -545,6 +569,12 @@ class SkipEmptyRounds:
         self.inner = inner
         self._n_params = 0
         self._count = 0
+
+    def __getattr__(self, name: str):
+        """The inner summation's own capabilities (e.g. SecAgg+'s use_relay, respond, close)."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def begin_round(self, round_index: int, n_params: int) -> RoundKeys:
         self._n_params, self._count = n_params, 0

@@ -20,7 +20,15 @@ def test_shipped_synthetic_grid_is_the_default_grid():
 
 def test_default_grid_covers_every_defence_and_fits_the_attacks():
     g = default_grid().validate()
-    assert {p.defence for p in g.points} == {"none", "record-dp", "user-dp", "secagg", "record-dp+secagg"}
+    assert {p.defence for p in g.points} == {
+        "none",
+        "record-dp",
+        "user-dp",
+        "secagg",
+        "record-dp+secagg",
+        "user-dp+secagg",
+    }
+    assert {p.overrides_dict().get("secure.scheme") for p in g.points} == {None, "ckks", "secaggplus"}
     assert (
         sum(p.defence == "record-dp" for p in g.points) >= 2
         and sum(p.defence == "user-dp" for p in g.points) >= 2

@@ -547,16 +547,20 @@ def test_resume_with_more_rounds_resolves_sigma_within_the_target(tiny_config, t
     assert 8.0 * 0.99 <= extended["privacy"]["epsilon"] <= 8.0
 
 
-def test_user_level_dp_with_ckks_is_refused_before_training(tiny_config):
-    # the key holder releases only sums of >= min_clients (>= 2) clients; under Poisson sampling
+@pytest.mark.parametrize("scheme", ["ckks", "secaggplus"])
+def test_user_level_dp_with_secure_aggregation_and_client_sampling_is_refused(tiny_config, scheme):
+    # a secure sum releases only sums of >= min_clients (>= 2) clients; under Poisson sampling
     # whether a round reaches that depends on who was sampled, outside the DP-FedAvg accounting
     cfg = _tiny_dp(
         tiny_config,
         "user-dp",
-        **{"train.clients": 4, "train.fraction": 0.5, "secure.scheme": "ckks", "secure.insecure_he": True},
+        **{"train.clients": 4, "train.fraction": 0.5, "secure.scheme": scheme, "secure.insecure_he": True},
     )
-    with pytest.raises(ConfigError, match="user-dp with --secure-agg ckks"):
+    with pytest.raises(
+        ConfigError, match=f"user-dp with --secure-agg {scheme} and train.fraction = 0.5.*--fraction 1"
+    ):
         cfg.validate()
+    cfg.override({"train.fraction": 1.0}).validate()  # every client every round: accounted at q = 1
 
 
 def test_resume_under_os_noise_continues_the_accountants(tiny_config, tmp_path):

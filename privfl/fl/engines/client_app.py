@@ -69,7 +69,7 @@ class ClientParty:
                 f"this node is partition {client_id}, but the experiment has {len(self.clients)} clients: "
                 f"start SuperNodes with partition-id 0..{len(self.clients) - 1}"
             )
-        if self.cfg.train.mode == "user-dp" and task.keys.public_context is not None:
+        if self.cfg.train.mode == "user-dp" and self.cfg.secure.scheme != "none":
             # the client knows it was sampled and the round's count k (its noise share needs k),
             # never who else was: the sample is the server's secret
             if task.sampled_count is None:
@@ -150,7 +150,24 @@ def make_client_app(load_data: DataSource | None = None) -> ClientApp:
         task = TrainTask.from_content(message.content)
         party = party_for(task)
         party.enrol(partition, context.node_config)
-        return party.train(partition, task).reply_to(message)
+        reply = party.train(partition, task).reply_to(message)
+        if party.cfg.secure.scheme == "secaggplus":  # its later stages need this round's secrets
+            from privfl.fl.engines.secagg_relay import save_client_state
+
+            save_client_state(
+                party.components.summation, partition, task.round_index, context, task.experiment
+            )
+        return reply
+
+    @app.train("secaggplus")
+    def secaggplus_stage(message: Message, context: Context) -> Message:
+        """SecAgg+'s share-keys, masked-input and unmask stages (privfl.fl.engines.secagg_relay)."""
+        from privfl.fl.engines.secagg_relay import answer_stage
+
+        partition, _ = partition_of(context)
+        # this process's party if it lives on (simulation), else built from the node's saved state
+        summation = next(iter(parties.values())).components.summation if parties else None
+        return answer_stage(summation, partition, message, context)
 
     return app
 

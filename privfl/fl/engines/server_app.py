@@ -117,6 +117,11 @@ class FlowerRounds:
         """The one round loop, with this Grid's clients behind it."""
         c = self.session.components
         gate = GridClients(self)
+        use_relay = getattr(c.summation, "use_relay", None)
+        if use_relay is not None:  # SecAgg+: its stages after training go over this Grid too
+            from privfl.fl.engines.secagg_relay import GridRelay
+
+            use_relay(GridRelay(self))
         return Federation(None, (), c.sampler, c.policy, c.summation, gate=gate)
 
     def run_round(self, round_index: int, weights: np.ndarray) -> RoundOutcome:
@@ -134,7 +139,9 @@ class FlowerRounds:
         sigma = float(privacy.noise_multiplier) if privacy is not None else None
         # user-dp with CKKS: each client's noise share is sigma^2 S^2 / k, so it must know k; no
         # client is ever told who else was sampled
-        encrypted_user_dp = keys.public_context is not None and self.session.cfg.train.mode == "user-dp"
+        encrypted_user_dp = (
+            self.session.cfg.secure.scheme != "none" and self.session.cfg.train.mode == "user-dp"
+        )
         count = len(selected) if encrypted_user_dp else None
         messages = [
             Message(
