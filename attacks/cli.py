@@ -125,8 +125,8 @@ def _membership_options(f):
             "--method",
             "methods",
             multiple=True,
-            type=click.Choice(["loss", "alignment", "lira"]),
-            help="Membership attacks to run [default: loss and alignment]; repeat the flag.",
+            type=click.Choice(["speaker", "loss", "alignment", "lira"]),
+            help="Membership attacks to run [default: speaker, loss and alignment]; repeat the flag.",
         ),
         click.option(
             "--candidates",
@@ -188,7 +188,7 @@ def _execute(
     if "speeds" in g:
         g["speeds"] = _speeds(g["speeds"])
     gender = GenderAttackConfig(rounds=picked, max_rounds=max_rounds, bootstrap=bootstrap, seed=seed, **g)
-    methods = tuple(m.pop("methods") or ("loss", "alignment"))
+    methods = tuple(m.pop("methods") or ("speaker", "loss", "alignment"))
     if m.pop("lira") and "lira" not in methods:
         methods += ("lira",)
     membership = MembershipAttackConfig(
