@@ -140,6 +140,13 @@ def _membership_options(f):
         ),
         click.option("--lira-shadows", default=8, show_default=True, type=int),
         click.option(
+            "--speaker-rounds",
+            default=10,
+            show_default=True,
+            type=int,
+            help="Speaker-level alignment: at most this many recorded rounds, evenly spaced [0: all].",
+        ),
+        click.option(
             "--alignment-rounds",
             default=3,
             show_default=True,
@@ -223,7 +230,15 @@ def _execute(
 
 
 _G_KEYS = ("shadow_clients", "speeds", "subspace", "shadow_size", "features", "classifier")
-_M_KEYS = ("methods", "candidates", "lira", "lira_shadows", "lira_candidates", "alignment_rounds")
+_M_KEYS = (
+    "methods",
+    "candidates",
+    "lira",
+    "lira_shadows",
+    "lira_candidates",
+    "speaker_rounds",
+    "alignment_rounds",
+)
 
 
 @attack.command()

@@ -47,6 +47,8 @@ class MembershipAttackConfig:
     candidates: int = 40  # alignment: member utterances per client and round (and as many non-members)
     lira_shadows: int = 8  # LiRA: shadow federations (only with "lira" in methods)
     lira_candidates: int = 100  # LiRA: members and as many non-members scored
+    speaker_rounds: int = 10  # speaker alignment: recorded rounds, evenly spaced (0: all)
+    speaker_utterances: int = 16  # speaker alignment: utterances per speaker in its gradient (0: all)
     bootstrap: int = 1000
     seed: int = 0
 
@@ -64,8 +66,11 @@ class MembershipAttackConfig:
                 f"LiRA needs an even number >= 2 of shadow federations (half IN, half OUT per utterance), "
                 f"got {self.lira_shadows}; e.g. --lira-shadows 8"
             )
-        if self.bootstrap < 0 or self.seed < 0:
-            raise ConfigError(f"bootstrap and seed must be >= 0, got {self.bootstrap}, {self.seed}")
+        if min(self.bootstrap, self.seed, self.speaker_rounds, self.speaker_utterances) < 0:
+            raise ConfigError(
+                "bootstrap, seed, speaker_rounds and speaker_utterances must be >= 0, got "
+                f"{self.bootstrap}, {self.seed}, {self.speaker_rounds}, {self.speaker_utterances}"
+            )
         return self
 
 
@@ -305,12 +310,18 @@ def _speaker_rows(observed, data, pool, config, privacy, progress) -> list[Attac
     ]
     model = build_model(observed.config.model, data.n_mels)
     agg, own = [], []
-    rounds = observed.rounds
+    rounds = observed.select_rounds((), config.speaker_rounds) if observed.rounds else []
+    rng = np.random.default_rng([config.seed, 0x5BEA])
+    cap = config.speaker_utterances
+    probes = [
+        s.take(np.sort(rng.choice(len(s), size=cap, replace=False))) if 0 < cap < len(s) else s
+        for s in speakers
+    ]
     for j, r in enumerate(rounds):
         obs, _ = observed.observe(r)
         if obs.aggregate is None and (obs.deltas is None or not len(obs.deltas)):
             continue
-        grads = -speaker_gradients(model, obs.weights, speakers)  # the direction SGD moves for them
+        grads = -speaker_gradients(model, obs.weights, probes)  # the direction SGD moves for them
         if obs.aggregate is not None:
             agg.append(_cosines(grads, obs.aggregate[None, :])[:, 0])
         if obs.deltas is not None and len(obs.deltas):
@@ -326,8 +337,8 @@ def _speaker_rows(observed, data, pool, config, privacy, progress) -> list[Attac
                 labels,
                 dp=dp,
                 notes=[
-                    f"score: mean over {len(agg)} rounds of cos(-grad of the speaker's mean loss at w_t, "
-                    f"w_(t+1) - w_t); {who}"
+                    f"score: mean over {len(agg)} rounds of cos(-grad of the speaker's mean loss on up to "
+                    f"{cap or 'all'} of its utterances at w_t, w_(t+1) - w_t); {who}"
                 ]
                 + dp_note,
                 **common,
