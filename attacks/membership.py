@@ -48,7 +48,7 @@ class MembershipAttackConfig:
     lira_shadows: int = 8  # LiRA: shadow federations (only with "lira" in methods)
     lira_candidates: int = 100  # LiRA: members and as many non-members scored
     speaker_rounds: int = 10  # speaker alignment: recorded rounds, evenly spaced (0: all)
-    speaker_utterances: int = 16  # speaker alignment: utterances per speaker in its gradient (0: all)
+    speaker_utterances: int = 0  # speaker alignment: utterances per speaker in its gradient (0: all)
     bootstrap: int = 1000
     seed: int = 0
 
