@@ -26,6 +26,15 @@ def _rounds(value: str | None) -> tuple[int, ...]:
         ) from exc
 
 
+def _speeds(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--speeds {value!r} is not a comma-separated list of speed factors, e.g. 0.9,1.0,1.1"
+        ) from exc
+
+
 def _common(f):
     opts = [
         click.option(
@@ -53,7 +62,13 @@ def _common(f):
             type=str,
             help="Recorded rounds to attack, e.g. 1,15,30 [default: up to --max-rounds, evenly spaced].",
         ),
-        click.option("--max-rounds", default=3, show_default=True, type=int),
+        click.option(
+            "--max-rounds",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Gender: attack at most this many recorded rounds, evenly spaced [0: every round].",
+        ),
         click.option(
             "--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for 95% CIs."
         ),
@@ -66,7 +81,20 @@ def _common(f):
 def _gender_options(f):
     opts = [
         click.option(
-            "--shadow-clients", default=32, show_default=True, type=int, help="Shadow clients per round."
+            "--shadow-clients", default=12, show_default=True, type=int, help="Shadow clients per round."
+        ),
+        click.option(
+            "--speeds",
+            default="0.9,1.0,1.1",
+            show_default=True,
+            help="Speed factors applied to the auxiliary speech, each a voice of its own (1.0: none).",
+        ),
+        click.option(
+            "--subspace",
+            default=3,
+            show_default=True,
+            type=int,
+            help="Classify in the top-k principal directions of each round's client updates (0: off).",
         ),
         click.option(
             "--shadow-size",
@@ -77,8 +105,8 @@ def _gender_options(f):
         ),
         click.option(
             "--features",
-            type=click.Choice(["first-layer", "all-layers"]),
-            default="first-layer",
+            type=click.Choice(["fc-profile", "first-layer", "all-layers"]),
+            default="fc-profile",
             show_default=True,
             help="Which part of an update the attack classifier reads.",
         ),
@@ -97,8 +125,8 @@ def _membership_options(f):
             "--method",
             "methods",
             multiple=True,
-            type=click.Choice(["loss", "alignment", "lira"]),
-            help="Membership attacks to run [default: loss and alignment]; repeat the flag.",
+            type=click.Choice(["speaker", "loss", "alignment", "lira"]),
+            help="Membership attacks to run [default: speaker, loss and alignment]; repeat the flag.",
         ),
         click.option(
             "--candidates",
@@ -111,6 +139,20 @@ def _membership_options(f):
             "--lira", is_flag=True, help="Also run LiRA with shadow federations (slow: each replays the run)."
         ),
         click.option("--lira-shadows", default=8, show_default=True, type=int),
+        click.option(
+            "--speaker-rounds",
+            default=10,
+            show_default=True,
+            type=int,
+            help="Speaker-level alignment: at most this many recorded rounds, evenly spaced [0: all].",
+        ),
+        click.option(
+            "--alignment-rounds",
+            default=3,
+            show_default=True,
+            type=int,
+            help="Per-utterance alignment: at most this many recorded rounds, evenly spaced.",
+        ),
         click.option("--lira-candidates", default=100, show_default=True, type=int),
     ]
     for opt in reversed(opts):
@@ -150,12 +192,19 @@ def _execute(
     from privfl.attacks.suite import run_attacks
 
     picked = _rounds(rounds)
+    if "speeds" in g:
+        g["speeds"] = _speeds(g["speeds"])
     gender = GenderAttackConfig(rounds=picked, max_rounds=max_rounds, bootstrap=bootstrap, seed=seed, **g)
-    methods = tuple(m.pop("methods") or ("loss", "alignment"))
+    methods = tuple(m.pop("methods") or ("speaker", "loss", "alignment"))
     if m.pop("lira") and "lira" not in methods:
         methods += ("lira",)
     membership = MembershipAttackConfig(
-        methods=methods, rounds=picked, max_rounds=max_rounds, bootstrap=bootstrap, seed=seed, **m
+        methods=methods,
+        rounds=picked,
+        max_rounds=m.pop("alignment_rounds", 3),
+        bootstrap=bootstrap,
+        seed=seed,
+        **m,
     )
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -180,8 +229,16 @@ def _execute(
     click.echo(f"wrote {out_dir / 'attack.json'}, {out_dir / 'roc.png'} and {out_dir / 'rounds.png'}")
 
 
-_G_KEYS = ("shadow_clients", "shadow_size", "features", "classifier")
-_M_KEYS = ("methods", "candidates", "lira", "lira_shadows", "lira_candidates")
+_G_KEYS = ("shadow_clients", "speeds", "subspace", "shadow_size", "features", "classifier")
+_M_KEYS = (
+    "methods",
+    "candidates",
+    "lira",
+    "lira_shadows",
+    "lira_candidates",
+    "speaker_rounds",
+    "alignment_rounds",
+)
 
 
 @attack.command()
@@ -190,7 +247,15 @@ _M_KEYS = ("methods", "candidates", "lira", "lira_shadows", "lira_candidates")
 def gender(run_path, out, seed, rounds, max_rounds, bootstrap, **opts) -> None:
     """Infer each client's gender from its update (shadow clients on the auxiliary speakers)."""
     _execute(
-        ("gender",), run_path, out, seed, rounds, max_rounds, bootstrap, opts, {"methods": (), "lira": False}
+        ("gender",),
+        run_path,
+        out,
+        seed,
+        rounds,
+        max_rounds,
+        bootstrap,
+        opts,
+        {"methods": (), "lira": False},
     )
 
 

@@ -1,11 +1,22 @@
 """Gender (attribute) inference from client updates, after Feng et al. 2021 (arXiv 2112.13416).
 
-For an observed round the attacker takes w_t, trains shadow clients on a public auxiliary corpus
-with known speaker genders (speakers disjoint from training), and fits a classifier from the
-shadow updates' features to the shadow speaker's gender. It then applies the classifier to each
-real client's update. Features: the first layer's update (the layer that sees the log-Mel input,
-`conv.*` for the CNN, `lstm.weight_ih_l0`/`lstm.bias_ih_l0` for the LSTM) or all layers, each update
-scaled to unit L2 norm (client sizes differ) and then standardised.
+The server attacks every recorded round a client took part in. For each round it takes w_t,
+trains shadow clients on its own auxiliary speakers (known genders, disjoint from training; each
+speaker also speed-perturbed, 0.9 / 1.0 / 1.1, which moves pitch and formants as a new speaker
+would) with the run's own recipe, and fits a classifier from the shadow updates' features to the
+shadow speaker's gender. It applies the classifier to each real client's update of that round and
+adds a client's log-odds over all its rounds. Features (`features`):
+  fc-profile (default): the column norms of the first fully connected layer's update, one value
+      per input unit (for the CNN: channel x Mel-band pair after the max-pool over time). That
+      update is a sum of outer products (upstream gradient x pooled activation), so its column
+      norms follow the client's band-wise activation profile: its spectral make-up.
+  first-layer: the update of the layer that sees the log-Mel input (`conv.*`, LSTM input weights).
+  all-layers: the whole update.
+Each feature vector is scaled to unit L2 norm (client sizes differ). With `subspace` = k > 0 the
+classifier reads only the top k principal directions of the round's real client features (the
+server holds every update of the round), each population centred on its own mean: the directions
+along which the clients actually differ, so that a classifier fitted on a handful of auxiliary
+speakers does not lean on their idiosyncrasies.
 """
 
 from __future__ import annotations
@@ -21,20 +32,23 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from privfl.attacks.observe import NOT_OBSERVED, ObservedRun, check_data_matches
+from privfl.attacks.observe import ObservedRun, check_data_matches, unobserved_row
 from privfl.attacks.result import AttackResult, AttackRow, scored_row
 from privfl.attacks.shadow import (
+    SPEED_MARK,
+    auxiliary_speech,
     check_auxiliary,
     client_trainer,
     local_updates,
     sample_shadow_clients,
     shadow_client_data,
 )
+from privfl.config import validate_speed_factors
 from privfl.data.dataset import PreparedData
 from privfl.errors import AttackError, ConfigError
 from privfl.models import build_model, canonical_parameters, layer_slices
 
-FEATURE_SETS = ("first-layer", "all-layers")
+FEATURE_SETS = ("fc-profile", "first-layer", "all-layers")
 CLASSIFIERS = ("logreg", "mlp")
 POSITIVE = "female"
 """The class a score of 1 means; the AUC does not depend on which gender is called positive."""
@@ -46,13 +60,15 @@ Progress = Callable[[str, int, int], None]
 class GenderAttackConfig:
     """Knobs of the gender attack; `seed` seeds shadow sampling, classifiers, control and bootstrap."""
 
-    rounds: tuple[int, ...] = ()  # empty: up to max_rounds recorded rounds, evenly spaced, first and last
-    max_rounds: int = 3
-    shadow_clients: int = 32  # per attacked round, genders alternating
+    rounds: tuple[int, ...] = ()  # empty: every recorded round (or max_rounds of them, evenly spaced)
+    max_rounds: int = 0  # 0: all recorded rounds
+    shadow_clients: int = 12  # per attacked round, genders alternating over the aux voices
     shadow_size: int = 0  # utterances per shadow client; 0: the real clients' median, capped by the aux data
-    features: str = "first-layer"
+    speeds: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed perturbation of the auxiliary speech
+    features: str = "fc-profile"
+    subspace: int = 3  # classify in the top-k principal directions of the round's client features; 0: off
     classifier: str = "logreg"
-    control_repeats: int = 20  # shuffled-label relabellings per round for the control
+    control_repeats: int = 20  # shuffled-label relabellings for the control
     bootstrap: int = 1000
     seed: int = 0
 
@@ -67,11 +83,23 @@ class GenderAttackConfig:
             )
         if self.control_repeats < 1:
             raise ConfigError(f"control_repeats must be >= 1, got {self.control_repeats}")
-        if self.shadow_size < 0 or self.max_rounds < 1 or self.bootstrap < 0 or self.seed < 0:
+        if (
+            self.shadow_size < 0
+            or self.max_rounds < 0
+            or self.bootstrap < 0
+            or self.seed < 0
+            or self.subspace < 0
+        ):
             raise ConfigError(
-                "shadow_size, bootstrap and seed must be >= 0 and max_rounds >= 1, got "
-                f"{self.shadow_size}, {self.bootstrap}, {self.seed}, {self.max_rounds}"
+                "shadow_size, max_rounds, subspace, bootstrap and seed must be >= 0, got "
+                f"{self.shadow_size}, {self.max_rounds}, {self.subspace}, {self.bootstrap}, {self.seed}"
             )
+        if not self.speeds or 1.0 not in self.speeds:
+            raise ConfigError(
+                f"speeds {list(self.speeds)} must include 1.0 (the auxiliary speech as recorded), "
+                "e.g. --speeds 0.9,1.0,1.1 or --speeds 1.0 for none"
+            )
+        validate_speed_factors(self.speeds)
         return self
 
 
@@ -85,6 +113,14 @@ def first_layer_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(input_side or first)
 
 
+def profile_layer(model: nn.Module) -> str:
+    """The weight of the first fully connected layer (`fc1.weight` in both paper models)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            return f"{name}.weight"
+    raise ConfigError(f"{type(model).__name__} has no fully connected layer for the fc-profile features")
+
+
 def feature_columns(model: nn.Module, which: str) -> np.ndarray:
     """Indices into the flat parameter vector that the attack reads (int64 [F])."""
     slices = layer_slices(model)
@@ -92,7 +128,37 @@ def feature_columns(model: nn.Module, which: str) -> np.ndarray:
         return np.arange(sum(s.stop - s.start for s in slices.values()), dtype=np.int64)
     if which == "first-layer":
         return np.concatenate([np.arange(slices[n].start, slices[n].stop) for n in first_layer_names(model)])
+    if which == "fc-profile":
+        s = slices[profile_layer(model)]
+        return np.arange(s.start, s.stop, dtype=np.int64)
     raise ConfigError(f"feature set {which!r} is not one of {', '.join(FEATURE_SETS)}")
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """Which values of a flat update the attack reads, and how: `rows` > 0 takes the column norms of
+    those values seen as a [rows, F / rows] matrix (a fully connected layer's weight, out x in)."""
+
+    columns: np.ndarray
+    rows: int = 0
+
+    @classmethod
+    def of(cls, model: nn.Module, which: str) -> FeatureMap:
+        columns = feature_columns(model, which)
+        if which == "fc-profile":
+            return cls(columns, int(dict(model.named_parameters())[profile_layer(model)].shape[0]))
+        return cls(columns)
+
+    @property
+    def size(self) -> int:
+        return int(self.columns.size // self.rows) if self.rows else int(self.columns.size)
+
+    def __call__(self, deltas: np.ndarray) -> np.ndarray:
+        """[k, P] updates -> [k, size] float64 features, each row of unit L2 norm."""
+        if not self.rows:
+            return update_features(deltas, self.columns)
+        x = np.asarray(deltas, dtype=np.float64)[:, self.columns].reshape(len(deltas), self.rows, -1)
+        return update_features(np.linalg.norm(x, axis=1), np.arange(x.shape[2]))
 
 
 def update_features(deltas: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -100,6 +166,26 @@ def update_features(deltas: np.ndarray, columns: np.ndarray) -> np.ndarray:
     x = np.asarray(deltas, dtype=np.float64)[:, columns]
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
+
+
+def client_subspace(real: np.ndarray, k: int) -> np.ndarray | None:
+    """The top-k principal directions [F, k] of one round's client features [n, F] (None if k = 0).
+
+    The server holds every update of the round, so it sees along which directions its clients
+    differ; k is capped at n - 1 (n centred points span at most n - 1 directions).
+    """
+    k = min(k, len(real) - 1)
+    if k < 1:
+        return None
+    _, _, vt = np.linalg.svd(real - real.mean(axis=0), full_matrices=False)
+    return vt[:k].T
+
+
+def project(features: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """Centre a population on its own mean and project it on `basis` (unchanged if None)."""
+    if basis is None:
+        return features
+    return (features - features.mean(axis=0)) @ basis
 
 
 def fit_classifier(features: np.ndarray, labels: np.ndarray, kind: str = "logreg", seed: int = 0) -> Pipeline:
@@ -156,8 +242,13 @@ def gender_preflight(observed: ObservedRun, data: PreparedData, config: GenderAt
     rounds = observed.select_rounds(config.rounds, config.max_rounds)
     _check_gender_labels(observed, rounds)
     check_auxiliary(data.aux)
+    if len(config.speeds) > 1 and data.corpus is None:
+        raise AttackError(
+            "speed-perturbed auxiliary speech needs the corpus's audio, and this data has none; "
+            "pass speeds=(1.0,) (--speeds 1.0)"
+        )
     batch = observed.config.train.batch_size
-    size = config.shadow_size or _default_shadow_size(observed, rounds, data)
+    size = config.shadow_size or _default_shadow_size(observed, rounds, data, config)
     if observed.config.train.mode == "dp" and size < batch:
         raise AttackError(
             f"shadow clients of {size} utterances are smaller than the run's batch size {batch}, which "
@@ -174,55 +265,65 @@ def gender_attack(
     config: GenderAttackConfig | None = None,
     progress: Progress | None = None,
 ) -> AttackResult:
-    """The shadow-client gender attack on the selected rounds: per-client, control and aggregate rows."""
+    """The shadow-client gender attack over every selected round: per-client scores combined over the
+    rounds, single rounds, the shuffled-label control and the aggregate."""
     config = (config or GenderAttackConfig()).validate()
     started = time.perf_counter()
     cfg = observed.config
     rounds = gender_preflight(observed, data, config)
     model = build_model(cfg.model, data.n_mels)
-    columns = feature_columns(model, config.features)
+    features = FeatureMap.of(model, config.features)
     privacy = observed.summary.get("privacy")
-    size = config.shadow_size or _default_shadow_size(observed, rounds, data)
+    size = config.shadow_size or _default_shadow_size(observed, rounds, data, config)
+    aux = auxiliary_speech(data, cfg, config.speeds)
+    # the control's labels: one fixed relabelling of the (pseudo-)speakers per repeat, independent of
+    # gender and balanced within each real speaker, kept across rounds as the true labels are
+    voices = sorted(set(aux.speakers))
+    voice_gender = dict(zip(aux.speakers, aux.genders, strict=True))
+    crng = np.random.default_rng([config.seed, 0xC0A7])
+    truth_of_voice = np.array([int(voice_gender[v] == POSITIVE) for v in voices])
+    base = np.array([v.split(SPEED_MARK)[0] for v in voices])
+    relabel = [
+        dict(zip(voices, shuffled_labels(truth_of_voice, crng, strata=base).tolist(), strict=True))
+        for _ in range(config.control_repeats)
+    ]
 
-    per_client: list[tuple[int, int, float, int, bool]] = []  # round, client, score, label, mixed
+    single: list[tuple[int, int, float, int, bool]] = []  # round, client, log-odds, label, mixed
     controls: list[tuple[int, int, float, int, bool, int]] = []  # the same, plus the relabelling index
     per_round_agg: list[dict] = []
     for j, r in enumerate(rounds):
         obs, truth = observed.observe(r)
         rng = np.random.default_rng([config.seed, r, 0x6E0D])
-        shadows = sample_shadow_clients(data.aux, config.shadow_clients, size, rng)
+        shadows = sample_shadow_clients(aux, config.shadow_clients, size, rng)
         report = (
             (lambda d, t, j=j: progress("gender: shadow clients", j * t + d, len(rounds) * t))
             if progress
             else None
         )
-        clients = shadow_client_data(data.aux, shadows)
+        clients = shadow_client_data(aux, shadows)
         trainer = client_trainer(cfg, data, clients, privacy)
-        s_deltas = local_updates(trainer, clients, obs.weights, r, report)
-        xs = update_features(s_deltas, columns)
+        xs = features(local_updates(trainer, clients, obs.weights, r, report))
         ys = np.array([int(s.gender == POSITIVE) for s in shadows])
-        clf = fit_classifier(xs, ys, config.classifier, config.seed)
         if obs.deltas is not None and len(obs.deltas):  # user-dp's Poisson sampling can pick nobody
-            xr = update_features(obs.deltas, columns)
+            xr = features(obs.deltas)
+            basis = client_subspace(xr, config.subspace)
+            ps, pr = project(xs, basis), project(xr, basis)
             truths = [client_label(g) for g in truth.genders]
             ids = truth.client_ids.tolist()
-            p = clf.predict_proba(xr)[:, 1]
-            per_client += [
-                (r, c, float(a), lab, mix) for c, a, (lab, mix) in zip(ids, p, truths, strict=True)
-            ]
-            # randomised-label control: same features, labels independent of gender and of speaker;
-            # several relabellings, because one classifier direction per round is a single random draw
-            speakers = np.array([s.speaker for s in shadows])
-            for k in range(config.control_repeats):
-                control = fit_classifier(
-                    xs, shuffled_labels(ys, rng, strata=speakers), config.classifier, config.seed
-                )
-                pc = control.predict_proba(xr)[:, 1]
+            odds = log_odds(fit_classifier(ps, ys, config.classifier, config.seed), pr)
+            single += [(r, c, float(a), lab, mix) for c, a, (lab, mix) in zip(ids, odds, truths, strict=True)]
+            for k, labels_k in enumerate(relabel):
+                yc = np.array([labels_k[s.speaker] for s in shadows])
+                if yc.min() == yc.max():
+                    continue  # this round's shadows hold one control label only: nothing to fit
+                pc = log_odds(fit_classifier(ps, yc, config.classifier, config.seed), pr)
                 controls += [
                     (r, c, float(a), lab, mix, k) for c, a, (lab, mix) in zip(ids, pc, truths, strict=True)
                 ]
         if obs.aggregate is not None and len(truth.client_ids):
-            pa = float(clf.predict_proba(update_features(obs.aggregate[None, :], columns))[0, 1])
+            # one update per round: no client population to take a subspace from
+            whole = fit_classifier(xs, ys, config.classifier, config.seed)
+            pa = float(whole.predict_proba(features(obs.aggregate[None, :]))[0, 1])
             labels = [client_label(g)[0] for g in truth.genders]
             n = obs.num_samples.astype(np.float64)
             known = np.array([lab >= 0 for lab in labels], dtype=bool)
@@ -233,90 +334,132 @@ def gender_attack(
         "gender",
         str(observed.run.path),
         observed.observed,
-        {**asdict(config), "shadow_size": size, "feature_count": int(columns.size), "rounds": rounds},
+        {
+            **asdict(config),
+            "shadow_size": size,
+            "feature_count": features.size,
+            "rounds": rounds,
+            "speeds": list(config.speeds),
+        },
         config.seed,
     )
     if observed.secure:
-        result.rows.append(
-            AttackRow(
-                "gender: per-client update",
-                observed.observed,
-                reason=NOT_OBSERVED,
-            )
-        )
+        result.rows.append(unobserved_row("gender: per-client updates, all rounds combined", observed))
     else:
-        result.rows.extend(_per_client_rows(per_client, controls, config, observed.observed))
+        result.rows.extend(_per_client_rows(single, controls, config, observed.observed))
     result.rows.append(_aggregate_row(per_round_agg, config))
     result.notes.append(
-        f"attacker data: {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} utterances), "
-        "disjoint "
-        f"from training; {config.shadow_clients} shadow clients of {size} utterances per round; "
-        f"features: {config.features} ({columns.size} values), classifier: {config.classifier}"
+        f"attacker (the server): {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} "
+        f"utterances), disjoint from training, at speeds {', '.join(f'{f:g}' for f in config.speeds)} "
+        f"({len(voices)} voices); {config.shadow_clients} shadow clients of {size} utterances per round, "
+        f"{len(rounds)} rounds; features: {config.features} ({features.size} values)"
+        + (f", top {config.subspace} client directions per round" if config.subspace else "")
+        + f"; classifier: {config.classifier}"
     )
     result.seconds = time.perf_counter() - started
     return result
 
 
+def log_odds(classifier: Pipeline, features: np.ndarray) -> np.ndarray:
+    """log P(female) - log P(male) of each row, clipped to +-30 (a sure classifier gives +-inf)."""
+    p = np.clip(classifier.predict_proba(features)[:, 1], 1e-13, 1 - 1e-13)
+    return np.log(p) - np.log1p(-p)
+
+
+def combine_rounds(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(client ids, mean log-odds over each client's rounds, label) from (round, client, log-odds, label)."""
+    ids = sorted({t[1] for t in items})
+    mean = np.array([np.mean([t[2] for t in items if t[1] == c]) for c in ids])
+    label = np.array([next(t[3] for t in items if t[1] == c) for c in ids])
+    return np.array(ids), mean, label
+
+
 def _per_client_rows(
-    per_client: list, controls: list, config: GenderAttackConfig, observed: str
+    single: list, controls: list, config: GenderAttackConfig, observed: str
 ) -> list[AttackRow]:
-    mixed = sorted({row[1] for row in per_client if row[4]})
-    undecided = sorted({row[1] for row in per_client if row[3] < 0})
+    mixed = sorted({row[1] for row in single if row[4]})
+    undecided = sorted({row[1] for row in single if row[3] < 0})
     notes = []
     if mixed:
         notes.append(f"clients {mixed} hold speakers of both genders: labelled by majority (flagged)")
     if undecided:
         notes.append(f"clients {undecided} have no majority gender (tie or unknown) and are left out")
-
-    def row(name: str, items: list, control: bool, row_notes: list[str]) -> AttackRow:
-        items = [t for t in items if t[3] >= 0]
-        rounds, groups, scores, labels = (np.array([t[k] for t in items]) for k in range(4))
-        out = scored_row(
-            name,
-            observed,
-            scores,
-            labels,
-            threshold=0.5,
-            groups=groups,
-            bootstrap=config.bootstrap,
-            seed=config.seed,
-            control=control,
-            notes=row_notes,
-        )
-        out.per_round = _per_round(rounds, scores, labels)
-        return out
-
-    single = _single_relabelling_aucs(controls)
-    spread = (
-        f"; single relabellings give AUC {np.mean(single):.2f} +- {np.std(single):.2f} (mean +- sd of "
-        f"{len(single)}), a spread the client bootstrap interval does not include"
-        if single
-        else ""
+    known = [t for t in single if t[3] >= 0]
+    ids, mean, label = combine_rounds(known)
+    n_rounds = len({t[0] for t in known})
+    combined = scored_row(
+        "gender: per-client updates, all rounds combined",
+        observed,
+        _sigmoid(mean),
+        label,
+        threshold=0.5,
+        bootstrap=config.bootstrap,
+        seed=config.seed,
+        notes=notes
+        + [
+            f"score: P(female) from the mean log-odds over the client's rounds ({n_rounds} rounds); "
+            "one score per client; threshold 0.5"
+        ],
+        party="server",
     )
-    return [
-        row("gender: per-client update", per_client, False, notes + ["threshold: P(female) >= 0.5"]),
-        row(
-            "gender: shuffled shadow labels (control)",
-            controls,
-            True,
-            [
-                f"{config.control_repeats} relabellings per round, each independent of gender and speaker: "
-                f"AUC should be about 0.5{spread}"
-            ],
-        ),
-    ]
+    rounds, groups, scores, labels = (np.array([t[k] for t in known]) for k in range(4))
+    per_round = scored_row(
+        "gender: per-client update, single rounds",
+        observed,
+        _sigmoid(scores),
+        labels,
+        threshold=0.5,
+        groups=groups,
+        bootstrap=config.bootstrap,
+        seed=config.seed,
+        notes=["one score per client and round; the bootstrap resamples clients"],
+        party="server",
+    )
+    per_round.per_round = _per_round(rounds, _sigmoid(scores), labels)
+    combined.per_round = per_round.per_round
+    ctrl = [t for t in controls if t[3] >= 0]
+    keyed = [(t[0], (t[5], t[1]), t[2], t[3]) for t in ctrl]  # one "client" per (relabelling, client)
+    _, cmean, clabel = combine_rounds(keyed)
+    spread = _single_relabelling_aucs(ctrl)
+    control = scored_row(
+        "gender: shuffled shadow labels (control)",
+        observed,
+        _sigmoid(cmean),
+        clabel,
+        threshold=0.5,
+        groups=np.array([k[1] for k in sorted({t[1] for t in keyed})]),
+        bootstrap=config.bootstrap,
+        seed=config.seed,
+        control=True,
+        notes=[
+            f"{config.control_repeats} relabellings of the shadow voices, each independent of gender and "
+            "speaker and kept over all rounds, scored as the attack (mean log-odds over rounds): AUC "
+            "should be about 0.5"
+            + (
+                f"; single relabellings give AUC {np.mean(spread):.2f} +- {np.std(spread):.2f} (mean +- sd "
+                f"of {len(spread)}), a spread the client bootstrap interval does not include"
+                if spread
+                else ""
+            )
+        ],
+        party="server",
+    )
+    return [combined, per_round, control]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, dtype=np.float64), -30, 30)))
 
 
 def _single_relabelling_aucs(controls: list) -> list[float]:
-    """AUC of each (round, relabelling) on its own: how far one random classifier direction strays."""
+    """AUC of each relabelling on its own (log-odds combined over rounds): one random direction's stray."""
     from sklearn.metrics import roc_auc_score
 
     out = []
-    for key in sorted({(t[0], t[5]) for t in controls}):
-        items = [t for t in controls if (t[0], t[5]) == key and t[3] >= 0]
-        labels = np.array([t[3] for t in items])
+    for k in sorted({t[5] for t in controls}):
+        _, mean, labels = combine_rounds([t for t in controls if t[5] == k])
         if labels.size and labels.min() != labels.max():
-            out.append(float(roc_auc_score(labels, [t[2] for t in items])))
+            out.append(float(roc_auc_score(labels, mean)))
     return out
 
 
@@ -369,10 +512,13 @@ def _aggregate_row(per_round: list[dict], config: GenderAttackConfig) -> AttackR
     return row
 
 
-def _default_shadow_size(observed: ObservedRun, rounds: list[int], data: PreparedData) -> int:
+def _default_shadow_size(
+    observed: ObservedRun, rounds: list[int], data: PreparedData, config: GenderAttackConfig
+) -> int:
     sizes = np.concatenate([observed.run.load_updates(r)["num_samples"] for r in rounds])
     per_speaker = min(int(np.sum(np.asarray(data.aux.speakers) == s)) for s in set(data.aux.speakers))
-    cap = max(1, (3 * per_speaker) // 4)  # leave room to draw different subsets of one speaker
+    # one speed: leave room to draw different subsets of one speaker; several: the voices differ already
+    cap = per_speaker if len(config.speeds) > 1 else max(1, (3 * per_speaker) // 4)
     return int(max(1, min(np.median(sizes), cap))) if sizes.size else cap
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from privfl.attacks.observe import NOT_OBSERVED, ObservedRun, Privacy, check_data_matches
+from privfl.attacks.observe import ObservedRun, Privacy, check_data_matches, unobserved_row
 from privfl.attacks.result import AttackResult, AttackRow, scored_row
 from privfl.data.dataset import ClientData, PreparedData, SpeechSet
 from privfl.errors import AttackError, ConfigError
@@ -32,7 +32,7 @@ from privfl.evaluate import Evaluator
 from privfl.models import build_model, canonical_parameters, set_flat
 from privfl.parallel import torch_threads
 
-METHODS = ("loss", "alignment", "lira")
+METHODS = ("speaker", "loss", "alignment", "lira")
 
 Progress = Callable[[str, int, int], None]
 
@@ -41,12 +41,14 @@ Progress = Callable[[str, int, int], None]
 class MembershipAttackConfig:
     """Knobs of the membership attacks; `seed` seeds every sample drawn and the bootstrap."""
 
-    methods: tuple[str, ...] = ("loss", "alignment")
+    methods: tuple[str, ...] = ("speaker", "loss", "alignment")
     rounds: tuple[int, ...] = ()  # alignment: empty means up to max_rounds recorded rounds, evenly spaced
     max_rounds: int = 3
     candidates: int = 40  # alignment: member utterances per client and round (and as many non-members)
     lira_shadows: int = 8  # LiRA: shadow federations (only with "lira" in methods)
     lira_candidates: int = 100  # LiRA: members and as many non-members scored
+    speaker_rounds: int = 10  # speaker alignment: recorded rounds, evenly spaced (0: all)
+    speaker_utterances: int = 0  # speaker alignment: utterances per speaker in its gradient (0: all)
     bootstrap: int = 1000
     seed: int = 0
 
@@ -64,8 +66,11 @@ class MembershipAttackConfig:
                 f"LiRA needs an even number >= 2 of shadow federations (half IN, half OUT per utterance), "
                 f"got {self.lira_shadows}; e.g. --lira-shadows 8"
             )
-        if self.bootstrap < 0 or self.seed < 0:
-            raise ConfigError(f"bootstrap and seed must be >= 0, got {self.bootstrap}, {self.seed}")
+        if min(self.bootstrap, self.seed, self.speaker_rounds, self.speaker_utterances) < 0:
+            raise ConfigError(
+                "bootstrap, seed, speaker_rounds and speaker_utterances must be >= 0, got "
+                f"{self.bootstrap}, {self.seed}, {self.speaker_rounds}, {self.speaker_utterances}"
+            )
         return self
 
 
@@ -184,6 +189,8 @@ def membership_attack(
             f"({privacy.unit or privacy.mode}); "
             "rows it covers are checked against TPR <= e^eps FPR + delta"
         )
+    if "speaker" in config.methods:
+        result.rows.extend(_speaker_rows(observed, data, pool, config, privacy, progress))
     if "loss" in config.methods:
         result.rows.append(_loss_row(observed, data, pool, config, privacy))
     if "alignment" in config.methods:
@@ -216,6 +223,151 @@ def membership_preflight(
     return rounds
 
 
+# --- speaker-level membership: was this speaker one of the clients? ---------------------------------
+def speaker_groups(
+    members: SpeechSet, nonmembers: SpeechSet
+) -> tuple[list[SpeechSet], np.ndarray, list[str]]:
+    """One SpeechSet per speaker (training speakers first, then held-out ones), labels 1 = a client's."""
+    sets, labels, names = [], [], []
+    for label, pool in ((1, members), (0, nonmembers)):
+        speakers = np.asarray(pool.speakers)
+        for s in sorted(set(pool.speakers)):
+            sets.append(pool.take(np.flatnonzero(speakers == s)))
+            labels.append(label)
+            names.append(s)
+    return sets, np.array(labels, dtype=np.int64), names
+
+
+def speaker_gradients(model: nn.Module, weights: np.ndarray, speakers: list[SpeechSet]) -> np.ndarray:
+    """Gradient of each speaker's mean cross-entropy at `weights`: float32 [speakers, P]."""
+    set_flat(model, weights)
+    model.eval()
+    params = [p for _, p in canonical_parameters(model)]
+    out = []
+    with torch_threads(1):
+        for s in speakers:
+            loss = nn.functional.cross_entropy(model(s.x, s.lengths), s.y)
+            out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).numpy())
+    return np.stack(out)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cos of every row of a [n, P] with every row of b [k, P]: float64 [n, k]."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
+    return a @ b.T
+
+
+def _speaker_rows(observed, data, pool, config, privacy, progress) -> list[AttackRow]:
+    """Speaker-level membership from the final model, the first and final models, the aggregates and the
+    per-client updates: the unit user-level DP protects when every client holds one speaker."""
+    from privfl.models import initial_weights
+
+    speakers, labels, names = speaker_groups(data.train, pool)
+    evaluator = Evaluator(observed.config, data.n_mels)
+    final = observed.final_weights()
+    w0 = initial_weights(observed.config.model, data.n_mels, observed.config.seed)
+    loss_final = np.array([evaluator.predict(final, s)[1].mean() for s in speakers])
+    loss_first = np.array([evaluator.predict(w0, s)[1].mean() for s in speakers])
+    one_each = all(len(c.speakers) <= 1 for c in data.clients)
+    covered = privacy is not None and (privacy.mode == "user-dp" and one_each)
+    dp = (privacy.epsilon, privacy.delta) if covered else None
+    dp_note = []
+    if privacy is not None and not covered:
+        dp_note = [
+            "the run's DP unit is not a speaker (a speaker is many records, or a client holds several "
+            "speakers): no bound is checked on this row"
+        ]
+    common = dict(bootstrap=config.bootstrap, seed=config.seed)
+    n_in, n_out = int(labels.sum()), int((1 - labels).sum())
+    who = f"{n_in} training speakers (members) against {n_out} held-out speakers (val, test, aux)"
+    rows = [
+        scored_row(
+            "membership: speaker, final model loss",
+            "final global model",
+            -loss_final,
+            labels,
+            dp=dp,
+            notes=[f"score: minus the speaker's mean loss under the final model; {who}"] + dp_note,
+            party="reader of the released model",
+            **common,
+        ),
+        scored_row(
+            "membership: speaker, loss drop from w_0",
+            "first and final global model",
+            loss_first - loss_final,
+            labels,
+            dp=dp,
+            notes=[
+                "score: the speaker's mean loss under w_0 (the server's initial model) minus under the "
+                f"final model: a member's drops more, whatever its own difficulty; {who}"
+            ]
+            + dp_note,
+            **common,
+        ),
+    ]
+    model = build_model(observed.config.model, data.n_mels)
+    agg, own = [], []
+    rounds = observed.select_rounds((), config.speaker_rounds) if observed.rounds else []
+    rng = np.random.default_rng([config.seed, 0x5BEA])
+    cap = config.speaker_utterances
+    probes = [
+        s.take(np.sort(rng.choice(len(s), size=cap, replace=False))) if 0 < cap < len(s) else s
+        for s in speakers
+    ]
+    for j, r in enumerate(rounds):
+        obs, _ = observed.observe(r)
+        if obs.aggregate is None and (obs.deltas is None or not len(obs.deltas)):
+            continue
+        grads = -speaker_gradients(model, obs.weights, probes)  # the direction SGD moves for them
+        if obs.aggregate is not None:
+            agg.append(_cosines(grads, obs.aggregate[None, :])[:, 0])
+        if obs.deltas is not None and len(obs.deltas):
+            own.append(_cosines(grads, obs.deltas).max(axis=1))
+        if progress is not None:
+            progress("membership: speaker gradients", j + 1, len(rounds))
+    if agg:
+        rows.append(
+            scored_row(
+                "membership: speaker, aggregate alignment",
+                "aggregate",
+                np.mean(agg, axis=0),
+                labels,
+                dp=dp,
+                notes=[
+                    f"score: mean over {len(agg)} rounds of cos(-grad of the speaker's mean loss on up to "
+                    f"{cap or 'all'} of its utterances at w_t, w_(t+1) - w_t); {who}"
+                ]
+                + dp_note,
+                **common,
+            )
+        )
+    if observed.secure:
+        rows.append(unobserved_row("membership: speaker, per-client update alignment", observed))
+    elif own:
+        rows.append(
+            scored_row(
+                "membership: speaker, per-client update alignment",
+                observed.observed,
+                np.mean(own, axis=0),
+                labels,
+                notes=[
+                    f"score: mean over {len(own)} rounds of the largest cos(-grad of the speaker's mean "
+                    f"loss at w_t, delta_k) over the round's clients; {who}"
+                ]
+                + (
+                    ["user-level DP noises at the server: the updates it receives are not covered"]
+                    if dp
+                    else []
+                ),
+                **common,
+            )
+        )
+    return rows
+
+
 def _dp_for(privacy: Privacy | None, per_client: bool) -> tuple[float, float] | None:
     """The (eps, delta) a row's observation is covered by, if any.
 
@@ -246,6 +398,7 @@ def _loss_row(observed, data, pool, config, privacy) -> AttackRow:
         bootstrap=config.bootstrap,
         seed=config.seed,
         dp=_dp_for(privacy, per_client=False),
+        party="reader of the released model",
         notes=[
             f"threshold: loss <= {tau:.4g}, the clients' mean training loss in the last round (Yeom et al.)"
             if tau is not None
@@ -311,7 +464,7 @@ def _alignment_rows(observed, data, pool, rounds, config, privacy, progress) -> 
     rows = []
     name = "membership: update alignment (per-client update)"
     if observed.secure:
-        rows.append(AttackRow(name, observed.observed, reason=NOT_OBSERVED))
+        rows.append(unobserved_row(name, observed))
     else:
         per_client_dp = _dp_for(privacy, per_client=True)
         notes = [
@@ -461,6 +614,20 @@ def _lira_row(observed, data, pool, config, privacy, progress) -> AttackRow:
         dp=_dp_for(privacy, per_client=False),
         notes=[
             f"online LiRA, global variances; {len(cands) // 2} members and as many non-members; shadow "
-            "federations replay the run's recipe on random halves of train + held-out utterances"
+            "federations replay the run's recipe on random halves of train + held-out utterances",
+            _lira_power(len(cands) // 2, s),
         ],
+        party="reader of the released model",
+    )
+
+
+def _lira_power(n_negative: int, shadows: int) -> str:
+    """Whether TPR at 0.1 % FPR means anything with this many non-members and shadow models."""
+    floor = 1.0 / n_negative
+    if n_negative >= 1000 and shadows >= 64:
+        return f"TPR at 0.1 % FPR is resolved: the smallest FPR step is {floor:.2g}"
+    return (
+        f"underpowered at 0.1 % FPR: {n_negative} non-members make the smallest FPR step {floor:.2g} and "
+        f"{shadows} shadow models give rough per-utterance Gaussians; report TPR at 0.1 % FPR only with "
+        ">= 1000 non-members (--lira-candidates 1000) and >= 64 shadows (Carlini et al. use 64-256)"
     )

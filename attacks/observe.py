@@ -23,6 +23,19 @@ PER_CLIENT = "per-client updates"
 AGGREGATE_ONLY = "aggregate update only (secure aggregation)"
 NOT_OBSERVED = "no per-client update was observed (secure aggregation: the server sees only the aggregate)"
 
+WHO_DECRYPTS = {
+    "ckks": (
+        "the key holder, a separate party that can decrypt each client's ciphertext and is trusted not to "
+        "(docs/secure-aggregation.md); the server gets one decrypted sum per round"
+    ),
+    "secaggplus": (
+        "no single party: SecAgg+ masks cancel only in the sum, and unmasking one client's input takes "
+        "both of its secrets' shares, which its honest neighbours never both hand out; the server would "
+        "need at least secure.threshold of that client's neighbours to collude (docs/secure-aggregation.md)"
+    ),
+}
+"""Per secure-aggregation scheme: which party could read a single client's update."""
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -94,7 +107,7 @@ class ObservedRun:
 
     @property
     def secure(self) -> bool:
-        """True when the server saw only the aggregate (CKKS or SecAgg+ secure aggregation)."""
+        """True when the server saw only the aggregate (any secure-aggregation scheme)."""
         return self.config.secure.scheme != "none"
 
     @property
@@ -114,7 +127,7 @@ class ObservedRun:
         return Privacy(eps, float(p["delta"]), str(p.get("unit", "")), self.config.train.mode)
 
     def select_rounds(self, requested: tuple[int, ...] = (), max_rounds: int = 3) -> list[int]:
-        """The rounds to attack: those asked for (each recorded) or up to max_rounds, evenly spaced."""
+        """The rounds to attack: those asked for, or up to max_rounds evenly spaced (0: all recorded)."""
         if requested:
             missing = sorted(set(requested) - set(self.rounds))
             if missing:
@@ -123,8 +136,10 @@ class ObservedRun:
                     f"recorded rounds are {_span(self.rounds)}"
                 )
             return sorted(set(requested))
-        if max_rounds < 1:
-            raise AttackError(f"max_rounds must be >= 1, got {max_rounds}")
+        if max_rounds < 0:
+            raise AttackError(f"max_rounds must be >= 0 (0: every recorded round), got {max_rounds}")
+        if max_rounds == 0:
+            return list(self.rounds)
         pick = np.unique(
             np.linspace(0, len(self.rounds) - 1, min(max_rounds, len(self.rounds))).round().astype(int)
         )
@@ -166,6 +181,25 @@ class ObservedRun:
         )
         split = lambda a: tuple(tuple(s.split("|")) if s else () for s in a.tolist())  # noqa: E731
         return obs, Truth(rec["client_ids"], split(rec["speakers"]), split(rec["genders"]))
+
+
+def unobserved_row(name: str, observed: ObservedRun):
+    """A per-client attack under secure aggregation: what the server lacks and which party holds it.
+
+    The row carries no metrics (nothing is plotted at chance): the attack, run as the server, has
+    no per-client update to read; the party that could decrypt one is named, and would see what
+    the plain run's server sees if it turned curious or colluded, which the threat model excludes.
+    """
+    from privfl.attacks.result import AttackRow
+
+    scheme = observed.config.secure.scheme
+    who = WHO_DECRYPTS.get(scheme, "no single party: the scheme reveals only sums")
+    return AttackRow(
+        name,
+        observed.observed,
+        reason=f"{NOT_OBSERVED}; under {scheme} a single update is readable by {who}",
+        party="server",
+    )
 
 
 def _span(rounds: list[int]) -> str:

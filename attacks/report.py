@@ -186,12 +186,21 @@ def render_table(results: list[AttackResult], console) -> None:
             title=f"{result.attack} attack on {result.run} - observed: {result.observed}",
             title_justify="left",
         )
-        for col in ("attack", "AUC [95% CI]", "TPR@1%FPR", "TPR@0.1%FPR", "bal. acc", "n+/n-", "DP check"):
+        for col in (
+            "attack",
+            "party",
+            "AUC [95% CI]",
+            "TPR@1%FPR",
+            "TPR@0.1%FPR",
+            "bal. acc",
+            "n+/n-",
+            "DP check",
+        ):
             table.add_column(col, overflow="fold")
         for row in result.rows:
             name = row.name.split(": ", 1)[-1]
             if row.metrics is None:
-                table.add_row(name, f"[yellow]{row.reason}[/yellow]", "", "", "", "", "")
+                table.add_row(name, row.party, f"[yellow]{row.reason}[/yellow]", "", "", "", "", "")
                 continue
             m = row.metrics
             dp = ""
@@ -201,6 +210,7 @@ def render_table(results: list[AttackResult], console) -> None:
                 dp = f"{ok}; eps >= {lower:.2f} (claimed {row.dp['epsilon']:.3g})"
             table.add_row(
                 name,
+                row.party,
                 _interval(m, "auc"),
                 _interval(m, "tpr_at_1pct_fpr"),
                 _interval(m, "tpr_at_0.1pct_fpr"),

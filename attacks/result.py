@@ -29,6 +29,10 @@ class AttackRow:
     dp: dict | None = None
     control: bool = False
     notes: list[str] = field(default_factory=list)
+    party: str = "server"  # who runs it, holding exactly what that party holds (docs/attacks.md)
+
+
+PARTIES = ("server", "key holder", "reader of the released model", "another client")
 
 
 @dataclass
@@ -75,11 +79,12 @@ def scored_row(
     dp: tuple[float, float] | None = None,
     control: bool = False,
     notes: list[str] | None = None,
+    party: str = "server",
 ) -> AttackRow:
     """Score an attack variant: metrics with intervals, its ROC curve, and the DP check if given."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    row = AttackRow(name, observed, control=control, notes=list(notes or []))
+    row = AttackRow(name, observed, control=control, notes=list(notes or []), party=party)
     if labels.size == 0 or labels.min() == labels.max():
         n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
         row.reason = f"needs both classes to score (got {n_pos} positive, {n_neg} negative)"

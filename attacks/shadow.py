@@ -187,3 +187,44 @@ def shadow_federation(
         if progress is not None:
             progress(r, t.rounds)
     return weights
+
+
+SPEED_MARK = "@speed"
+"""Speaker ids of speed-perturbed auxiliary speech read `<speaker>@speed<factor>`: a voice of its own."""
+
+
+def auxiliary_speech(data: PreparedData, cfg: ExperimentConfig, speeds: tuple[float, ...]) -> SpeechSet:
+    """The auxiliary speakers' utterances at every speed factor, each (speaker, factor) a voice of its own.
+
+    Speed perturbation by f scales pitch and formants by f, as another speaker of that gender
+    would (0.9-1.1 stays well inside one gender: the female/male gap is about an octave in F0 and
+    15-20 % in formants). Features are normalised as the run's config says; for "global"
+    normalisation the training set's statistics are used, which the server that distributes the
+    normaliser holds. Factor 1.0 is `data.aux` itself.
+    """
+    from privfl.data.dataset import featurise
+    from privfl.data.features import apply_band_stats, band_stats, normalise_groups
+
+    parts = [data.aux]
+    others = [f for f in speeds if f != 1.0]
+    if not others:
+        return data.aux
+    roles = data.split.roles()
+    utts = sorted((u for u in data.corpus.utterances if roles.get(u.speaker) == "aux"), key=lambda u: u.id)
+    mode = cfg.data.normalize
+    for f in others:
+        s = featurise(utts, cfg.data, speed=f)
+        x, lengths = s.x.numpy(), s.lengths.numpy()
+        if mode == "speaker":
+            s = dataclasses.replace(s, x=torch_from(normalise_groups(x, lengths, s.speakers)))
+        elif mode == "global":
+            stats = band_stats(data.train.x.numpy(), data.train.lengths.numpy())
+            s = dataclasses.replace(s, x=torch_from(apply_band_stats(x, lengths, stats)))
+        parts.append(dataclasses.replace(s, speakers=tuple(f"{sp}{SPEED_MARK}{f:g}" for sp in s.speakers)))
+    return SpeechSet.concat(parts)
+
+
+def torch_from(x: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x))

@@ -19,7 +19,20 @@ from privfl.errors import AttackError, RunError
 from privfl.experiment import train
 from tests.attacks.conftest import RECORDED
 
-FAST = ["--shadow-clients", "8", "--max-rounds", "1", "--bootstrap", "50", "--candidates", "6"]
+FAST = [
+    "--shadow-clients",
+    "8",
+    "--max-rounds",
+    "1",
+    "--alignment-rounds",
+    "1",
+    "--speeds",
+    "1.0",
+    "--bootstrap",
+    "50",
+    "--candidates",
+    "6",
+]
 
 
 @pytest.fixture()
@@ -36,24 +49,34 @@ def snapshot(path):
 def test_library_call_scores_every_attack_and_writes_the_report(recorded_run, tmp_path):
     observed, results = run_attacks(
         recorded_run,
-        gender=GenderAttackConfig(shadow_clients=8, max_rounds=2, bootstrap=50),
+        gender=GenderAttackConfig(shadow_clients=8, bootstrap=50),
         membership=MembershipAttackConfig(candidates=6, max_rounds=1, bootstrap=50),
     )
     gender, membership = results
     names = [r.name for r in gender.rows]
     assert names == [
-        "gender: per-client update",
+        "gender: per-client updates, all rounds combined",
+        "gender: per-client update, single rounds",
         "gender: shuffled shadow labels (control)",
         "gender: aggregate update",
     ]
-    main, control = gender.rows[0], gender.rows[1]
-    assert main.metrics["n_positive"] + main.metrics["n_negative"] == 4 * 2  # 4 clients x 2 rounds
-    assert [p["round"] for p in main.per_round] == [1, 2]
-    assert control.control and abs(control.metrics["auc"] - 0.5) < 0.2, control.metrics[
-        "auc"
-    ]  # 20 relabellings
-    assert control.metrics["n_positive"] == 20 * main.metrics["n_positive"]  # 20 relabellings per round
+    combined, single, control = gender.rows[:3]
+    assert gender.config["rounds"] == [1, 2]  # every recorded round by default
+    assert combined.metrics["n_positive"] + combined.metrics["n_negative"] == 4  # one score per client
+    assert single.metrics["n_positive"] + single.metrics["n_negative"] == 4 * 2  # 4 clients x 2 rounds
+    assert [p["round"] for p in single.per_round] == [1, 2]
+    assert control.control and control.metrics["n_positive"] == 20 * combined.metrics["n_positive"]
+    assert {r.party for r in gender.rows} == {"server"}
+    assert gender.config["speeds"] == [0.9, 1.0, 1.1]  # the synthetic corpus's audio, speed-perturbed
     rows = {r.name: r for r in membership.rows}
+    speaker = rows["membership: speaker, per-client update alignment"]
+    assert (speaker.metrics["n_positive"], speaker.metrics["n_negative"]) == (
+        4,
+        8,
+    )  # speakers, not utterances
+    # a training speaker's gradient points along its own client's update: no held-out speaker's does
+    assert speaker.metrics["auc"] == 1.0, speaker.metrics
+    assert rows["membership: speaker, final model loss"].party == "reader of the released model"
     loss = rows["membership: loss threshold (final model)"]
     assert loss.metrics["n_positive"] == loss.metrics["n_negative"] == 48  # balanced: 48 train utterances
     assert "Yeom" in loss.notes[0]
@@ -112,7 +135,7 @@ def test_membership_attacks_draw_non_members_from_held_out_speakers_only(recorde
 
 def test_same_seed_same_report(recorded_run):
     cfg = dict(
-        gender=GenderAttackConfig(shadow_clients=4, max_rounds=1, bootstrap=20),
+        gender=GenderAttackConfig(shadow_clients=4, max_rounds=1, speeds=(1.0,), bootstrap=20),
         membership=MembershipAttackConfig(methods=("loss",), bootstrap=20),
     )
     a = [r.to_dict() for r in run_attacks(recorded_run, **cfg)[1]]
@@ -141,6 +164,8 @@ def test_cli_all_writes_into_run_attacks_by_default(run_copy):
             "4",
             "--max-rounds",
             "1",
+            "--speeds",
+            "1.0",
             "--bootstrap",
             "20",
         ],
@@ -229,7 +254,7 @@ def test_secure_aggregation_attacks_only_the_aggregate(run_copy):
     _edit_toml(run_copy / "config.toml", "secure", "scheme", "ckks")
     observed, results = run_attacks(
         run_copy,
-        gender=GenderAttackConfig(shadow_clients=4, max_rounds=2, bootstrap=20),
+        gender=GenderAttackConfig(shadow_clients=4, speeds=(1.0,), bootstrap=20),
         membership=MembershipAttackConfig(candidates=4, max_rounds=1, bootstrap=20),
     )
     assert observed.observe(1)[0].deltas is None
@@ -237,7 +262,10 @@ def test_secure_aggregation_attacks_only_the_aggregate(run_copy):
         assert result.observed == "aggregate update only (secure aggregation)"
         per_client = [r for r in result.rows if "per-client" in r.name]
         assert per_client and all(
-            r.metrics is None and "no per-client update was observed" in r.reason for r in per_client
+            r.metrics is None
+            and "no per-client update was observed" in r.reason
+            and "key holder" in r.reason  # the party that could decrypt one is named, nothing is plotted
+            for r in per_client
         )
     gender_agg = results[0].rows[-1]
     assert [p["round"] for p in gender_agg.per_round] == [1, 2]  # one aggregate score per round
@@ -291,7 +319,7 @@ def test_record_level_dp_run_replays_its_dp_sgd_clients_and_checks_the_claim(tmp
     train(cfg, tmp_path / "dp")
     observed, (gender, membership) = run_attacks(
         tmp_path / "dp",
-        gender=GenderAttackConfig(shadow_clients=4, bootstrap=20),
+        gender=GenderAttackConfig(shadow_clients=4, speeds=(1.0,), bootstrap=20),
         membership=MembershipAttackConfig(candidates=4, bootstrap=20),
     )
     assert observed.verified_rounds == {1}  # the DP-SGD replay reproduced the recorded update

@@ -160,7 +160,7 @@ class InMemoryRun:
         return self.observation, self.truth
 
 
-def attack_on_clients(gendered_clients: bool) -> dict:
+def attack_on_clients(gendered_clients: bool, features: str = "fc-profile") -> dict:
     """The attack's per-client and control AUCs on 160 one-speaker clients trained from w_1 as a run would.
 
     The attacker's auxiliary speakers always carry the gender cue; the real clients carry it only
@@ -178,25 +178,29 @@ def attack_on_clients(gendered_clients: bool) -> dict:
     w = initial_weights(ATTACK_CFG.model, N_MELS, 0)
     with torch_threads(1):
         deltas = local_updates(client_trainer(ATTACK_CFG, data, clients), clients, w, 1)
-    config = GenderAttackConfig(shadow_clients=32, shadow_size=6, bootstrap=0, control_repeats=10)
+    config = GenderAttackConfig(
+        shadow_clients=32, shadow_size=6, speeds=(1.0,), bootstrap=0, control_repeats=10, features=features
+    )
     with threadpool_limits(1), torch_threads(1):  # tiny fits: extra BLAS/OpenMP threads only spin
         result = gender_attack(InMemoryRun(w, clients, deltas), data, config)
     rows = {r.name: r for r in result.rows}
     return {
-        "attack": rows["gender: per-client update"].metrics["auc"],
+        "attack": rows["gender: per-client updates, all rounds combined"].metrics["auc"],
         "control": rows["gender: shuffled shadow labels (control)"].metrics["auc"],
     }
 
 
-def test_attack_on_updates_without_gender_signal_is_at_chance():
+@pytest.mark.parametrize("features", ["fc-profile", "first-layer"])
+def test_attack_on_updates_without_gender_signal_is_at_chance(features):
     """Nothing to find: an attack that also learnt from the clients' true genders would score high here."""
-    auc = attack_on_clients(gendered_clients=False)
+    auc = attack_on_clients(gendered_clients=False, features=features)
     assert abs(auc["attack"] - 0.5) < 0.15, auc  # 160 clients: sd of a chance AUC about 0.05
     assert abs(auc["control"] - 0.5) < 0.15, auc
 
 
-def test_attack_finds_a_planted_gender_signal_and_its_control_does_not():
-    auc = attack_on_clients(gendered_clients=True)
+@pytest.mark.parametrize("features", ["fc-profile", "first-layer"])
+def test_attack_finds_a_planted_gender_signal_and_its_control_does_not(features):
+    auc = attack_on_clients(gendered_clients=True, features=features)
     assert auc["attack"] > 0.75, auc
     assert abs(auc["control"] - 0.5) < 0.15, auc  # a control fitted on the true labels scores as the attack
 
@@ -224,3 +228,75 @@ def test_gender_balanced_clients_are_refused_with_the_partition_to_change():
     with pytest.raises(AttackError, match="no usable gender labels.*genders seen: unknown"):
         _check_gender_labels(observed([("unknown",), ("unknown",)]), [1])
     _check_gender_labels(observed([("female",), ("male", "male")]), [1])  # clients with a gender pass
+
+
+# --- the pieces that combine rounds and read the fully connected layer -----------------------------
+def test_fc_profile_features_are_the_column_norms_of_fc1s_update():
+    from privfl.attacks.gender import FeatureMap
+    from privfl.models import layer_slices
+
+    cnn = build_model(ModelConfig(name="cnn", conv_channels=4, fc_hidden=8), n_mels=8)
+    fmap = FeatureMap.of(cnn, "fc-profile")
+    fc1 = layer_slices(cnn)["fc1.weight"]
+    assert fmap.rows == 8 and fmap.size == 4 * 4  # 4 channels x 4 Mel pairs in, 8 out
+    rng = np.random.default_rng(0)
+    deltas = rng.normal(size=(3, count_parameters(cnn)))
+    w = deltas[:, fc1].reshape(3, 8, 16)
+    expected = np.sqrt((w**2).sum(axis=1))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(fmap(deltas), expected)
+    np.testing.assert_allclose(fmap(7.5 * deltas), expected)  # the client's size and lr drop out
+    deltas[:, : fc1.start] = 0.0
+    deltas[:, fc1.stop :] = 0.0
+    np.testing.assert_allclose(fmap(deltas), expected)  # nothing outside fc1.weight is read
+
+
+def test_client_subspace_finds_the_direction_clients_differ_along():
+    from privfl.attacks.gender import client_subspace, project
+
+    rng = np.random.default_rng(2)
+    axis = np.zeros(50)
+    axis[7] = 1.0
+    real = 0.05 * rng.normal(size=(16, 50)) + np.outer(np.tile([-1.0, 1.0], 8), axis) + 3.0
+    basis = client_subspace(real, 1)
+    assert basis.shape == (50, 1) and abs(basis[7, 0]) > 0.99
+    projected = project(real, basis)[:, 0]
+    assert abs(projected.mean()) < 1e-9  # each population is centred on its own mean
+    assert roc_auc_score(np.tile([0, 1], 8), projected * np.sign(basis[7, 0])) == 1.0
+    assert client_subspace(real[:3], 10).shape == (50, 2)  # 3 points span at most 2 directions
+    assert client_subspace(real, 0) is None and project(real, None) is real
+
+
+def test_combining_rounds_adds_up_evidence_no_single_round_has():
+    """30 rounds of weak, independent evidence per client: one round separates poorly, the mean well."""
+    from privfl.attacks.gender import combine_rounds
+
+    rng = np.random.default_rng(3)
+    labels = np.tile([0, 1], 8)
+    items = [
+        (r, c, float(rng.normal(0.6 * (2 * labels[c] - 1), 2.0)), int(labels[c]), False)
+        for r in range(1, 31)
+        for c in range(16)
+    ]
+    ids, mean, label = combine_rounds(items)
+    assert ids.tolist() == list(range(16)) and label.tolist() == labels.tolist()
+    np.testing.assert_allclose(mean[5], np.mean([t[2] for t in items if t[1] == 5]))
+    single = [roc_auc_score(labels, [t[2] for t in items if t[0] == r]) for r in range(1, 31)]
+    assert np.median(single) < 0.8 < 0.95 < roc_auc_score(label, mean)
+
+
+def test_log_odds_are_finite_for_a_sure_classifier():
+    from privfl.attacks.gender import log_odds
+
+    x = np.r_[np.zeros((5, 2)), 100 * np.ones((5, 2))]
+    clf = fit_classifier(x, np.r_[np.zeros(5, int), np.ones(5, int)])
+    odds = log_odds(clf, x)
+    assert np.isfinite(odds).all() and odds[:5].max() < 0 < odds[5:].min()
+
+
+def test_speeds_must_include_the_recorded_speech():
+    from privfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must include 1.0"):
+        GenderAttackConfig(speeds=(0.9, 1.1)).validate()
+    GenderAttackConfig(speeds=(1.0,)).validate()

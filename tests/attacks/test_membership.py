@@ -109,3 +109,36 @@ def test_non_member_pool_is_every_held_out_utterance_and_no_training_one():
     members = {i for i, lab in zip(cands.ids, labels, strict=True) if lab == 1}
     nonmembers = {i for i, lab in zip(cands.ids, labels, strict=True) if lab == 0}
     assert members <= set(train.ids) and nonmembers <= set(pool.ids) and len(nonmembers) == 12
+
+
+def test_speaker_groups_put_training_speakers_first_with_label_1():
+    from privfl.attacks.membership import speaker_groups
+
+    members = make_speech_set({"a": "female", "b": "male"}, per_speaker=3)
+    others = make_speech_set({"c": "female"}, per_speaker=2, seed=1)
+    sets, labels, names = speaker_groups(members, others)
+    assert names == ["a", "b", "c"] and labels.tolist() == [1, 1, 0]
+    assert [len(s) for s in sets] == [3, 3, 2] and set(sets[1].speakers) == {"b"}
+
+
+def test_a_speakers_gradient_points_along_its_own_clients_update_only():
+    """Planted: client updates are SGD steps on one speaker each; every other speaker is a non-member."""
+    from privfl.attacks.membership import _cosines, speaker_gradients, speaker_groups
+
+    torch.manual_seed(0)
+    genders = {f"s{i}": "female" for i in range(6)}
+    every = make_speech_set(genders, per_speaker=6, seed=3)
+    members = every.take(np.flatnonzero(np.isin(every.speakers, ["s0", "s1", "s2"])))
+    others = every.take(np.flatnonzero(np.isin(every.speakers, ["s3", "s4", "s5"])))
+    sets, labels, _ = speaker_groups(members, others)
+    model = small_cnn()
+    w = get_flat(model)
+    grads = speaker_gradients(small_cnn(), w, sets)
+    deltas = -0.1 * grads[:3]  # one full-batch SGD step per client, on its own speaker
+    score = _cosines(-grads, deltas).max(axis=1)
+    assert score[:3] == pytest.approx(1.0, abs=1e-5)
+    assert score[3:].max() < 0.99
+    # the same scores against updates of no one in the set: members no longer stand out
+    noise = np.random.default_rng(0).normal(size=deltas.shape)
+    assert np.abs(_cosines(-grads, noise)).max() < 0.3  # 276 dimensions: chance cosines sd 0.06
+    np.testing.assert_allclose(_cosines(np.eye(2), np.array([[3.0, 4.0]]))[:, 0], [0.6, 0.8])

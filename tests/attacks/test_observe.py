@@ -35,8 +35,9 @@ def test_round_selection_names_what_was_recorded(recorded_run):
     assert observed.select_rounds((2,)) == [2]
     with pytest.raises(AttackError, match="round\\(s\\) 7 .* recorded rounds are 1-2"):
         observed.select_rounds((7,))
-    with pytest.raises(AttackError, match="max_rounds must be >= 1"):
-        observed.select_rounds(max_rounds=0)
+    assert observed.select_rounds(max_rounds=0) == [1, 2]  # 0: every recorded round
+    with pytest.raises(AttackError, match="max_rounds must be >= 0"):
+        observed.select_rounds(max_rounds=-1)
 
 
 def test_a_run_without_recorded_updates_is_refused_with_the_fix(recorded_run, tmp_path):
