@@ -2,8 +2,10 @@
 
 Trains the run once if it is missing (fedavg, paper CNN, by-speaker, 16 clients, --record-updates,
 default 30 rounds; cached under bench/), then times the whole command (interpreter start, data
-preparation from the feature cache, gender attack with 32 shadow clients on 3 rounds, loss and
-alignment membership attacks, report) as a subprocess, `--repeats` times.
+preparation from the feature cache, the gender attack at its defaults (shadow clients the size of
+the run's clients, trained with the run's trainer on speed-perturbed auxiliary speech, every
+recorded round combined), the speaker- and utterance-level membership attacks, report) as a
+subprocess, `--repeats` times.
 
     python benchmarks/attack_time.py [--run bench/attack-run] [--rounds 30] [--repeats 1]
 
