@@ -37,7 +37,12 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
 CORE: dict[str, list[str]] = {
     "privfl/metrics.py": ["tests/test_metrics.py"],
     "privfl/fl/aggregate.py": ["tests/fl/test_aggregate.py"],
-    "privfl/privacy.py": ["tests/test_privacy.py", "tests/test_privacy_bounds.py"],
+    "privfl/privacy.py": [
+        "tests/test_privacy.py",
+        "tests/test_privacy_bounds.py",
+        "tests/test_privacy_validation.py",
+        "tests/test_privacy_calibration.py",
+    ],
     "privfl/fl/dp.py": ["tests/fl/test_dp.py"],
     "privfl/fl/secure/packing.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_protocol.py"],
     "privfl/fl/secure/payload.py": ["tests/fl/test_secure.py"],
@@ -45,14 +50,22 @@ CORE: dict[str, list[str]] = {
     "privfl/fl/secure/encryptor.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_attacks.py"],
     "privfl/fl/secure/enrolment.py": ["tests/fl/test_keyholder_protocol.py"],
     "privfl/fl/secure/summation.py": ["tests/fl/test_federation.py", "tests/fl/test_keyholder_run.py"],
+    "privfl/fl/secure/service.py": [
+        "tests/fl/test_keyholder_protocol.py",
+        "tests/fl/test_keyholder_attacks.py",
+    ],
     "privfl/data/splits.py": ["tests/data/test_splits.py"],
     "privfl/data/partition.py": ["tests/data/test_partition.py"],
     "privfl/data/dataset.py": ["tests/data/test_dataset.py"],
-    "attacks/metrics.py": ["tests/attacks/test_attack_metrics.py"],
+    "attacks/metrics.py": [
+        "tests/attacks/test_attack_metrics.py",
+        "tests/attacks/test_attack_metrics_report.py",
+    ],
     "attacks/gender.py": ["tests/attacks/test_gender.py"],
     "attacks/membership.py": ["tests/attacks/test_membership.py"],
 }
 """Each module of the privacy core and the test files that are meant to pin it down."""
+
 
 def tree_path(module: str) -> str:
     """Where a core module sits in the scratch copy: attacks/ is copied in as privfl/attacks/, the
