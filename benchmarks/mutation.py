@@ -44,8 +44,16 @@ CORE: dict[str, list[str]] = {
         "tests/test_privacy_calibration.py",
     ],
     "privfl/fl/dp.py": ["tests/fl/test_dp.py"],
-    "privfl/fl/secure/packing.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_protocol.py"],
-    "privfl/fl/secure/payload.py": ["tests/fl/test_secure.py"],
+    "privfl/fl/secure/packing.py": [
+        "tests/fl/test_secure.py",
+        "tests/fl/test_keyholder_protocol.py",
+        "tests/fl/test_packing_bounds.py",
+    ],
+    "privfl/fl/secure/payload.py": [
+        "tests/fl/test_secure.py",
+        "tests/fl/test_keyholder_protocol.py",
+        "tests/fl/test_payload_format.py",
+    ],
     "privfl/fl/secure/keyholder.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_attacks.py"],
     "privfl/fl/secure/encryptor.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_attacks.py"],
     "privfl/fl/secure/enrolment.py": ["tests/fl/test_keyholder_protocol.py"],
