@@ -64,7 +64,7 @@ CORE: dict[str, list[str]] = {
     ],
     "privfl/data/splits.py": ["tests/data/test_splits.py"],
     "privfl/data/partition.py": ["tests/data/test_partition.py"],
-    "privfl/data/dataset.py": ["tests/data/test_dataset.py"],
+    "privfl/data/dataset.py": ["tests/data/test_dataset.py", "tests/data/test_normalize.py"],
     "attacks/metrics.py": [
         "tests/attacks/test_attack_metrics.py",
         "tests/attacks/test_attack_metrics_report.py",
