@@ -55,7 +55,11 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_payload_format.py",
     ],
     "privfl/fl/secure/keyholder.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_attacks.py"],
-    "privfl/fl/secure/encryptor.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_attacks.py"],
+    "privfl/fl/secure/encryptor.py": [
+        "tests/fl/test_secure.py",
+        "tests/fl/test_keyholder_attacks.py",
+        "tests/fl/test_encryptor_refusals.py",
+    ],
     "privfl/fl/secure/enrolment.py": ["tests/fl/test_keyholder_protocol.py", "tests/fl/test_enrolment_files.py"],
     "privfl/fl/secure/summation.py": ["tests/fl/test_federation.py", "tests/fl/test_keyholder_run.py"],
     "privfl/fl/secure/service.py": [
