@@ -69,7 +69,7 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_keyholder_attacks.py",
     ],
-    "privfl/data/splits.py": ["tests/data/test_splits.py"],
+    "privfl/data/splits.py": ["tests/data/test_splits.py", "tests/data/test_splits_edges.py"],
     "privfl/data/partition.py": ["tests/data/test_partition.py", "tests/data/test_partition_edges.py"],
     "privfl/data/dataset.py": ["tests/data/test_dataset.py", "tests/data/test_normalize.py"],
     "attacks/metrics.py": [
