@@ -71,7 +71,11 @@ CORE: dict[str, list[str]] = {
     ],
     "privfl/data/splits.py": ["tests/data/test_splits.py", "tests/data/test_splits_edges.py"],
     "privfl/data/partition.py": ["tests/data/test_partition.py", "tests/data/test_partition_edges.py"],
-    "privfl/data/dataset.py": ["tests/data/test_dataset.py", "tests/data/test_normalize.py"],
+    "privfl/data/dataset.py": [
+        "tests/data/test_dataset.py",
+        "tests/data/test_normalize.py",
+        "tests/data/test_dataset_wiring.py",
+    ],
     "attacks/metrics.py": [
         "tests/attacks/test_attack_metrics.py",
         "tests/attacks/test_attack_metrics_report.py",
