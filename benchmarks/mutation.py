@@ -142,9 +142,16 @@ def show(scratch: Path, env: dict, name: str) -> str:
 
 
 def run_module(
-    module: str, tests: list[str], workdir: Path, jobs: int, budget_s: float | None, collect: bool
+    module: str,
+    tests: list[str],
+    workdir: Path,
+    jobs: int,
+    budget_s: float | None,
+    collect: bool,
+    names: list[str] | None = None,
 ) -> tuple[Path, dict, float, bool]:
-    """Run mutmut on one module (or only read a previous run's records); stops after budget_s seconds."""
+    """Run mutmut on one module (only the mutants `names` if given; or only read a previous run's
+    records); stops after budget_s seconds."""
     scratch = workdir / module.replace("/", "_").removesuffix(".py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win
     env.setdefault("PRIVFL_CACHE", str(workdir / "cache"))
@@ -153,7 +160,7 @@ def run_module(
         scratch = scratch_copy(module, tests, workdir)
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *(names or [])],
             cwd=scratch,
             env=env,
             stdout=subprocess.PIPE,
@@ -181,9 +188,15 @@ def summarise(
     equivalent: dict[str, str],
     wall: float,
     complete: bool,
+    carried: set[str] | None = None,
 ) -> dict:
-    """Counts, score and survivors (with diffs) of one module; unchecked mutants stay out of the score."""
+    """Counts, score and survivors (with diffs) of one module; unchecked mutants stay out of the score.
+
+    carried: mutants an earlier complete run of the same source killed (a --recheck re-tests only
+    its survivors); they count as killed unless re-tested here."""
     status = statuses(scratch, module)
+    if carried:
+        status = {n: "killed" if s == "not checked" and n in carried else s for n, s in status.items()}
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
@@ -215,6 +228,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--budget-s", type=float, default=None, help="stop a module after this many seconds")
     ap.add_argument("--collect", action="store_true", help="only read the records of earlier (stopped) runs")
+    ap.add_argument(
+        "--recheck",
+        action="store_true",
+        help="re-test only the survivors of the module's last complete run (same source, new tests)",
+    )
     args = ap.parse_args()
     if importlib.util.find_spec("mutmut") is None:
         raise SystemExit("mutmut is not installed: pip install -e '.[mutation]' (the optional extra)")
@@ -222,10 +240,29 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
     for module in args.module or list(CORE):
         print(f"mutating {module} against {' '.join(CORE[module])} ...", flush=True)
+        earlier = results["modules"].get(module, {})
+        names = carried = None
+        if args.recheck:
+            if not earlier.get("complete"):
+                raise SystemExit(f"--recheck needs a complete earlier run of {module} in {args.out}")
+            names = [s["name"] for s in earlier["survivors"] if s["name"] not in equivalent]
         scratch, env, wall, complete = run_module(
-            module, CORE[module], args.workdir, args.jobs, args.budget_s, args.collect
+            module, CORE[module], args.workdir, args.jobs, args.budget_s, args.collect, names
         )
-        r = summarise(module, CORE[module], scratch, env, equivalent, wall, complete)
+        if args.recheck:
+            carried = set(statuses(scratch, module)) - set(names)
+        r = summarise(module, CORE[module], scratch, env, equivalent, wall, complete, carried)
+        if args.recheck:
+            # the same source gives the same mutants: same count, and each survivor the same diff
+            before = {s["name"]: s["diff"] for s in earlier["survivors"]}
+            moved = [s["name"] for s in r["survivors"] if before.get(s["name"], s["diff"]) != s["diff"]]
+            if r["mutants"] != earlier["mutants"] or moved:
+                raise SystemExit(f"{module} changed since its last complete run; run it in full")
+            r["recheck_of"] = {
+                "command": earlier.get("command"),
+                "wall_s": earlier.get("wall_s"),
+                "survivors_retested": len(names),
+            }
         # re-read: a run of other modules may have written the file since this one started
         results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
         before = results["modules"].get(module, {})
