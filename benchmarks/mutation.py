@@ -54,7 +54,11 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_payload_format.py",
     ],
-    "privfl/fl/secure/keyholder.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_attacks.py"],
+    "privfl/fl/secure/keyholder.py": [
+        "tests/fl/test_secure.py",
+        "tests/fl/test_keyholder_attacks.py",
+        "tests/fl/test_keyholder_refusals.py",
+    ],
     "privfl/fl/secure/encryptor.py": [
         "tests/fl/test_secure.py",
         "tests/fl/test_keyholder_attacks.py",
