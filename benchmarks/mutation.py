@@ -72,6 +72,7 @@ CORE: dict[str, list[str]] = {
     "privfl/fl/secure/service.py": [
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_keyholder_attacks.py",
+        "tests/fl/test_keyholder_service.py",
     ],
     "privfl/data/splits.py": ["tests/data/test_splits.py", "tests/data/test_splits_edges.py"],
     "privfl/data/partition.py": ["tests/data/test_partition.py", "tests/data/test_partition_edges.py"],
