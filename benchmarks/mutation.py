@@ -68,7 +68,11 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_enrolment_files.py",
     ],
-    "privfl/fl/secure/summation.py": ["tests/fl/test_federation.py", "tests/fl/test_keyholder_run.py"],
+    "privfl/fl/secure/summation.py": [
+        "tests/fl/test_federation.py",
+        "tests/fl/test_keyholder_run.py",
+        "tests/fl/test_ckks_summation_relay.py",
+    ],
     "privfl/fl/secure/service.py": [
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_keyholder_attacks.py",
