@@ -43,7 +43,7 @@ CORE: dict[str, list[str]] = {
         "tests/test_privacy_validation.py",
         "tests/test_privacy_calibration.py",
     ],
-    "privfl/fl/dp.py": ["tests/fl/test_dp.py"],
+    "privfl/fl/dp.py": ["tests/fl/test_dp.py", "tests/fl/test_dp_policy_edges.py"],
     "privfl/fl/secure/packing.py": [
         "tests/fl/test_secure.py",
         "tests/fl/test_keyholder_protocol.py",
@@ -252,9 +252,21 @@ def main() -> None:
         earlier = results["modules"].get(module, {})
         names = carried = None
         if args.recheck:
-            if not earlier.get("complete"):
-                raise SystemExit(f"--recheck needs a complete earlier run of {module} in {args.out}")
-            names = [s["name"] for s in earlier["survivors"] if s["name"] not in equivalent]
+            meta = (
+                args.workdir
+                / module.replace("/", "_").removesuffix(".py")
+                / "mutants"
+                / f"{tree_path(module)}.meta"
+            )
+            if earlier.get("complete"):
+                names = [s["name"] for s in earlier["survivors"] if s["name"] not in equivalent]
+            elif earlier and meta.exists():  # a stopped run: its survivors and the mutants it never reached
+                old = statuses(meta.parents[len(Path(tree_path(module)).parts)], module)
+                names = [n for n, st in old.items() if st not in KILLED and n not in equivalent]
+            else:
+                raise SystemExit(
+                    f"--recheck needs an earlier run of {module} in {args.out} (and its records)"
+                )
         scratch, env, wall, complete = run_module(
             module, CORE[module], args.workdir, args.jobs, args.budget_s, args.collect, names
         )
