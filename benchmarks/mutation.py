@@ -229,6 +229,36 @@ def summarise(
     }
 
 
+def totals(results: dict) -> dict:
+    """The overall counts and score over every module recorded."""
+    mods = results["modules"].values()
+    killed, scored = sum(m["killed"] for m in mods), sum(m["checked"] - m["equivalent"] for m in mods)
+    return {
+        "killed": killed,
+        "scored": scored,
+        "score": killed / scored if scored else None,
+        "modules_covered": sorted(results["modules"]),
+    }
+
+
+def rescore(out: Path, equivalent: dict[str, str], modules: list[str] | None) -> None:
+    """Move recorded survivors that the equivalent list now names out of the score."""
+    results = json.loads(out.read_text())
+    for module, r in results["modules"].items():
+        if modules and module not in modules:
+            continue
+        now = [s for s in r["survivors"] if s["name"] in equivalent]
+        r["survivors"] = [s for s in r["survivors"] if s["name"] not in equivalent]
+        r["equivalent"] += len(now)
+        r["survived"] = len(r["survivors"])
+        scored = r["checked"] - r["equivalent"]
+        r["score"] = r["killed"] / scored if scored else None
+        print(f"  {module}: {len(now)} more equivalent, score {r['score']:.3f}")
+    results.update(totals(results))
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"mutation score over {len(results['modules'])} modules: {results['score']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--module", action="append", choices=sorted(CORE), help="repeatable; default: all")
@@ -237,6 +267,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--budget-s", type=float, default=None, help="stop a module after this many seconds")
     ap.add_argument("--collect", action="store_true", help="only read the records of earlier (stopped) runs")
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="only re-apply the equivalent list to the recorded survivors (no mutmut run)",
+    )
     ap.add_argument(
         "--recheck",
         action="store_true",
@@ -247,6 +282,9 @@ def main() -> None:
         raise SystemExit("mutmut is not installed: pip install -e '.[mutation]' (the optional extra)")
     equivalent = tomllib.loads(EQUIVALENT.read_text()).get("equivalent", {}) if EQUIVALENT.exists() else {}
     results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
+    if args.rescore:
+        rescore(args.out, equivalent, args.module)
+        return
     for module in args.module or list(CORE):
         print(f"mutating {module} against {' '.join(CORE[module])} ...", flush=True)
         earlier = results["modules"].get(module, {})
