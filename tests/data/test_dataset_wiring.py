@@ -166,3 +166,29 @@ def test_a_central_run_trains_one_client_on_every_training_utterance():
     gender_of = dict(zip(prepared.train.speakers, prepared.train.genders, strict=True))
     assert client.genders == tuple(gender_of[s] for s in client.speakers)
     assert np.array_equal(np.sort(client.y.numpy()), np.sort(prepared.train.y.numpy()))
+
+
+def test_take_and_concat_keep_every_field_of_each_row_together():
+    a = _speech_set(3, value=1.0)
+    b = replace_lengths(_speech_set(2, value=2.0), [5, 6])
+    both = SpeechSet.concat([a.take(np.array([2, 0])), b])
+    assert len(both) == 4
+    assert both.lengths.tolist() == [3, 3, 5, 6]
+    assert both.ids == ("u2", "u0", "u0", "u1") and both.speakers == ("s2", "s0", "s0", "s1")
+    assert both.genders == ("female",) * 4 and both.y.tolist() == [0, 0, 0, 0]
+    assert both.x[:2].eq(1.0).all() and both.x[2:].eq(2.0).all()
+
+
+def replace_lengths(s: SpeechSet, lengths: list[int]) -> SpeechSet:
+    return dataclasses.replace(s, lengths=torch.tensor(lengths, dtype=torch.int64))
+
+
+def test_each_client_keeps_the_frame_count_of_each_of_its_utterances():
+    prepared = prepare(ExperimentConfig().override(TINY))
+    by_row = {
+        tuple(x.flatten().tolist()): int(n)
+        for x, n in zip(prepared.train.x, prepared.train.lengths, strict=True)
+    }
+    for client in prepared.clients:
+        assert client.lengths.dtype == torch.int64 and client.lengths.shape == (client.num_samples,)
+        assert [by_row[tuple(x.flatten().tolist())] for x in client.x] == client.lengths.tolist()
