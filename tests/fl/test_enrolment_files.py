@@ -113,3 +113,11 @@ def test_each_broken_registry_is_refused_naming_what_is_wrong(tmp_path):
 def test_missing_registry_file_is_refused(tmp_path):
     with pytest.raises(CryptoError, match=r"^cannot read the enrolment registry .*nowhere\.json"):
         read_registry(tmp_path / "nowhere.json")
+
+
+def test_keys_are_saved_into_new_nested_folders_and_beside_existing_ones(tmp_path):
+    first, second = SigningKey.generate(), SigningKey.generate()
+    first.save(tmp_path / "node" / "keys" / "a.key")  # folders that do not exist yet
+    second.save(tmp_path / "node" / "keys" / "b.key")  # a folder that does
+    assert SigningKey.load(tmp_path / "node" / "keys" / "a.key").public_bytes() == first.public_bytes()
+    assert SigningKey.load(tmp_path / "node" / "keys" / "b.key").public_bytes() == second.public_bytes()
