@@ -36,7 +36,7 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
 
 CORE: dict[str, list[str]] = {
     "privfl/metrics.py": ["tests/test_metrics.py"],
-    "privfl/fl/aggregate.py": ["tests/fl/test_aggregate.py"],
+    "privfl/fl/aggregate.py": ["tests/fl/test_aggregate.py", "tests/fl/test_plain_summation_halves.py"],
     "privfl/privacy.py": [
         "tests/test_privacy.py",
         "tests/test_privacy_bounds.py",

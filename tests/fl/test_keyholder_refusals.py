@@ -160,6 +160,15 @@ def test_a_signed_but_malformed_payload_is_refused_by_what_is_wrong(party):
     ]
     for changes, reason in cases:
         assert p.holder.submit(r, 0, *_forged(p, r, 0, **changes)) == reason, changes
+    garbled = p.holder.submit(r, 0, *_forged(p, r, 0, chunks=[b"not a ciphertext"]))
+    assert garbled.startswith("malformed payload: chunk 0 does not deserialise as a CKKS ciphertext of this")
+
+
+def test_each_refusal_is_logged_with_round_client_and_reason(party, caplog):
+    payload, sig = party.seal(30, 1)
+    with caplog.at_level("WARNING", logger="privfl.fl.secure.keyholder"):
+        assert party.holder.submit(30, 9, payload, sig) == "client 9 is not enrolled"
+    assert caplog.messages == ["round 30: refused client 9: client 9 is not enrolled"]
 
 
 def test_release_refuses_unknown_and_released_rounds_and_adapts_the_next_bounds():
@@ -182,11 +191,12 @@ def test_release_refuses_unknown_and_released_rounds_and_adapts_the_next_bounds(
 
 
 def test_state_on_disk_keeps_keys_run_id_bounds_and_released_rounds(tmp_path):
-    p = Party(state_dir=tmp_path)
+    state = tmp_path / "keyholder" / "state"  # folders made as needed
+    p = Party(state_dir=state)
     for cid in (0, 1):
         assert p.holder.submit(0, cid, *p.seal(0, cid)) is None
     released = p.holder.release(0)
-    body = json.loads((tmp_path / "keyholder.json").read_text())
+    body = json.loads((state / "keyholder.json").read_text())
     assert body == {
         "format": 1,
         "run_id": p.holder.run_id.hex(),
@@ -194,8 +204,8 @@ def test_state_on_disk_keeps_keys_run_id_bounds_and_released_rounds(tmp_path):
         "bounds": list(released.next_bounds),
     }
     for name in ("secret-context.bin", "signing-key.bin", "keyholder.json"):
-        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
-    again = KeyHolder(PARAMS, p.registry, min_clients=2, state_dir=tmp_path)
+        assert (state / name).stat().st_mode & 0o777 == 0o600
+    again = KeyHolder(PARAMS, p.registry, min_clients=2, state_dir=state)
     assert (again.run_id, again.verify_key, again.fingerprint) == (
         p.holder.run_id,
         p.holder.verify_key,
