@@ -78,7 +78,16 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_keyholder_attacks.py",
         "tests/fl/test_keyholder_service.py",
     ],
-    "privfl/data/splits.py": ["tests/data/test_splits.py", "tests/data/test_splits_edges.py"],
+    "privfl/data/splits.py": [
+        "tests/data/test_splits.py",
+        "tests/data/test_splits_edges.py",
+        # the unit tests of k-fold and manifest splits, not the training runs beside them
+        "tests/test_folds.py::test_folds_cover_every_speaker_once_with_two_of_each_gender",
+        "tests/test_folds.py::test_uneven_folds_differ_by_at_most_one_speaker",
+        "tests/test_folds.py::test_kfold_split_draws_validation_from_the_training_speakers",
+        "tests/test_folds.py::test_too_many_folds_and_bad_fold_numbers_are_refused",
+        "tests/data/corpora/test_manifest.py::test_manifest_split_column_gives_the_roles",
+    ],
     "privfl/data/partition.py": ["tests/data/test_partition.py", "tests/data/test_partition_edges.py"],
     "privfl/data/dataset.py": [
         "tests/data/test_dataset.py",
