@@ -81,3 +81,13 @@ def test_skip_empty_rounds_hands_state_through_to_the_summation_it_wraps():
     assert wrapped.state() == {"bound_bits": [9, 4]}
     wrapped.load_state({"bound_bits": [12, 5]})
     assert inner.loaded == {"bound_bits": [12, 5]}
+
+
+def test_equal_weight_fedavg_sends_the_clients_own_update_at_weight_one():
+    """Record-level DP weighs every client 1 (n_k stays private); the id routes its signing key under CKKS."""
+    from privfl.fl.dp import EqualWeightFedAvg
+
+    delta = np.array([0.25, -0.5], dtype=np.float32)
+    c = EqualWeightFedAvg().contribution(Update(4, 2, delta, 37, 0.1))
+    assert c.client_id == 4 and c.weight == 1.0 and not c.clipped
+    assert c.vector.dtype == np.float64 and c.vector.tolist() == [0.25, -0.5]
