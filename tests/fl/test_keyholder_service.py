@@ -270,3 +270,22 @@ def test_key_holder_settings_follow_the_rounds_size():
         ExperimentConfig().override({"secure.scheme": "ckks", "train.clients": 2}).validate()
     )
     assert params.max_clients == 2 and min_clients == 2
+
+
+def test_a_spawned_key_holder_starts_at_the_given_bounds_and_keeps_its_state_where_told(tmp_path):
+    from privfl.fl.secure import RoundAnnouncement
+    from privfl.fl.secure.service import spawn_keyholder
+
+    cfg = ExperimentConfig().override({"secure.scheme": "ckks", "train.clients": 2}).validate()
+    _, registry = enrol_clients([0, 1])
+    state = tmp_path / "state"
+    spawned = spawn_keyholder(cfg, registry, bounds=(12, 21), state_dir=state)
+    try:
+        relay = KeyHolderClient(spawned.address, timeout=60)
+        assert relay.verify_key == spawned.verify_key
+        announcement, _ = relay.open_round(0, 3)
+        assert RoundAnnouncement.from_bytes(announcement).bounds == (12, 21)
+        relay.shutdown()
+    finally:
+        spawned.stop()
+    assert json.loads((state / "keyholder.json").read_text())["bounds"] == [12, 21]
