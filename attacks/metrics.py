@@ -26,12 +26,13 @@ LOW_FPRS: tuple[float, ...] = (0.01, 0.001)
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
     if scores.shape != labels.shape:
         raise ValueError(f"{scores.shape[0]} scores but {labels.shape[0]} labels")
-    if not np.isin(labels, (0, 1)).all():
+    if not np.isin(labels, (0, 1)).all():  # before the cast: a label of 0.7 is a mistake, not a 0
         raise ValueError("labels must be 0 (negative) or 1 (positive)")
-    if labels.min(initial=1) == labels.max(initial=0):
+    labels = labels.astype(np.int64)
+    if labels.size == 0 or labels.min() == labels.max():
         raise ValueError("need both positives and negatives to score an attack")
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinity")

@@ -36,23 +36,73 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
 
 CORE: dict[str, list[str]] = {
     "privfl/metrics.py": ["tests/test_metrics.py"],
-    "privfl/fl/aggregate.py": ["tests/fl/test_aggregate.py"],
-    "privfl/privacy.py": ["tests/test_privacy.py", "tests/test_privacy_bounds.py"],
-    "privfl/fl/dp.py": ["tests/fl/test_dp.py"],
-    "privfl/fl/secure/packing.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_protocol.py"],
-    "privfl/fl/secure/payload.py": ["tests/fl/test_secure.py"],
-    "privfl/fl/secure/keyholder.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_attacks.py"],
-    "privfl/fl/secure/encryptor.py": ["tests/fl/test_secure.py", "tests/fl/test_keyholder_attacks.py"],
-    "privfl/fl/secure/enrolment.py": ["tests/fl/test_keyholder_protocol.py"],
-    "privfl/fl/secure/summation.py": ["tests/fl/test_federation.py", "tests/fl/test_keyholder_run.py"],
-    "privfl/data/splits.py": ["tests/data/test_splits.py"],
-    "privfl/data/partition.py": ["tests/data/test_partition.py"],
-    "privfl/data/dataset.py": ["tests/data/test_dataset.py"],
-    "attacks/metrics.py": ["tests/attacks/test_attack_metrics.py"],
+    "privfl/fl/aggregate.py": ["tests/fl/test_aggregate.py", "tests/fl/test_plain_summation_halves.py"],
+    "privfl/privacy.py": [
+        "tests/test_privacy.py",
+        "tests/test_privacy_bounds.py",
+        "tests/test_privacy_validation.py",
+        "tests/test_privacy_calibration.py",
+    ],
+    "privfl/fl/dp.py": ["tests/fl/test_dp.py", "tests/fl/test_dp_policy_edges.py"],
+    "privfl/fl/secure/packing.py": [
+        "tests/fl/test_secure.py",
+        "tests/fl/test_keyholder_protocol.py",
+        "tests/fl/test_packing_bounds.py",
+    ],
+    "privfl/fl/secure/payload.py": [
+        "tests/fl/test_secure.py",
+        "tests/fl/test_keyholder_protocol.py",
+        "tests/fl/test_payload_format.py",
+    ],
+    "privfl/fl/secure/keyholder.py": [
+        "tests/fl/test_secure.py",
+        "tests/fl/test_keyholder_attacks.py",
+        "tests/fl/test_keyholder_refusals.py",
+    ],
+    "privfl/fl/secure/encryptor.py": [
+        "tests/fl/test_secure.py",
+        "tests/fl/test_keyholder_attacks.py",
+        "tests/fl/test_encryptor_refusals.py",
+    ],
+    "privfl/fl/secure/enrolment.py": [
+        "tests/fl/test_keyholder_protocol.py",
+        "tests/fl/test_enrolment_files.py",
+    ],
+    "privfl/fl/secure/summation.py": [
+        "tests/fl/test_federation.py",
+        "tests/fl/test_keyholder_run.py",
+        "tests/fl/test_ckks_summation_relay.py",
+    ],
+    "privfl/fl/secure/service.py": [
+        "tests/fl/test_keyholder_protocol.py",
+        "tests/fl/test_keyholder_attacks.py",
+        "tests/fl/test_keyholder_service.py",
+    ],
+    "privfl/data/splits.py": [
+        "tests/data/test_splits.py",
+        "tests/data/test_splits_edges.py",
+        # the unit tests of k-fold and manifest splits, not the training runs beside them
+        "tests/test_folds.py::test_folds_cover_every_speaker_once_with_two_of_each_gender",
+        "tests/test_folds.py::test_uneven_folds_differ_by_at_most_one_speaker",
+        "tests/test_folds.py::test_kfold_split_draws_validation_from_the_training_speakers",
+        "tests/test_folds.py::test_too_many_folds_and_bad_fold_numbers_are_refused",
+        "tests/data/corpora/test_manifest.py::test_manifest_split_column_gives_the_roles",
+    ],
+    "privfl/data/partition.py": ["tests/data/test_partition.py", "tests/data/test_partition_edges.py"],
+    "privfl/data/dataset.py": [
+        "tests/data/test_dataset.py",
+        "tests/data/test_normalize.py",
+        "tests/data/test_dataset_wiring.py",
+    ],
+    "attacks/metrics.py": [
+        "tests/attacks/test_attack_metrics.py",
+        "tests/attacks/test_attack_metrics_report.py",
+    ],
     "attacks/gender.py": ["tests/attacks/test_gender.py"],
     "attacks/membership.py": ["tests/attacks/test_membership.py"],
 }
 """Each module of the privacy core and the test files that are meant to pin it down."""
+
 
 def tree_path(module: str) -> str:
     """Where a core module sits in the scratch copy: attacks/ is copied in as privfl/attacks/, the
@@ -110,9 +160,16 @@ def show(scratch: Path, env: dict, name: str) -> str:
 
 
 def run_module(
-    module: str, tests: list[str], workdir: Path, jobs: int, budget_s: float | None, collect: bool
+    module: str,
+    tests: list[str],
+    workdir: Path,
+    jobs: int,
+    budget_s: float | None,
+    collect: bool,
+    names: list[str] | None = None,
 ) -> tuple[Path, dict, float, bool]:
-    """Run mutmut on one module (or only read a previous run's records); stops after budget_s seconds."""
+    """Run mutmut on one module (only the mutants `names` if given; or only read a previous run's
+    records); stops after budget_s seconds."""
     scratch = workdir / module.replace("/", "_").removesuffix(".py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win
     env.setdefault("PRIVFL_CACHE", str(workdir / "cache"))
@@ -121,7 +178,7 @@ def run_module(
         scratch = scratch_copy(module, tests, workdir)
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *(names or [])],
             cwd=scratch,
             env=env,
             stdout=subprocess.PIPE,
@@ -149,9 +206,15 @@ def summarise(
     equivalent: dict[str, str],
     wall: float,
     complete: bool,
+    carried: set[str] | None = None,
 ) -> dict:
-    """Counts, score and survivors (with diffs) of one module; unchecked mutants stay out of the score."""
+    """Counts, score and survivors (with diffs) of one module; unchecked mutants stay out of the score.
+
+    carried: mutants an earlier complete run of the same source killed (a --recheck re-tests only
+    its survivors); they count as killed unless re-tested here."""
     status = statuses(scratch, module)
+    if carried:
+        status = {n: "killed" if s == "not checked" and n in carried else s for n, s in status.items()}
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
@@ -175,6 +238,36 @@ def summarise(
     }
 
 
+def totals(results: dict) -> dict:
+    """The overall counts and score over every module recorded."""
+    mods = results["modules"].values()
+    killed, scored = sum(m["killed"] for m in mods), sum(m["checked"] - m["equivalent"] for m in mods)
+    return {
+        "killed": killed,
+        "scored": scored,
+        "score": killed / scored if scored else None,
+        "modules_covered": sorted(results["modules"]),
+    }
+
+
+def rescore(out: Path, equivalent: dict[str, str], modules: list[str] | None) -> None:
+    """Move recorded survivors that the equivalent list now names out of the score."""
+    results = json.loads(out.read_text())
+    for module, r in results["modules"].items():
+        if modules and module not in modules:
+            continue
+        now = [s for s in r["survivors"] if s["name"] in equivalent]
+        r["survivors"] = [s for s in r["survivors"] if s["name"] not in equivalent]
+        r["equivalent"] += len(now)
+        r["survived"] = len(r["survivors"])
+        scored = r["checked"] - r["equivalent"]
+        r["score"] = r["killed"] / scored if scored else None
+        print(f"  {module}: {len(now)} more equivalent, score {r['score']:.3f}")
+    results.update(totals(results))
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"mutation score over {len(results['modules'])} modules: {results['score']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--module", action="append", choices=sorted(CORE), help="repeatable; default: all")
@@ -183,22 +276,73 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--budget-s", type=float, default=None, help="stop a module after this many seconds")
     ap.add_argument("--collect", action="store_true", help="only read the records of earlier (stopped) runs")
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="only re-apply the equivalent list to the recorded survivors (no mutmut run)",
+    )
+    ap.add_argument(
+        "--recheck",
+        action="store_true",
+        help="re-test only the survivors of the module's last complete run (same source, new tests)",
+    )
     args = ap.parse_args()
     if importlib.util.find_spec("mutmut") is None:
         raise SystemExit("mutmut is not installed: pip install -e '.[mutation]' (the optional extra)")
     equivalent = tomllib.loads(EQUIVALENT.read_text()).get("equivalent", {}) if EQUIVALENT.exists() else {}
     results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
+    if args.rescore:
+        rescore(args.out, equivalent, args.module)
+        return
     for module in args.module or list(CORE):
         print(f"mutating {module} against {' '.join(CORE[module])} ...", flush=True)
+        earlier = results["modules"].get(module, {})
+        names = carried = None
+        if args.recheck:
+            meta = (
+                args.workdir
+                / module.replace("/", "_").removesuffix(".py")
+                / "mutants"
+                / f"{tree_path(module)}.meta"
+            )
+            if earlier.get("complete"):
+                names = [s["name"] for s in earlier["survivors"] if s["name"] not in equivalent]
+            elif earlier and meta.exists():  # a stopped run: its survivors and the mutants it never reached
+                old = statuses(meta.parents[len(Path(tree_path(module)).parts)], module)
+                names = [n for n, st in old.items() if st not in KILLED and n not in equivalent]
+            else:
+                raise SystemExit(
+                    f"--recheck needs an earlier run of {module} in {args.out} (and its records)"
+                )
         scratch, env, wall, complete = run_module(
-            module, CORE[module], args.workdir, args.jobs, args.budget_s, args.collect
+            module, CORE[module], args.workdir, args.jobs, args.budget_s, args.collect, names
         )
-        r = summarise(module, CORE[module], scratch, env, equivalent, wall, complete)
-        if args.collect:  # the stopped run's span: from its scratch copy to its last record
+        if args.recheck:
+            carried = set(statuses(scratch, module)) - set(names)
+        r = summarise(module, CORE[module], scratch, env, equivalent, wall, complete, carried)
+        if args.recheck:
+            # the same source gives the same mutants: same count, and each survivor the same diff
+            before = {s["name"]: s["diff"] for s in earlier["survivors"]}
+            moved = [s["name"] for s in r["survivors"] if before.get(s["name"], s["diff"]) != s["diff"]]
+            if r["mutants"] != earlier["mutants"] or moved:
+                raise SystemExit(f"{module} changed since its last complete run; run it in full")
+            r["recheck_of"] = {
+                "command": earlier.get("command"),
+                "wall_s": earlier.get("wall_s"),
+                "survivors_retested": len(names),
+            }
+        # re-read: a run of other modules may have written the file since this one started
+        results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
+        before = results["modules"].get(module, {})
+        if args.collect and before.get("mutants") == r["mutants"] and "command" in before:
+            # re-scored (e.g. a longer equivalent list): the run's own command, wall time and load stand
+            r.update({k: before[k] for k in ("command", "wall_s", "load_1min_after") if k in before})
+        elif args.collect:  # the stopped run's span: from its scratch copy to its last record
             meta = scratch / "mutants" / f"{tree_path(module)}.meta"
             r["wall_s"] = round(meta.stat().st_mtime - (scratch / "pyproject.toml").stat().st_mtime, 1)
-        r["load_1min_after"] = os.getloadavg()[0]
-        if not args.collect:
+            r["load_1min_after"] = os.getloadavg()[0]
+        else:
+            r["load_1min_after"] = os.getloadavg()[0]
             r["command"] = "nice -n 10 python benchmarks/mutation.py " + " ".join(sys.argv[1:])
         results["modules"][module] = r
         print(

@@ -198,8 +198,9 @@ class CkksSummation:
         self._upload += len(upload.ciphertext) + len(upload.signature or b"")
         self._payloads += 1
         if reason is not None:
+            # the client's own plaintext stays: a refused payload under its id (a replay, a forgery)
+            # must not drop it from the debug check; finish() compares only the released clients
             self._rejected += 1
-            self._pending.pop(cid, None)
             log.warning("round %d: the key holder refused client %d: %s", r, cid, reason)
         else:
             self._clipped += int(upload.clipped)

@@ -1,0 +1,212 @@
+"""CkksSummation against a key holder run apart (served in a thread): the client and relay halves,
+their refusals, the round's stats and the bounds a resumed run starts from."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from privfl.config import ExperimentConfig
+from privfl.errors import CryptoError
+from privfl.fl.aggregate import Contribution, RoundKeys, Upload
+from privfl.fl.client import Update
+from privfl.fl.secure import KeyHolder, enrol_clients
+from privfl.fl.secure.service import keyholder_settings, serve
+from privfl.fl.secure.summation import CkksSummation
+
+N = 6
+CLIENTS = [0, 1, 2]
+
+
+def weighted(update: Update) -> Contribution:
+    return Contribution(
+        update.client_id, update.delta.astype(np.float64) * 2.0, 2.0, clipped=update.client_id == 1
+    )
+
+
+def config(**secure) -> ExperimentConfig:
+    overrides = {"secure.scheme": "ckks", "train.clients": len(CLIENTS), "secure.min_clients": 2}
+    return (
+        ExperimentConfig().override({**overrides, **{f"secure.{k}": v for k, v in secure.items()}}).validate()
+    )
+
+
+@pytest.fixture(scope="module")
+def apart():
+    """A key holder run apart: its own process in deployment, a thread here; its clients' keys."""
+    keys, registry = enrol_clients(CLIENTS)
+    params, min_clients = keyholder_settings(config())
+    holder = KeyHolder(params, registry, min_clients=min_clients)
+    ready, lines = threading.Event(), []
+    thread = threading.Thread(
+        target=serve,
+        args=(holder, "127.0.0.1", 0),
+        kwargs={"announce": lambda line: (lines.append(line), ready.set())},
+        daemon=True,
+    )
+    thread.start()
+    assert ready.wait(30)
+    address = lines[0].split()[4]
+    yield holder, keys, address
+    from privfl.fl.secure.service import KeyHolderClient
+
+    KeyHolderClient(address).shutdown()
+    thread.join(30)
+
+
+@pytest.fixture()
+def opened(apart):
+    """Summations a test opens; each is closed after it, as the key holder serves one relay at a time."""
+    made: list[CkksSummation] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+def summation(apart, opened, cfg: ExperimentConfig | None = None, **kwargs) -> CkksSummation:
+    holder, keys, address = apart
+    s = CkksSummation(cfg or config(keyholder=address, keyholder_key=holder.verify_key.hex()), **kwargs)
+    opened.append(s)
+    for cid in CLIENTS:
+        s.enrol(cid, keys[cid])
+    return s
+
+
+def update(cid: int, r: int) -> Update:
+    return Update(cid, r, np.full(N, cid + 1.0, dtype=np.float32), 10, 0.5)
+
+
+def test_a_round_through_a_key_holder_run_apart_sums_and_reports(apart, opened):
+    s = summation(apart, opened, debug_check=True)
+    keys = s.begin_round(1, N)
+    assert (keys.round_index, keys.n_params, keys.keyholder_key) == (1, N, apart[0].verify_key)
+    assert keys.public_context == apart[0].public_context and len(keys.bound_bits) == 2
+    sizes = []
+    for cid in CLIENTS:
+        upload = s.encode(update(cid, 1), weighted, keys)
+        assert upload.delta is None and upload.num_samples == 10 and upload.clipped == (cid == 1)
+        assert upload.encode_s > 0 and upload.encode_cpu_s > 0
+        sizes.append(len(upload.ciphertext) + len(upload.signature))
+        s.submit(upload, weighted)
+    result = s.finish()
+    np.testing.assert_allclose(result.vector, np.full(N, 2.0 * (1 + 2 + 3)), rtol=1e-5)
+    assert result.weight == pytest.approx(6.0, rel=1e-5) and result.count == 3 and result.clipped == 1
+    stats = result.stats
+    assert stats["rejected"] == 0 and stats["bytes_per_client"] == pytest.approx(sum(sizes) / 3)
+    assert stats["he_bound_bits"] == list(keys.bound_bits)
+    assert stats["aggregate_s"] > 0 and stats["decrypt_s"] > 0
+    assert stats["encrypt_s"] > 0 and stats["encrypt_cpu_s"] > 0
+    assert stats["max_abs_error"] < 1e-4 and stats["max_rel_error"] == pytest.approx(
+        stats["max_abs_error"] / 12.0
+    )
+    assert stats["weight_abs_error"] < 1e-4
+    assert s.state() == {"bound_bits": list(_bounds_of(apart[0], 2))}  # what round 2 is announced with
+    s.close()
+    s.close()  # closing twice is harmless
+
+
+def _bounds_of(holder: KeyHolder, r: int) -> tuple[int, int]:
+    from privfl.fl.secure import RoundAnnouncement
+
+    return RoundAnnouncement.from_bytes(holder.open_round(r, N)[0]).bounds
+
+
+def test_client_faults_and_refused_payloads_are_counted_and_the_round_goes_on(apart, opened, caplog):
+    s = summation(apart, opened, debug_check=True)
+    keys = s.begin_round(3, N)
+    bad = Update(0, 3, np.array([np.nan] * N, dtype=np.float32), 10, 0.5)
+    sent_nothing = s.encode(bad, weighted, keys)
+    assert sent_nothing.ciphertext == b"" and sent_nothing.signature == b""
+    assert "client 0 sends nothing" in caplog.text
+    s.submit(sent_nothing, weighted)
+    good = [s.encode(update(cid, 3), weighted, keys) for cid in (1, 2)]
+    forged = Upload(2, 3, 10, ciphertext=good[1].ciphertext, signature=good[0].signature)  # 1's signature
+    s.submit(forged, weighted)
+    assert "the key holder refused client 2" in caplog.text
+    for u in good:
+        s.submit(u, weighted)
+    result = s.finish()
+    assert result.count == 2 and result.stats["rejected"] == 2 and result.clipped == 1
+    np.testing.assert_allclose(result.vector, np.full(N, 2.0 * (2 + 3)), rtol=1e-5)
+    assert result.stats["max_abs_error"] < 1e-4  # against the two released clients only
+
+
+def test_the_relay_refuses_misuse_by_name(apart, opened):
+    s = summation(apart, opened)
+    for call in (lambda: s.submit(Upload(0, 0, 1, ciphertext=b"x"), weighted), s.finish, lambda: s.add(None)):
+        with pytest.raises(
+            RuntimeError, match=r"^begin_round\(\) must be called before (submit|finish|add)\(\)$"
+        ):
+            call()
+    keys = s.begin_round(4, N)
+    with pytest.raises(
+        CryptoError,
+        match=r"^client 0 sent its update in the clear to an encrypted summation; server and clients must "
+        r"run the same secure\.scheme$",
+    ):
+        s.submit(Upload(0, 4, 10, delta=np.zeros(N)), weighted)
+    with pytest.raises(
+        CryptoError, match=r"^the key holder is already running; register clients before the first round$"
+    ):
+        s.register({0: b"k" * 32})
+    with pytest.raises(
+        CryptoError,
+        match=r"^round 4: no public CKKS context or key-holder announcement came with the round; server and "
+        r"clients must run the same secure\.scheme$",
+    ):
+        s.encode(update(0, 4), weighted, RoundKeys(4, N))
+    stranger = Update(7, 4, np.ones(N, dtype=np.float32), 10, 0.5)
+    with pytest.raises(
+        CryptoError,
+        match=r"^client 7 has no enrolled signing key in this process: create one with "
+        r"`privfl keyholder enrol` and give its path as the node's signing-key$",
+    ):
+        s.encode(stranger, lambda u: Contribution(7, np.ones(N), 1.0), keys)
+    s.close()
+
+
+def test_a_client_pins_the_key_holder_it_was_told_about(apart, opened, caplog):
+    holder, keys, address = apart
+    relay = summation(apart, opened)
+    round_keys = relay.begin_round(5, N)
+    relay.close()  # the key holder serves one relay at a time
+    unpinned = summation(apart, opened, config(keyholder=address))
+    with caplog.at_level("WARNING"):
+        assert unpinned.encode(update(0, 5), weighted, round_keys).ciphertext == b""  # sends nothing
+    assert (
+        f"client 0 sends nothing: secure.keyholder = '{address}' is run apart, but this client pinned no "
+        "key for it: set secure.keyholder_key, or start the SuperNode with --node-config" in caplog.text
+    )
+    unpinned.enrol(0, keys[0], keyholder_key=holder.verify_key)  # its node's own copy of the key
+    assert unpinned.encode(update(0, 5), weighted, round_keys).ciphertext
+    other = enrol_clients([0])[0][0].public_bytes()
+    wrong = summation(apart, opened, config(keyholder=address, keyholder_key=other.hex()))
+    with pytest.raises(
+        CryptoError,
+        match=rf"^the key holder at {address} has key {holder.verify_key.hex()}, not the pinned "
+        rf"secure\.keyholder_key {other.hex()}$",
+    ):
+        wrong.begin_round(5, N)
+
+
+def test_a_relay_given_no_key_to_pass_on_leaves_the_client_nothing_to_check(caplog):
+    s = CkksSummation(config())
+    s.enrol(0, enrol_clients([0])[0][0])
+    keys = RoundKeys(0, N, b"ctx", (10, 20), announcement=b"a", signature=b"s", keyholder_key=None)
+    with caplog.at_level("WARNING"):
+        assert s.encode(update(0, 0), weighted, keys).ciphertext == b""
+    assert (
+        "client 0 sends nothing: no key-holder key to check the round's announcement against" in caplog.text
+    )
+
+
+def test_the_next_rounds_bounds_survive_a_resume():
+    s = CkksSummation(config())
+    assert s.state() == {"bound_bits": None}
+    s.load_state({"bound_bits": [12, -3]})
+    assert s.state() == {"bound_bits": [12, -3]}
+    for ignored in ({}, {"bound_bits": None}, {"bound_bits": [1, 2, 3]}, {"bound_bits": "12,3"}):
+        s.load_state(ignored)
+        assert s.state() == {"bound_bits": [12, -3]}
