@@ -109,6 +109,11 @@ def _train_options(f):
         click.option(
             "--momentum", type=float, help="Local SGD momentum, restarted every round [0.9; 0 = plain SGD]."
         ),
+        click.option(
+            "--server-lr",
+            type=float,
+            help="Server step on the averaged update, eta_s [1.0 = FedAvg; fedavg only].",
+        ),
         click.option("--eval-every", type=int, help="Evaluate on val/test every N rounds [1]."),
         click.option(
             "--record-updates",

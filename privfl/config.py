@@ -223,6 +223,9 @@ class TrainConfig:
     # "cosine": round r (1..rounds) trains at lr * (1 + cos(pi (r - 1) / rounds)) / 2 (Loshchilov &
     # Hutter 2017, one cycle, by round), so the last rounds take small steps; "constant": the paper
     lr_schedule: str = "constant"
+    # eta_s: the server's step on the averaged update, w + eta_s * avg delta (FedOpt's server SGD,
+    # Reddi et al. 2021); 1.0 is McMahan et al.'s FedAvg
+    server_lr: float = 1.0
 
     def validate(self) -> None:
         _choice("train.mode", self.mode, MODES)
@@ -240,6 +243,13 @@ class TrainConfig:
             raise ConfigError(f"train.fraction must be in (0, 1], got {self.fraction}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if not self.server_lr > 0:
+            raise ConfigError(f"train.server_lr must be > 0, got {self.server_lr}; 1.0 is plain FedAvg")
+        if self.server_lr != 1.0 and self.mode != "fedavg":
+            raise ConfigError(
+                f"train.server_lr = {self.server_lr} is implemented for --mode fedavg only (got mode "
+                f"{self.mode!r}); use train.server_lr = 1.0"
+            )
 
 
 @dataclass(frozen=True)
@@ -825,6 +835,7 @@ FLAG_FIELDS: dict[str, str] = {
     "local_epochs": "train.local_epochs",
     "lr": "train.lr",
     "momentum": "train.momentum",
+    "server_lr": "train.server_lr",
     "eval_every": "train.eval_every",
     "record_updates": "train.record_updates",
     "noise_multiplier": "dp.noise_multiplier",

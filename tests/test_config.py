@@ -98,3 +98,15 @@ def test_ckks_min_clients_defaults_to_3_where_rounds_allow_else_2():
     assert min_clients(ExperimentConfig().override({"train.clients": 5})) == 3
     assert min_clients(ExperimentConfig().override({"train.clients": 2})) == 2
     assert min_clients(ExperimentConfig().override({"train.clients": 10, "train.fraction": 0.2})) == 2
+
+
+def test_server_lr_is_checked_and_only_for_fedavg():
+    base = ExperimentConfig()
+    assert base.train.server_lr == 1.0
+    base.override({"train.server_lr": 2.0}).validate()
+    with pytest.raises(ConfigError, match=r"train.server_lr must be > 0, got 0.0; 1.0 is plain FedAvg"):
+        base.override({"train.server_lr": 0.0}).validate()
+    with pytest.raises(
+        ConfigError, match=r"train.server_lr = 2.0 is implemented for --mode fedavg only .*'central'"
+    ):
+        base.override({"train.server_lr": 2.0, "train.mode": "central"}).validate()

@@ -93,7 +93,7 @@ def build_components(
         fraction = t.fraction if t.mode != "central" else 1.0
         parts = Components(
             trainer=trainer,
-            policy=FedAvgPolicy(),
+            policy=FedAvgPolicy(t.server_lr),
             summation=make_summation(cfg),
             sampler=lambda r: sample_clients(n, fraction, cfg.seed, r),
         )

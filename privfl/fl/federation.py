@@ -40,7 +40,13 @@ class Policy(Protocol):
 
 
 class FedAvgPolicy:
-    """McMahan et al.'s FedAvg: w_{t+1} = w_t + sum_k n_k delta_k / sum_k n_k."""
+    """McMahan et al.'s FedAvg: w_{t+1} = w_t + eta_s sum_k n_k delta_k / sum_k n_k, eta_s = 1.
+
+    server_lr (eta_s) != 1 is FedOpt's server SGD (Reddi et al. 2021) on the averaged update.
+    """
+
+    def __init__(self, server_lr: float = 1.0):
+        self.server_lr = float(server_lr)
 
     def contribution(self, update: Update) -> Contribution:
         n = float(update.num_samples)
@@ -51,7 +57,10 @@ class FedAvgPolicy:
     ) -> tuple[np.ndarray, dict]:
         if result.count == 0 or result.weight <= 0:
             return weights, {"skipped": True}
-        return (weights + result.vector / result.weight).astype(np.float32), {}
+        step = result.vector / result.weight
+        if self.server_lr != 1.0:  # 1.0: the paper's arithmetic, bit for bit
+            step = self.server_lr * step
+        return (weights + step).astype(np.float32), {}
 
 
 def sample_clients(n_clients: int, fraction: float, seed: int, round_index: int) -> list[int]:

@@ -128,3 +128,20 @@ def test_sampling_is_seeded_and_sized():
     assert sample_clients(10, 0.01, 1, 4).__len__() == 1
     rounds = {tuple(sample_clients(10, 0.3, 1, r)) for r in range(1, 20)}
     assert len(rounds) > 1
+
+
+def test_server_lr_scales_the_averaged_update_and_one_is_fedavg_bit_for_bit():
+    """FedOpt's server SGD: w_{t+1} = w_t + eta_s * sum_k n_k delta_k / sum_k n_k."""
+    w_t = np.array([0.5, -1.0], dtype=np.float32)
+    updates = [(np.array([0.2, 0.4], np.float32), 1), (np.array([-0.4, 0.1], np.float32), 3)]
+
+    def step(policy):
+        s = PlainSummation()
+        s.begin_round(1, 2)
+        for k, (delta, n) in enumerate(updates):
+            s.add(policy.contribution(Update(k, 1, delta, n, 0.0)))
+        return policy.server_step(w_t, s.finish(), 1)[0]
+
+    mean = (0.2 * 1 - 0.4 * 3) / 4, (0.4 * 1 + 0.1 * 3) / 4  # = (-0.25, 0.175)
+    np.testing.assert_allclose(step(FedAvgPolicy(2.5)), w_t + 2.5 * np.array(mean), rtol=1e-6)
+    np.testing.assert_array_equal(step(FedAvgPolicy(1.0)), step(FedAvgPolicy()))
