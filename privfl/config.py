@@ -688,6 +688,18 @@ class ExperimentConfig:
                 "cover; use --fraction 1 (every client every round, accounted at q = 1), --mode dp with "
                 f"--secure-agg {self.secure.scheme}, or --mode user-dp without secure aggregation"
             )
+        if self.secure.scheme != "none" and self.train.mode == "user-dp":
+            # q = 1: every round sums all K clients. The neighbouring population without one client
+            # must still reach the scheme's minimum, or whether a round is released would depend on
+            # that client's presence (a jump the sensitivity S does not cover).
+            needed = min_clients(self) if self.secure.scheme == "ckks" else 2
+            if self.train.clients - 1 < needed:
+                raise ConfigError(
+                    f"--mode user-dp with --secure-agg {self.secure.scheme} and train.clients = "
+                    f"{self.train.clients}: without one of its clients a round would sum "
+                    f"{self.train.clients - 1}, fewer than the {needed} the scheme releases, so whether a "
+                    f"round is released would depend on that client; use --clients {needed + 1} or more"
+                )
         if self.audit.canaries:
             self._validate_canaries()
         if self.secure.scheme == "secaggplus":

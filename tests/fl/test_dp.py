@@ -561,6 +561,11 @@ def test_user_level_dp_with_secure_aggregation_and_client_sampling_is_refused(ti
     ):
         cfg.validate()
     cfg.override({"train.fraction": 1.0}).validate()  # every client every round: accounted at q = 1
+    # q = 1, but a population one client smaller would fall below the scheme's minimum sum
+    k = {"ckks": 3, "secaggplus": 2}[scheme]  # CKKS: min_clients 3; SecAgg+: a sum of >= 2
+    small = cfg.override({"train.fraction": 1.0, "train.clients": k, "secure.min_clients": 3})
+    with pytest.raises(ConfigError, match=f"secure-agg {scheme} and train.clients = {k}: without one of its"):
+        small.validate()
 
 
 def test_resume_under_os_noise_continues_the_accountants(tiny_config, tmp_path):
