@@ -14,7 +14,6 @@ from privfl.observers import Setting
 from privfl.privacy import (
     UNIT_RECORD,
     UNIT_USER,
-    RecordLevelPrivacy,
     UserLevelPrivacy,
     check_delta,
     default_delta,
@@ -23,6 +22,7 @@ from privfl.privacy import (
     solve_noise_multiplier,
 )
 from privfl.randomness import SEEDED_LABEL
+from tests.privacy_settings import record_level, user_level
 
 
 def opacus_rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
@@ -32,35 +32,6 @@ def opacus_rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> floa
         orders=orders, rdp=compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders), delta=delta
     )
     return float(eps)
-
-
-def record_level(**overrides) -> RecordLevelPrivacy:
-    kwargs = dict(
-        noise_multiplier=1.1,
-        target_epsilon=None,
-        max_grad_norm=1.0,
-        delta=1e-3,
-        accountant="rdp",
-        sample_rates={0: 0.25, 1: 0.1},
-        steps_per_round={0: 4, 1: 10},
-        rounds=3,
-    )
-    kwargs.update(overrides)
-    return RecordLevelPrivacy(**kwargs)
-
-
-def user_level(**overrides) -> UserLevelPrivacy:
-    kwargs = dict(
-        noise_multiplier=1.0,
-        target_epsilon=None,
-        clip_norm=0.5,
-        delta=1e-2,
-        accountant="rdp",
-        sample_rate=0.3,
-        rounds=5,
-    )
-    kwargs.update(overrides)
-    return UserLevelPrivacy(**kwargs)
 
 
 @pytest.mark.parametrize(

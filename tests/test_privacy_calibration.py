@@ -9,35 +9,19 @@ import pytest
 from privfl import privacy
 from privfl.errors import PrivacyError
 from privfl.privacy import RecordLevelPrivacy, UserLevelPrivacy, epsilon_of, solve_noise_multiplier
+from tests import privacy_settings
 
 
 def record_level(**overrides) -> RecordLevelPrivacy:
-    kwargs = dict(
-        noise_multiplier=None,
-        target_epsilon=3.0,
-        max_grad_norm=1.0,
-        delta=1e-3,
-        accountant="rdp",
-        sample_rates={0: 0.25, 1: 0.1},
-        steps_per_round={0: 4, 1: 10},
-        rounds=3,
-    )
-    kwargs.update(overrides)
-    return RecordLevelPrivacy(**kwargs)
+    """The shared settings, sigma solved for epsilon 3 instead of given."""
+    return privacy_settings.record_level(**{"noise_multiplier": None, "target_epsilon": 3.0, **overrides})
 
 
 def user_level(**overrides) -> UserLevelPrivacy:
-    kwargs = dict(
-        noise_multiplier=None,
-        target_epsilon=2.0,
-        clip_norm=0.5,
-        delta=1e-2,
-        accountant="rdp",
-        sample_rate=0.3,
-        rounds=3,
+    """The shared settings over 3 rounds, sigma solved for epsilon 2 instead of given."""
+    return privacy_settings.user_level(
+        **{"noise_multiplier": None, "target_epsilon": 2.0, "rounds": 3, **overrides}
     )
-    kwargs.update(overrides)
-    return UserLevelPrivacy(**kwargs)
 
 
 def in_band(eps: float, target: float, rel_tol: float = 0.005) -> bool:

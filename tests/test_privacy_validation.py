@@ -8,42 +8,12 @@ import pytest
 
 from privfl.errors import PrivacyError
 from privfl.privacy import (
-    RecordLevelPrivacy,
-    UserLevelPrivacy,
     dp_auc_bound,
     epsilon_of,
     make_accountant,
     solve_noise_multiplier,
 )
-
-
-def record_level(**overrides) -> RecordLevelPrivacy:
-    kwargs = dict(
-        noise_multiplier=1.1,
-        target_epsilon=None,
-        max_grad_norm=1.0,
-        delta=1e-3,
-        accountant="rdp",
-        sample_rates={0: 0.25, 1: 0.1},
-        steps_per_round={0: 4, 1: 10},
-        rounds=3,
-    )
-    kwargs.update(overrides)
-    return RecordLevelPrivacy(**kwargs)
-
-
-def user_level(**overrides) -> UserLevelPrivacy:
-    kwargs = dict(
-        noise_multiplier=1.0,
-        target_epsilon=None,
-        clip_norm=0.5,
-        delta=1e-2,
-        accountant="rdp",
-        sample_rate=0.3,
-        rounds=5,
-    )
-    kwargs.update(overrides)
-    return UserLevelPrivacy(**kwargs)
+from tests.privacy_settings import record_level, user_level
 
 
 @pytest.mark.parametrize("make", [record_level, user_level])
