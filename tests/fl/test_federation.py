@@ -12,8 +12,8 @@ from privfl.fl.aggregate import PlainSummation, RoundKeys, Upload
 from privfl.fl.client import Update
 from privfl.fl.dp import SkipEmptyRounds, UserDPPolicy
 from privfl.fl.federation import FedAvgPolicy, Federation, sample_clients
-from privfl.privacy import UserLevelPrivacy
 from privfl.randomness import PrivacyRandomness
+from tests.privacy_settings import user_level
 
 P = 50
 SIZES = (3, 7, 5, 4)
@@ -63,15 +63,7 @@ class MessageGate:
 
 
 def user_dp(noise_on_clients: bool) -> UserDPPolicy:
-    privacy = UserLevelPrivacy(
-        noise_multiplier=0.5,
-        target_epsilon=None,
-        clip_norm=0.3,
-        delta=1e-2,
-        accountant="rdp",
-        sample_rate=0.6,
-        rounds=3,
-    )
+    privacy = user_level(noise_multiplier=0.5, clip_norm=0.3, sample_rate=0.6, rounds=3)
     # seeded: the two loops must draw the same sample and noise (privfl.randomness)
     return UserDPPolicy(len(SIZES), privacy, PrivacyRandomness("seeded", 11), noise_on_clients, clip_norm=0.3)
 
