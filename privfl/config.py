@@ -660,6 +660,33 @@ class ExperimentConfig:
                 "client's class counts, so one record changes the others' gradients, which DP-SGD's "
                 "per-record accounting does not cover; use train.class_weights = 'none' with --mode dp"
             )
+        if self.train.mode == "dp" and self.data.normalize in ("speaker", "global"):
+            # Statistics over many records feed every record's features: one record moves its
+            # speaker's (or the training set's) mean and variance and so every other record's input,
+            # which per-sample clipping does not bound.
+            raise ConfigError(
+                f"data.normalize {self.data.normalize!r} normalises each utterance with statistics of "
+                f"{'its speaker' if self.data.normalize == 'speaker' else 'the whole training set'}, so "
+                "one record changes the others' features, which DP-SGD's per-record accounting does not "
+                "cover; use data.normalize = 'utterance' (the paper's features) or 'none' with --mode dp"
+            )
+        if self.train.mode == "user-dp" and (
+            self.data.normalize == "global"
+            or (self.data.normalize == "speaker" and self.data.partition != "by-speaker")
+        ):
+            # User-level DP covers one client's data; a statistic pooled over clients (the training
+            # set's, or a speaker's spread over several clients by iid/dirichlet) reaches the others.
+            what = (
+                "statistics of the whole training set, pooled across clients"
+                if self.data.normalize == "global"
+                else f"each speaker's statistics, and partition {self.data.partition!r} spreads a speaker "
+                "over several clients"
+            )
+            raise ConfigError(
+                f"data.normalize {self.data.normalize!r} with --mode user-dp uses {what}, so one client's "
+                "data changes the others' features, which the user-level accounting does not cover; use "
+                "data.normalize = 'utterance', or 'speaker' with --partition by-speaker"
+            )
         if self.train.mode == "dp" and self.train.lr_schedule != "constant":
             raise ConfigError(
                 f"train.lr_schedule {self.train.lr_schedule!r} is not implemented for DP-SGD clients "

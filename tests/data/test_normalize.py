@@ -100,3 +100,49 @@ def test_raw_features_have_their_own_cache_key_and_the_default_keeps_its_old_one
 def test_unknown_normalisation_is_refused() -> None:
     with pytest.raises(ConfigError, match="data.normalize 'cmvn' is not one of"):
         ExperimentConfig().override({"data.normalize": "cmvn"}).validate()
+
+
+def test_speaker_and_training_set_statistics_carry_one_record_into_the_others() -> None:
+    """Why DP refuses them: a neighbouring dataset (record 0 replaced) moves record 1's features."""
+    x, lengths, speakers = _frames()
+    y = x.copy()
+    y[0, : lengths[0]] += 4.0  # replace speaker a's first record
+    grouped = normalise_groups(x, lengths, speakers), normalise_groups(y, lengths, speakers)
+    assert not np.allclose(grouped[0][1], grouped[1][1])  # speaker a's second record moved
+    np.testing.assert_array_equal(grouped[0][3:], grouped[1][3:])  # speaker b's did not
+    pooled = (
+        apply_band_stats(x, lengths, band_stats(x, lengths)),
+        apply_band_stats(y, lengths, band_stats(y, lengths)),
+    )
+    assert not np.allclose(pooled[0][4], pooled[1][4])  # even another speaker's record moved
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        ({"train.mode": "dp", "data.normalize": "speaker"}, "its speaker"),
+        ({"train.mode": "dp", "data.normalize": "global"}, "the whole training set"),
+        ({"train.mode": "user-dp", "data.normalize": "global"}, "pooled across clients"),
+        ({"train.mode": "user-dp", "data.normalize": "speaker", "data.partition": "iid"}, "partition 'iid'"),
+        (
+            {"train.mode": "user-dp", "data.normalize": "speaker", "data.partition": "dirichlet"},
+            "partition 'dirichlet'",
+        ),
+        ({"train.mode": "dp", "data.normalize": "utterance"}, None),
+        ({"train.mode": "dp", "data.normalize": "none"}, None),
+        ({"train.mode": "user-dp", "data.normalize": "speaker", "data.partition": "by-speaker"}, None),
+        ({"train.mode": "fedavg", "data.normalize": "global"}, None),
+    ],
+)
+def test_dp_refuses_normalisation_that_crosses_its_unit(overrides: dict, refused: str | None) -> None:
+    cfg = ExperimentConfig().override({**overrides, "dp.noise_multiplier": 1.0})
+    if overrides["train.mode"] == "fedavg":
+        cfg = cfg.override({"dp.noise_multiplier": None})
+    if refused is None:
+        cfg.validate()
+        return
+    with pytest.raises(ConfigError, match="accounting does not cover") as err:
+        cfg.validate()
+    message = str(err.value)
+    assert refused in message and f"data.normalize {overrides['data.normalize']!r}" in message
+    assert "data.normalize = 'utterance'" in message  # the fix is named
