@@ -286,6 +286,8 @@ VIEW_OBSERVER = {
     "model": ("released_model", "a reader of the released model (final weights minus w_0)"),
     "updates": ("server", "the server: each client's update in every round (recorded updates)"),
 }
+# The party of docs/attacks.md that holds each view: anyone with the final weights, or the server.
+VIEW_PARTY = {"model": "reader of the released model", "updates": "server"}
 
 
 def audit_run(run_path: Path, cfg: AuditConfig | None = None) -> AttackResult:
@@ -338,6 +340,7 @@ def audit_run(run_path: Path, cfg: AuditConfig | None = None) -> AttackResult:
     lower = AttackRow(
         "one-run lower bound (Steinke et al. 2023)",
         observer_text,
+        party=VIEW_PARTY[view],
         metrics={
             **common,
             **bound,
@@ -347,6 +350,7 @@ def audit_run(run_path: Path, cfg: AuditConfig | None = None) -> AttackResult:
     est = AttackRow(
         "Gaussian estimate (Andrew et al. 2024)",
         observer_text,
+        party=VIEW_PARTY[view],
         metrics={**common, **estimate},
         notes=["an estimate from fitted Gaussians, not a bound; ci95 is a bootstrap interval over canaries"],
     )
@@ -373,9 +377,13 @@ def audit_run(run_path: Path, cfg: AuditConfig | None = None) -> AttackResult:
 
 
 def write_audit(out_dir: Path, result: AttackResult) -> Path:
-    """Write audit.json (the AttackResult) into out_dir (default <run>/attacks)."""
+    """Write audit-<view>.json (the AttackResult) into out_dir (default <run>/attacks).
+
+    One file per view, so auditing a run from the server's view and from the released model's
+    keeps both.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "audit.json"
+    path = out_dir / f"audit-{result.config['view']}.json"
     atomic_write_json(path, result.to_dict())
     return path

@@ -289,7 +289,7 @@ def all_attacks(run_path, out, seed, rounds, max_rounds, bootstrap, **opts) -> N
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where audit.json goes [default: <run>/attacks].",
+    help="Where audit-<view>.json goes [default: <run>/attacks].",
 )
 @click.option(
     "--view",

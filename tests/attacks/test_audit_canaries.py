@@ -242,11 +242,23 @@ def test_dp_run_audit_through_the_cli_stays_below_epsilon(tiny_config, tmp_path)
     out = CliRunner().invoke(main, ["attack", "audit", "--run", str(tmp_path / "dp"), "--bootstrap", "20"])
     assert out.exit_code == 0, out.output
     assert "accountant epsilon" in out.output and "view updates" in out.output
-    written = json.loads((tmp_path / "dp" / "attacks" / "audit.json").read_text())
+    written = json.loads((tmp_path / "dp" / "attacks" / "audit-updates.json").read_text())
+    assert {row["party"] for row in written["rows"]} == {"server"}
     bound = written["rows"][0]["metrics"]
     assert bound["accountant_epsilon"] == pytest.approx(summary["privacy"]["observers"]["server"]["epsilon"])
     assert bound["epsilon_lower_bound"] <= bound["accountant_epsilon"]
     assert bound["below_accountant"] is True
+    # the released model's view is a different party's and lands beside the server's, not over it
+    out = CliRunner().invoke(
+        main, ["attack", "audit", "--run", str(tmp_path / "dp"), "--bootstrap", "20", "--view", "model"]
+    )
+    assert out.exit_code == 0, out.output
+    model = json.loads((tmp_path / "dp" / "attacks" / "audit-model.json").read_text())
+    assert {row["party"] for row in model["rows"]} == {"reader of the released model"}
+    assert model["rows"][0]["metrics"]["accountant_epsilon"] == pytest.approx(
+        summary["privacy"]["observers"]["released_model"]["epsilon"]
+    )
+    assert json.loads((tmp_path / "dp" / "attacks" / "audit-updates.json").read_text()) == written
 
 
 def test_canaries_leave_the_clients_data_and_the_evaluation_sets_alone(tiny_config):
