@@ -266,7 +266,8 @@ def _run_point(
     attack_s = 0.0
     if grid.attacks.which and not attack_block:
         plan = {**grid.attacks.to_dict(), "seed": seed, "rounds": summary["rounds"]}
-        if bench.get("plan") == plan and "attacks" in bench:
+        # a failed attack is not a result: try it again (the failure may have been fixed since)
+        if bench.get("plan") == plan and "attacks" in bench and "error" not in bench["attacks"]:
             attacks, attack_s = bench["attacks"], float(bench.get("attack_s", 0.0))
         else:
             attacks, attack_s = _attack(grid, seed, path, rep)

@@ -123,6 +123,27 @@ def test_rerun_reuses_every_point(grid_run):
     assert doc["timings"]["stages_s"]["train"] == 0.0 and doc["timings"]["stages_s"]["attacks"] == 0.0
 
 
+def test_a_point_whose_attacks_failed_is_attacked_again_not_reused(grid_run):
+    path, out, _ = grid_run
+    run = out / "points" / "fedavg-s0"
+    bench_file = run / "bench.json"
+    good = json.loads(bench_file.read_text())
+    failed = {**good, "attacks": {"error": "replay did not reproduce the recorded update"}}
+    bench_file.write_text(json.dumps(failed))
+    summary = (run / "summary.json").stat().st_mtime_ns
+    result = _rerun(path, out)
+    assert result.exit_code == 0, result.output
+    again = json.loads(bench_file.read_text())["attacks"]
+    assert "error" not in again and set(again) == set(good["attacks"])  # attacked again
+    for name, block in good["attacks"].items():  # with the same seed: the same numbers
+        assert {k: v for k, v in again[name].items() if k != "seconds"} == {
+            k: v for k, v in block.items() if k != "seconds"
+        }, name
+    assert (run / "summary.json").stat().st_mtime_ns == summary  # not retrained
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["timings"]["stages_s"]["attacks"] > 0.0
+
+
 def test_unfinished_point_is_resumed_not_retrained(grid_run):
     path, out, _ = grid_run
     run = out / "points" / "record-dp-sigma1-s0"
