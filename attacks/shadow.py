@@ -45,8 +45,8 @@ def client_trainer(
             overrides["dp.delta"] = float(privacy["delta"])
         shadow_data = dataclasses.replace(data, clients=list(clients))
         return build_components(cfg.override(overrides), shadow_data).trainer
-    local = LocalConfig(t.local_epochs, t.batch_size, t.lr, t.momentum)
-    return LocalTrainer(cfg.model, data.n_mels, local, cfg.seed)
+    # every local setting of the run (E, B, eta, momentum, class weights, learning-rate schedule)
+    return LocalTrainer(cfg.model, data.n_mels, LocalConfig.of(t), cfg.seed)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from privfl.canaries import GradientCanaries, dirac_rows
-from privfl.config import ModelConfig
+from privfl.config import ModelConfig, TrainConfig
 from privfl.data.dataset import ClientData
 from privfl.data.records import EMOTIONS
 from privfl.models import build_model, canonical_parameters, get_flat, set_flat
@@ -33,6 +33,20 @@ class LocalConfig:
     class_weights: str = "none"  # "balanced": cross-entropy weighted by the client's own class counts
     lr_schedule: str = "constant"  # "cosine": lr annealed over `rounds` rounds (round_lr)
     rounds: int = 1
+
+    @classmethod
+    def of(cls, train: TrainConfig) -> LocalConfig:
+        """Every local-training setting of a run's `train` section: what its clients (and an attacker's
+        shadow clients, which must train as they do) run."""
+        return cls(
+            train.local_epochs,
+            train.batch_size,
+            train.lr,
+            train.momentum,
+            train.class_weights,
+            train.lr_schedule,
+            train.rounds,
+        )
 
     def round_lr(self, round_index: int) -> float:
         """The local learning rate in round `round_index` (1-based)."""

@@ -79,9 +79,7 @@ def build_components(
     canaries: the run's audit canaries (privfl.canaries), when cfg.audit.canaries > 0.
     """
     t = cfg.train
-    local = LocalConfig(
-        t.local_epochs, t.batch_size, t.lr, t.momentum, t.class_weights, t.lr_schedule, t.rounds
-    )
+    local = LocalConfig.of(t)
     gradient = GradientCanaries(canaries) if canaries is not None and canaries.kind == "gradient" else None
     if t.mode == "dp":
         parts = _record_level(cfg, data.clients, data.n_mels, local, gradient)

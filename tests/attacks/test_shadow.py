@@ -1,17 +1,24 @@
 """Shadow clients: one known-gender speaker each, trained by the trainer the run's clients used."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from privfl.attacks.shadow import (
     SHADOW_ID_BASE,
     check_auxiliary,
+    client_trainer,
     known_gender_speakers,
     local_updates,
     sample_shadow_clients,
     shadow_client_data,
 )
+from privfl.config import ExperimentConfig
+from privfl.data.dataset import ClientData, PreparedData
 from privfl.errors import AttackError
+from privfl.fl.components import build_components
+from privfl.models import initial_weights
 from tests.attacks.conftest import make_speech_set
 
 
@@ -59,3 +66,50 @@ def test_auxiliary_data_of_one_gender_is_refused():
     unknown = make_speech_set({"a": "unknown", "b": "unknown"}, per_speaker=4)
     with pytest.raises(AttackError, match="2 of unknown gender"):
         check_auxiliary(unknown)
+
+
+# every local-training setting away from its default, so a shadow trainer that drops one differs
+RUN_TRAINER = {
+    "model.conv_channels": 4,
+    "model.fc_hidden": 8,
+    "train.local_epochs": 2,
+    "train.batch_size": 3,
+    "train.lr": 0.05,
+    "train.momentum": 0.5,
+    "train.class_weights": "balanced",
+    "train.lr_schedule": "cosine",
+    "train.rounds": 4,
+}
+
+
+@pytest.mark.parametrize(
+    "mode, extra",
+    [
+        ("fedavg", {}),
+        ("user-dp", {"dp.noise_multiplier": 1.0}),
+        ("dp", {"dp.noise_multiplier": 1.0, "dp.delta": 1e-3, "dp.noise": "seeded"}),
+    ],
+)
+def test_shadow_clients_train_exactly_as_the_runs_clients(aux_set, mode, extra):
+    """A shadow client given a real client's data, id and round computes the real client's update, bit
+    for bit, for every trainer setting the run changed (class weights, lr schedule, E, B, eta, momentum)."""
+    cfg = ExperimentConfig().override({**RUN_TRAINER, "train.mode": mode, **extra})
+    # unbalanced emotions, so the balanced class weights change the loss
+    y = aux_set.y.clone()
+    y[: len(y) // 2] = 0
+    clients = [
+        ClientData(7, aux_set.x[:12], aux_set.lengths[:12], y[:12]),
+        ClientData(9, aux_set.x[12:24], aux_set.lengths[12:24], y[12:24]),
+    ]
+    n_mels = int(aux_set.x.shape[2])
+    data = PreparedData(None, None, aux_set, aux_set, aux_set, aux_set, clients, n_mels)
+    run_trainer = build_components(cfg, data).trainer
+    privacy = {"sigma": 1.0, "delta": 1e-3} if mode == "dp" else None
+    shadow_trainer = client_trainer(cfg, dataclasses.replace(data, clients=[]), clients, privacy)
+    w = initial_weights(cfg.model, n_mels, cfg.seed)
+    for r in (1, 3):  # the cosine schedule's rate differs between rounds
+        for client in clients:
+            real = run_trainer.train(client, w, r).delta
+            shadow = shadow_trainer.train(client, w, r).delta
+            np.testing.assert_array_equal(shadow, real)
+            assert np.abs(real).max() > 0
