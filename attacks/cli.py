@@ -98,11 +98,11 @@ def _gender_options(f):
         ),
         click.option(
             "--views",
-            default="fc-profile:2-5,first-layer:2-3",
+            default="fc-profile:3",
             show_default=True,
-            help="FEATURES:K pairs (K1-K2 a range): one classifier per pair and round, on the feature set "
-            "(fc-profile, first-layer, all-layers) in the top K principal directions of the round's client "
-            "updates (0: all values); the pairs' log-odds are averaged.",
+            help="FEATURES:K pairs (K1-K2 a range), e.g. fc-profile:2-5,first-layer:2-3: one classifier per "
+            "pair and round, on the feature set (fc-profile, first-layer, all-layers) in the top K principal "
+            "directions of the round's client updates (0: all values); the pairs' log-odds are averaged.",
         ),
         click.option(
             "--classifier", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True

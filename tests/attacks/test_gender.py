@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from privfl.attacks.gender import (
     DEFAULT_VIEWS,
+    ENSEMBLE_VIEWS,
     GenderAttackConfig,
     client_label,
     feature_columns,
@@ -188,7 +189,7 @@ def attack_on_clients(gendered_clients: bool, views: str = "fc-profile:3") -> di
         speeds=(1.0,),
         bootstrap=0,
         control_repeats=10,
-        views=DEFAULT_VIEWS if views == "default" else parse_views(views),
+        views=ENSEMBLE_VIEWS if views == "ensemble" else parse_views(views),
     )
     with threadpool_limits(1), torch_threads(1):  # tiny fits: extra BLAS/OpenMP threads only spin
         result = gender_attack(InMemoryRun(w, clients, deltas), data, config)
@@ -199,7 +200,7 @@ def attack_on_clients(gendered_clients: bool, views: str = "fc-profile:3") -> di
     }
 
 
-@pytest.mark.parametrize("views", ["fc-profile:3", "first-layer:3", "default"])
+@pytest.mark.parametrize("views", ["fc-profile:3", "first-layer:3", "ensemble"])
 def test_attack_on_updates_without_gender_signal_is_at_chance(views):
     """Nothing to find: an attack that also learnt from the clients' true genders would score high here."""
     auc = attack_on_clients(gendered_clients=False, views=views)
@@ -207,7 +208,7 @@ def test_attack_on_updates_without_gender_signal_is_at_chance(views):
     assert abs(auc["control"] - 0.5) < 0.15, auc
 
 
-@pytest.mark.parametrize("views", ["fc-profile:3", "first-layer:3", "default"])
+@pytest.mark.parametrize("views", ["fc-profile:3", "first-layer:3", "ensemble"])
 def test_attack_finds_a_planted_gender_signal_and_its_control_does_not(views):
     auc = attack_on_clients(gendered_clients=True, views=views)
     assert auc["attack"] > 0.75, auc
@@ -314,7 +315,8 @@ def test_speeds_must_include_the_recorded_speech():
 def test_views_parse_ranges_and_refuse_what_is_not_a_view():
     from privfl.errors import ConfigError
 
-    assert parse_views("fc-profile:2-5,first-layer:2-3") == DEFAULT_VIEWS
+    assert parse_views("fc-profile:2-5,first-layer:2-3") == ENSEMBLE_VIEWS
+    assert parse_views("fc-profile:3") == DEFAULT_VIEWS
     assert parse_views("all-layers:0, fc-profile:3,fc-profile:3") == (("all-layers", 0), ("fc-profile", 3))
     for bad in ("fc-profile", "conv:3", "fc-profile:5-2", "fc-profile:-1", "fc-profile:x"):
         with pytest.raises(ConfigError, match="FEATURES:K"):
