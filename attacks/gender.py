@@ -355,21 +355,7 @@ def gender_attack(
                     (r, c, float(a), lab, mix, k) for c, a, (lab, mix) in zip(ids, pc, truths, strict=True)
                 ]
         if obs.aggregate is not None and len(truth.client_ids):
-            # one update per round: no client population to take a subspace from, so one classifier per
-            # feature set on all its values, their log-odds averaged
-            pa = float(
-                _sigmoid(
-                    np.mean(
-                        [
-                            log_odds(
-                                fit_classifier(xs[name], ys, config.classifier, config.seed),
-                                fmap(obs.aggregate[None, :]),
-                            )[0]
-                            for name, fmap in maps.items()
-                        ]
-                    )
-                )
-            )
+            pa = _aggregate_score(xs, ys, maps, obs.aggregate, config)
             labels = [client_label(g)[0] for g in truth.genders]
             n = obs.num_samples.astype(np.float64)
             known = np.array([lab >= 0 for lab in labels], dtype=bool)
@@ -433,6 +419,22 @@ def view_log_odds(
     return np.mean(
         [log_odds(fit_classifier(ps, labels, config.classifier, config.seed), pr) for ps, pr in views], axis=0
     )
+
+
+def _aggregate_score(
+    shadow: dict[str, np.ndarray],
+    labels: np.ndarray,
+    maps: dict[str, FeatureMap],
+    aggregate: np.ndarray,
+    config: GenderAttackConfig,
+) -> float:
+    """P(female) of one round's aggregate update [P]: one update has no client population to take a
+    subspace from, so one classifier per feature set on all its values, their log-odds averaged."""
+    odds = [
+        log_odds(fit_classifier(shadow[name], labels, config.classifier, config.seed), fmap(aggregate[None]))[0]
+        for name, fmap in maps.items()
+    ]
+    return float(_sigmoid(np.mean(odds)))
 
 
 def _views_by_set(views: tuple[tuple[str, int], ...]) -> list[tuple[str, list[int]]]:
