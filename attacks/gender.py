@@ -431,10 +431,10 @@ def _aggregate_score(
     """P(female) of one round's aggregate update [P]: one update has no client population to take a
     subspace from, so one classifier per feature set on all its values, their log-odds averaged."""
     odds = [
-        log_odds(fit_classifier(shadow[name], labels, config.classifier, config.seed), fmap(aggregate[None]))[0]
+        log_odds(fit_classifier(shadow[name], labels, config.classifier, config.seed), fmap(aggregate[None]))
         for name, fmap in maps.items()
     ]
-    return float(_sigmoid(np.mean(odds)))
+    return float(_sigmoid(np.mean(odds)))  # each entry holds the one aggregate's log-odds
 
 
 def _views_by_set(views: tuple[tuple[str, int], ...]) -> list[tuple[str, list[int]]]:
