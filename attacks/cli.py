@@ -90,13 +90,6 @@ def _gender_options(f):
             help="Speed factors applied to the auxiliary speech, each a voice of its own (1.0: none).",
         ),
         click.option(
-            "--subspace",
-            default=3,
-            show_default=True,
-            type=int,
-            help="Classify in the top-k principal directions of each round's client updates (0: off).",
-        ),
-        click.option(
             "--shadow-size",
             default=0,
             show_default=True,
@@ -104,11 +97,12 @@ def _gender_options(f):
             help="Utterances per shadow client (0: the real clients' median, capped by the aux data).",
         ),
         click.option(
-            "--features",
-            type=click.Choice(["fc-profile", "first-layer", "all-layers"]),
-            default="fc-profile",
+            "--views",
+            default="fc-profile:3",
             show_default=True,
-            help="Which part of an update the attack classifier reads.",
+            help="FEATURES:K pairs (K1-K2 a range), e.g. fc-profile:2-5,first-layer:2-3: one classifier per "
+            "pair and round, on the feature set (fc-profile, first-layer, all-layers) in the top K principal "
+            "directions of the round's client updates (0: all values); the pairs' log-odds are averaged.",
         ),
         click.option(
             "--classifier", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True
@@ -194,6 +188,10 @@ def _execute(
     picked = _rounds(rounds)
     if "speeds" in g:
         g["speeds"] = _speeds(g["speeds"])
+    if "views" in g:
+        from privfl.attacks.gender import parse_views
+
+        g["views"] = parse_views(g["views"])
     gender = GenderAttackConfig(rounds=picked, max_rounds=max_rounds, bootstrap=bootstrap, seed=seed, **g)
     methods = tuple(m.pop("methods") or ("speaker", "loss", "alignment"))
     if m.pop("lira") and "lira" not in methods:
@@ -229,7 +227,7 @@ def _execute(
     click.echo(f"wrote {out_dir / 'attack.json'}, {out_dir / 'roc.png'} and {out_dir / 'rounds.png'}")
 
 
-_G_KEYS = ("shadow_clients", "speeds", "subspace", "shadow_size", "features", "classifier")
+_G_KEYS = ("shadow_clients", "speeds", "shadow_size", "views", "classifier")
 _M_KEYS = (
     "methods",
     "candidates",

@@ -5,18 +5,19 @@ trains shadow clients on its own auxiliary speakers (known genders, disjoint fro
 speaker also speed-perturbed, 0.9 / 1.0 / 1.1, which moves pitch and formants as a new speaker
 would) with the run's own recipe, and fits a classifier from the shadow updates' features to the
 shadow speaker's gender. It applies the classifier to each real client's update of that round and
-adds a client's log-odds over all its rounds. Features (`features`):
-  fc-profile (default): the column norms of the first fully connected layer's update, one value
+averages a client's log-odds over all its rounds. Feature sets (see `views`):
+  fc-profile: the column norms of the first fully connected layer's update, one value
       per input unit (for the CNN: channel x Mel-band pair after the max-pool over time). That
       update is a sum of outer products (upstream gradient x pooled activation), so its column
       norms follow the client's band-wise activation profile: its spectral make-up.
   first-layer: the update of the layer that sees the log-Mel input (`conv.*`, LSTM input weights).
   all-layers: the whole update.
-Each feature vector is scaled to unit L2 norm (client sizes differ). With `subspace` = k > 0 the
-classifier reads only the top k principal directions of the round's real client features (the
+Each feature vector is scaled to unit L2 norm (client sizes differ). A view (feature set, k) with
+k > 0 classifies only the top k principal directions of the round's real client features (the
 server holds every update of the round), each population centred on its own mean: the directions
 along which the clients actually differ, so that a classifier fitted on a handful of auxiliary
-speakers does not lean on their idiosyncrasies.
+speakers does not lean on their idiosyncrasies. The attack fits one classifier per view and round
+and averages the views' log-odds (`views`; default the one view fc-profile at k = 3).
 """
 
 from __future__ import annotations
@@ -55,6 +56,39 @@ POSITIVE = "female"
 
 Progress = Callable[[str, int, int], None]
 
+DEFAULT_VIEWS: tuple[tuple[str, int], ...] = (("fc-profile", 3),)
+"""(feature set, client-subspace size k) pairs whose per-round log-odds the attack averages. Default: one
+view. ENSEMBLE_VIEWS (--views fc-profile:2-5,first-layer:2-3) beat it on two development splits of
+RAVDESS and not on three test splits (docs/attacks.md), so it is an option, not the default."""
+
+ENSEMBLE_VIEWS: tuple[tuple[str, int], ...] = (
+    ("fc-profile", 2),
+    ("fc-profile", 3),
+    ("fc-profile", 4),
+    ("fc-profile", 5),
+    ("first-layer", 2),
+    ("first-layer", 3),
+)
+
+
+def parse_views(text: str) -> tuple[tuple[str, int], ...]:
+    """'fc-profile:2-5,first-layer:2-3' -> ((fc-profile, 2), ..., (first-layer, 3)); k = 0: no subspace."""
+    views: list[tuple[str, int]] = []
+    for item in (t.strip() for t in text.split(",")):
+        name, _, ks = item.partition(":")
+        lo, _, hi = ks.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            a, b = -1, -1
+        if name not in FEATURE_SETS or a < 0 or b < a:
+            raise ConfigError(
+                f"gender view {item!r} is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
+                f"{', '.join(FEATURE_SETS)} and 0 <= K1 <= K2, e.g. --views fc-profile:2-5,first-layer:2-3"
+            )
+        views += [(name, k) for k in range(a, b + 1)]
+    return tuple(dict.fromkeys(views))
+
 
 @dataclass(frozen=True)
 class GenderAttackConfig:
@@ -65,16 +99,23 @@ class GenderAttackConfig:
     shadow_clients: int = 12  # per attacked round, genders alternating over the aux voices
     shadow_size: int = 0  # utterances per shadow client; 0: the real clients' median, capped by the aux data
     speeds: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed perturbation of the auxiliary speech
-    features: str = "fc-profile"
-    subspace: int = 3  # classify in the top-k principal directions of the round's client features; 0: off
+    # (feature set, k) pairs: one classifier per view and round, in the top-k principal directions of
+    # the round's client features (k = 0: all features); the views' log-odds are averaged
+    views: tuple[tuple[str, int], ...] = DEFAULT_VIEWS
     classifier: str = "logreg"
     control_repeats: int = 20  # shuffled-label relabellings for the control
     bootstrap: int = 1000
     seed: int = 0
 
     def validate(self) -> GenderAttackConfig:
-        if self.features not in FEATURE_SETS:
-            raise ConfigError(f"gender features {self.features!r} is not one of {', '.join(FEATURE_SETS)}")
+        if not self.views:
+            raise ConfigError("gender views are empty; give at least one, e.g. --views fc-profile:3")
+        for name, k in self.views:
+            if name not in FEATURE_SETS or not isinstance(k, int) or k < 0:
+                raise ConfigError(
+                    f"gender view ({name!r}, {k!r}) needs a feature set among {', '.join(FEATURE_SETS)} and "
+                    "a subspace size k >= 0, e.g. --views fc-profile:2-5,first-layer:2-3"
+                )
         if self.classifier not in CLASSIFIERS:
             raise ConfigError(f"gender classifier {self.classifier!r} is not one of {', '.join(CLASSIFIERS)}")
         if self.shadow_clients < 4:
@@ -83,16 +124,10 @@ class GenderAttackConfig:
             )
         if self.control_repeats < 1:
             raise ConfigError(f"control_repeats must be >= 1, got {self.control_repeats}")
-        if (
-            self.shadow_size < 0
-            or self.max_rounds < 0
-            or self.bootstrap < 0
-            or self.seed < 0
-            or self.subspace < 0
-        ):
+        if self.shadow_size < 0 or self.max_rounds < 0 or self.bootstrap < 0 or self.seed < 0:
             raise ConfigError(
-                "shadow_size, max_rounds, subspace, bootstrap and seed must be >= 0, got "
-                f"{self.shadow_size}, {self.max_rounds}, {self.subspace}, {self.bootstrap}, {self.seed}"
+                "shadow_size, max_rounds, bootstrap and seed must be >= 0, got "
+                f"{self.shadow_size}, {self.max_rounds}, {self.bootstrap}, {self.seed}"
             )
         if not self.speeds or 1.0 not in self.speeds:
             raise ConfigError(
@@ -272,7 +307,7 @@ def gender_attack(
     cfg = observed.config
     rounds = gender_preflight(observed, data, config)
     model = build_model(cfg.model, data.n_mels)
-    features = FeatureMap.of(model, config.features)
+    maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(n for n, _ in config.views)}
     privacy = observed.summary.get("privacy")
     size = config.shadow_size or _default_shadow_size(observed, rounds, data, config)
     aux = auxiliary_speech(data, cfg, config.speeds)
@@ -302,28 +337,25 @@ def gender_attack(
         )
         clients = shadow_client_data(aux, shadows)
         trainer = client_trainer(cfg, data, clients, privacy)
-        xs = features(local_updates(trainer, clients, obs.weights, r, report))
+        deltas = local_updates(trainer, clients, obs.weights, r, report)
+        xs = {name: fmap(deltas) for name, fmap in maps.items()}
         ys = np.array([int(s.gender == POSITIVE) for s in shadows])
         if obs.deltas is not None and len(obs.deltas):  # user-dp's Poisson sampling can pick nobody
-            xr = features(obs.deltas)
-            basis = client_subspace(xr, config.subspace)
-            ps, pr = project(xs, basis), project(xr, basis)
+            views = project_views(xs, {name: fmap(obs.deltas) for name, fmap in maps.items()}, config.views)
             truths = [client_label(g) for g in truth.genders]
             ids = truth.client_ids.tolist()
-            odds = log_odds(fit_classifier(ps, ys, config.classifier, config.seed), pr)
+            odds = view_log_odds(views, ys, config)
             single += [(r, c, float(a), lab, mix) for c, a, (lab, mix) in zip(ids, odds, truths, strict=True)]
             for k, labels_k in enumerate(relabel):
                 yc = np.array([labels_k[s.speaker] for s in shadows])
                 if yc.min() == yc.max():
                     continue  # this round's shadows hold one control label only: nothing to fit
-                pc = log_odds(fit_classifier(ps, yc, config.classifier, config.seed), pr)
+                pc = view_log_odds(views, yc, config)
                 controls += [
                     (r, c, float(a), lab, mix, k) for c, a, (lab, mix) in zip(ids, pc, truths, strict=True)
                 ]
         if obs.aggregate is not None and len(truth.client_ids):
-            # one update per round: no client population to take a subspace from
-            whole = fit_classifier(xs, ys, config.classifier, config.seed)
-            pa = float(whole.predict_proba(features(obs.aggregate[None, :]))[0, 1])
+            pa = _aggregate_score(xs, ys, maps, obs.aggregate, config)
             labels = [client_label(g)[0] for g in truth.genders]
             n = obs.num_samples.astype(np.float64)
             known = np.array([lab >= 0 for lab in labels], dtype=bool)
@@ -337,7 +369,7 @@ def gender_attack(
         {
             **asdict(config),
             "shadow_size": size,
-            "feature_count": features.size,
+            "feature_count": {name: fmap.size for name, fmap in maps.items()},
             "rounds": rounds,
             "speeds": list(config.speeds),
         },
@@ -352,12 +384,61 @@ def gender_attack(
         f"attacker (the server): {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} "
         f"utterances), disjoint from training, at speeds {', '.join(f'{f:g}' for f in config.speeds)} "
         f"({len(voices)} voices); {config.shadow_clients} shadow clients of {size} utterances per round, "
-        f"{len(rounds)} rounds; features: {config.features} ({features.size} values)"
-        + (f", top {config.subspace} client directions per round" if config.subspace else "")
+        f"{len(rounds)} rounds; views (feature set: top-k client directions per round, 0 = all values; "
+        "log-odds averaged over the views): "
+        + ", ".join(
+            f"{name} ({maps[name].size} values): k = {ks}" for name, ks in _views_by_set(config.views)
+        )
         + f"; classifier: {config.classifier}"
     )
     result.seconds = time.perf_counter() - started
     return result
+
+
+def project_views(
+    shadow: dict[str, np.ndarray], real: dict[str, np.ndarray], views: tuple[tuple[str, int], ...]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(shadow, real) features of one round for every view (feature set, k): projected on the top k
+    principal directions of the round's real features (k = 0: unchanged), each population centred."""
+    out = []
+    for name in dict.fromkeys(n for n, _ in views):
+        ks = [k for n, k in views if n == name]
+        top = client_subspace(
+            real[name], max(ks)
+        )  # one SVD per feature set; a smaller k is its first columns
+        for k in ks:
+            basis = None if k == 0 or top is None else top[:, :k]
+            out.append((project(shadow[name], basis), project(real[name], basis)))
+    return out
+
+
+def view_log_odds(
+    views: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray, config: GenderAttackConfig
+) -> np.ndarray:
+    """Mean over the views of the real clients' log-odds from a classifier fitted on the shadows' labels."""
+    return np.mean(
+        [log_odds(fit_classifier(ps, labels, config.classifier, config.seed), pr) for ps, pr in views], axis=0
+    )
+
+
+def _aggregate_score(
+    shadow: dict[str, np.ndarray],
+    labels: np.ndarray,
+    maps: dict[str, FeatureMap],
+    aggregate: np.ndarray,
+    config: GenderAttackConfig,
+) -> float:
+    """P(female) of one round's aggregate update [P]: one update has no client population to take a
+    subspace from, so one classifier per feature set on all its values, their log-odds averaged."""
+    odds = [
+        log_odds(fit_classifier(shadow[name], labels, config.classifier, config.seed), fmap(aggregate[None]))
+        for name, fmap in maps.items()
+    ]
+    return float(_sigmoid(np.mean(odds)))  # each entry holds the one aggregate's log-odds
+
+
+def _views_by_set(views: tuple[tuple[str, int], ...]) -> list[tuple[str, list[int]]]:
+    return [(name, [k for n, k in views if n == name]) for name in dict.fromkeys(n for n, _ in views)]
 
 
 def log_odds(classifier: Pipeline, features: np.ndarray) -> np.ndarray:

@@ -26,3 +26,6 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
     assert got.exit_code == 2
     got = CliRunner().invoke(main, ["attack", "all", "--run", str(tmp_path), "--rounds", "a"])
     assert got.exit_code == 2 and len(got.output.strip().splitlines()) == 1, got.output
+    got = CliRunner().invoke(main, ["attack", "gender", "--run", str(tmp_path), "--views", "fc-profile:x"])
+    assert got.exit_code == 2 and "FEATURES:K" in got.output, got.output
+    assert len(got.output.strip().splitlines()) == 1, got.output

@@ -11,14 +11,19 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from privfl.attacks.gender import (
+    DEFAULT_VIEWS,
+    ENSEMBLE_VIEWS,
     GenderAttackConfig,
     client_label,
     feature_columns,
     first_layer_names,
     fit_classifier,
     gender_attack,
+    parse_views,
+    project_views,
     shuffled_labels,
     update_features,
+    view_log_odds,
 )
 from privfl.attacks.observe import PER_CLIENT, Observation, Truth
 from privfl.attacks.shadow import (
@@ -160,7 +165,7 @@ class InMemoryRun:
         return self.observation, self.truth
 
 
-def attack_on_clients(gendered_clients: bool, features: str = "fc-profile") -> dict:
+def attack_on_clients(gendered_clients: bool, views: str = "fc-profile:3") -> dict:
     """The attack's per-client and control AUCs on 160 one-speaker clients trained from w_1 as a run would.
 
     The attacker's auxiliary speakers always carry the gender cue; the real clients carry it only
@@ -179,7 +184,12 @@ def attack_on_clients(gendered_clients: bool, features: str = "fc-profile") -> d
     with torch_threads(1):
         deltas = local_updates(client_trainer(ATTACK_CFG, data, clients), clients, w, 1)
     config = GenderAttackConfig(
-        shadow_clients=32, shadow_size=6, speeds=(1.0,), bootstrap=0, control_repeats=10, features=features
+        shadow_clients=32,
+        shadow_size=6,
+        speeds=(1.0,),
+        bootstrap=0,
+        control_repeats=10,
+        views=ENSEMBLE_VIEWS if views == "ensemble" else parse_views(views),
     )
     with threadpool_limits(1), torch_threads(1):  # tiny fits: extra BLAS/OpenMP threads only spin
         result = gender_attack(InMemoryRun(w, clients, deltas), data, config)
@@ -190,17 +200,17 @@ def attack_on_clients(gendered_clients: bool, features: str = "fc-profile") -> d
     }
 
 
-@pytest.mark.parametrize("features", ["fc-profile", "first-layer"])
-def test_attack_on_updates_without_gender_signal_is_at_chance(features):
+@pytest.mark.parametrize("views", ["fc-profile:3", "first-layer:3", "ensemble"])
+def test_attack_on_updates_without_gender_signal_is_at_chance(views):
     """Nothing to find: an attack that also learnt from the clients' true genders would score high here."""
-    auc = attack_on_clients(gendered_clients=False, features=features)
+    auc = attack_on_clients(gendered_clients=False, views=views)
     assert abs(auc["attack"] - 0.5) < 0.15, auc  # 160 clients: sd of a chance AUC about 0.05
     assert abs(auc["control"] - 0.5) < 0.15, auc
 
 
-@pytest.mark.parametrize("features", ["fc-profile", "first-layer"])
-def test_attack_finds_a_planted_gender_signal_and_its_control_does_not(features):
-    auc = attack_on_clients(gendered_clients=True, features=features)
+@pytest.mark.parametrize("views", ["fc-profile:3", "first-layer:3", "ensemble"])
+def test_attack_finds_a_planted_gender_signal_and_its_control_does_not(views):
+    auc = attack_on_clients(gendered_clients=True, views=views)
     assert auc["attack"] > 0.75, auc
     assert abs(auc["control"] - 0.5) < 0.15, auc  # a control fitted on the true labels scores as the attack
 
@@ -300,3 +310,39 @@ def test_speeds_must_include_the_recorded_speech():
     with pytest.raises(ConfigError, match="must include 1.0"):
         GenderAttackConfig(speeds=(0.9, 1.1)).validate()
     GenderAttackConfig(speeds=(1.0,)).validate()
+
+
+def test_views_parse_ranges_and_refuse_what_is_not_a_view():
+    from privfl.errors import ConfigError
+
+    assert parse_views("fc-profile:2-5,first-layer:2-3") == ENSEMBLE_VIEWS
+    assert parse_views("fc-profile:3") == DEFAULT_VIEWS
+    assert parse_views("all-layers:0, fc-profile:3,fc-profile:3") == (("all-layers", 0), ("fc-profile", 3))
+    for bad in ("fc-profile", "conv:3", "fc-profile:5-2", "fc-profile:-1", "fc-profile:x"):
+        with pytest.raises(ConfigError, match="FEATURES:K"):
+            parse_views(bad)
+    with pytest.raises(ConfigError, match="views are empty"):
+        GenderAttackConfig(views=()).validate()
+    with pytest.raises(ConfigError, match="subspace size k >= 0"):
+        GenderAttackConfig(views=(("fc-profile", -1),)).validate()
+
+
+def test_each_view_is_its_own_subspace_and_the_log_odds_are_their_mean():
+    from privfl.attacks.gender import client_subspace, log_odds, project
+
+    rng = np.random.default_rng(4)
+    real = {"fc-profile": rng.normal(size=(16, 30)), "first-layer": rng.normal(size=(16, 20))}
+    shadow = {"fc-profile": rng.normal(size=(12, 30)), "first-layer": rng.normal(size=(12, 20))}
+    views = (("fc-profile", 2), ("fc-profile", 4), ("first-layer", 0), ("first-layer", 3))
+    got = project_views(shadow, real, views)
+    assert len(got) == 4
+    for (name, k), (ps, pr) in zip(views, got, strict=True):
+        basis = client_subspace(real[name], k)
+        np.testing.assert_allclose(ps, project(shadow[name], basis), atol=1e-12)
+        np.testing.assert_allclose(pr, project(real[name], basis), atol=1e-12)
+        assert pr.shape == (16, k or 20)
+    labels = np.tile([0, 1], 6)
+    config = GenderAttackConfig(views=views)
+    expected = np.mean([log_odds(fit_classifier(ps, labels), pr) for ps, pr in got], axis=0)
+    np.testing.assert_allclose(view_log_odds(got, labels, config), expected)
+    assert not np.allclose(expected, log_odds(fit_classifier(got[0][0], labels), got[0][1]))  # not one view
