@@ -65,7 +65,7 @@ def timed(trainer, client, weights, round_index: int) -> tuple[float, float]:
 def bench_model(name: str, data, args) -> dict:
     cfg = ExperimentConfig().override({"model.name": name}).validate()
     t = cfg.train
-    local = LocalConfig(t.local_epochs, t.batch_size, t.lr, t.momentum)
+    local = LocalConfig.of(t)
     client = data.clients[0]
     weights = initial_weights(cfg.model, data.n_mels, cfg.seed)
     variants = {"plain": LocalTrainer(cfg.model, data.n_mels, local, cfg.seed)}
