@@ -210,3 +210,57 @@ def test_the_next_rounds_bounds_survive_a_resume():
     for ignored in ({}, {"bound_bits": None}, {"bound_bits": [1, 2, 3]}, {"bound_bits": "12,3"}):
         s.load_state(ignored)
         assert s.state() == {"bound_bits": [12, -3]}
+
+
+def test_both_halves_in_one_process_release_the_weighted_sum_of_what_was_added(apart, opened):
+    """`add` (canary clients, DP wrappers): seal and relay in one call; the key holder's sum is the
+    plaintext sum of the weighted vectors, with their weights, count, clipped flags and stats."""
+    s = summation(apart, opened, debug_check=True)
+    s.begin_round(10, N)
+    added = [
+        Contribution(0, np.linspace(-1.0, 1.0, N) * 3.0, 3.0),
+        Contribution(1, np.arange(N, dtype=np.float64) * 0.5, 0.5, clipped=True),
+        Contribution(2, np.full(N, -2.0), 1.0, clipped=True),
+    ]
+    for c in added:
+        s.add(c)
+    result = s.finish()
+    np.testing.assert_allclose(result.vector, sum(c.vector for c in added), atol=1e-4)
+    assert result.weight == pytest.approx(4.5, rel=1e-5) and result.count == 3 and result.clipped == 2
+    stats = result.stats
+    assert stats["rejected"] == 0 and stats["bytes_per_client"] > 0
+    assert stats["encrypt_s"] > 0 and stats["encrypt_cpu_s"] > 0 and stats["aggregate_s"] > 0
+    assert stats["max_abs_error"] < 1e-4 and stats["weight_abs_error"] < 1e-4
+
+
+def test_a_client_fault_through_add_is_counted_and_the_round_released_without_it(apart, opened, caplog):
+    s = summation(apart, opened, debug_check=True)
+    s.begin_round(11, N)
+    with caplog.at_level("WARNING"):
+        s.add(Contribution(0, np.full(N, np.inf), 1.0))  # cannot be sealed: sends nothing
+    assert "round 11: client 0 sends nothing" in caplog.text
+    s.add(Contribution(1, np.full(N, 1.5), 1.0))
+    s.add(Contribution(2, np.full(N, 2.5), 2.0, clipped=True))
+    with pytest.raises(CryptoError, match=r"^client 7 has no enrolled signing key in this process"):
+        s.add(Contribution(7, np.ones(N), 1.0))
+    result = s.finish()
+    assert result.count == 2 and result.stats["rejected"] == 1 and result.clipped == 1
+    np.testing.assert_allclose(result.vector, np.full(N, 4.0), atol=1e-4)
+    assert result.weight == pytest.approx(3.0, rel=1e-5) and result.stats["max_abs_error"] < 1e-4
+
+
+def test_the_aggregate_time_covers_every_relayed_payload_of_the_round(apart, opened):
+    s = summation(apart, opened)
+    s.begin_round(12, N)
+    forward, pause = s._conn.submit, 0.05
+
+    def slow(*args):  # a key holder that takes `pause` per payload
+        import time
+
+        time.sleep(pause)
+        return forward(*args)
+
+    s._conn.submit = slow
+    for cid in CLIENTS:
+        s.add(Contribution(cid, np.ones(N), 1.0))
+    assert s.finish().stats["aggregate_s"] >= len(CLIENTS) * pause
