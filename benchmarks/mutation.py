@@ -68,15 +68,25 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_enrolment_files.py",
     ],
-    "privfl/fl/secure/summation.py": [
-        "tests/fl/test_federation.py",
-        "tests/fl/test_keyholder_run.py",
-        "tests/fl/test_ckks_summation_relay.py",
-    ],
+    # its unit tests (a key holder in a thread, and two spawned ones); the FedAvg runs through it
+    # (tests/fl/test_federation.py, tests/fl/test_keyholder_run.py) train models, seconds a mutant
+    "privfl/fl/secure/summation.py": ["tests/fl/test_ckks_summation_relay.py"],
     "privfl/fl/secure/service.py": [
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_keyholder_attacks.py",
         "tests/fl/test_keyholder_service.py",
+    ],
+    "privfl/fl/secure/masking.py": ["tests/fl/test_secaggplus.py"],
+    "privfl/fl/secure/secaggplus.py": ["tests/fl/test_secaggplus.py"],
+    "privfl/fl/secure/secaggplus_summation.py": [
+        "tests/fl/test_secaggplus.py",
+        "tests/fl/test_secaggplus_flower.py::test_stage_messages_survive_the_wire_format",
+    ],
+    "privfl/fl/secure/discrete_noise.py": [
+        # the sampler's and the shares' unit tests, not the training runs beside them
+        "tests/fl/test_secaggplus_run.py::test_discrete_gaussian_has_the_stated_moments_and_tau",
+        "tests/fl/test_secaggplus_run.py::test_noise_shares_sit_on_the_grid_and_sum_to_the_full_variance",
+        "tests/fl/test_noise_regeneration.py::test_client_cannot_regenerate_other_clients_noise_shares",
     ],
     "privfl/data/splits.py": [
         "tests/data/test_splits.py",

@@ -264,3 +264,44 @@ def test_the_aggregate_time_covers_every_relayed_payload_of_the_round(apart, ope
     for cid in CLIENTS:
         s.add(Contribution(cid, np.ones(N), 1.0))
     assert s.finish().stats["aggregate_s"] >= len(CLIENTS) * pause
+
+
+def test_the_built_in_engine_spawns_its_key_holder_enrols_every_client_and_stops_it():
+    """secure.keyholder = "": the summation starts its own key holder (at the resumed bounds),
+    enrols the simulated clients with it, pins the key the child printed, and stops it on close."""
+    s = CkksSummation(config(), debug_check=True)
+    s.load_state({"bound_bits": [14, 3]})  # a resumed run
+    keys = s.begin_round(0, N)
+    child = s._process.process
+    assert child.poll() is None and keys.keyholder_key == s._process.verify_key == s._pin
+    assert keys.bound_bits == (14, 3)
+    for cid in CLIENTS:
+        s.add(Contribution(cid, np.full(N, cid + 1.0), 1.0))
+    result = s.finish()
+    np.testing.assert_allclose(result.vector, np.full(N, 6.0), atol=1e-4)
+    assert result.count == 3 and result.stats["rejected"] == 0
+    s.begin_round(1, N)
+    assert s._process.process is child  # one key holder for the whole run
+    s.close()
+    assert child.wait(30) is not None and s._process is None and s._conn is None
+    s.close()  # closing twice is harmless
+
+
+def test_a_spawned_key_holder_knows_only_the_registered_clients():
+    """Flower's server side: the roll call's keys go to the key holder it spawns; the clients sign
+    with their own keys, and one outside the registry is refused."""
+    keys, registry = enrol_clients(CLIENTS)
+    s = CkksSummation(config())
+    s.register({cid: registry[cid] for cid in (0, 1)})
+    for cid in CLIENTS:
+        s.enrol(cid, keys[cid])
+    try:
+        round_keys = s.begin_round(0, N)
+        assert s._pin is None  # the relay forwards the child's key; nobody pinned one
+        for cid in CLIENTS:
+            s.submit(s.encode(update(cid, 0), weighted, round_keys), weighted)
+        result = s.finish()
+    finally:
+        s.close()
+    assert result.count == 2 and result.stats["rejected"] == 1
+    np.testing.assert_allclose(result.vector, np.full(N, 2.0 * (1 + 2)), rtol=1e-5)
