@@ -183,6 +183,11 @@ def run_module(
     scratch = workdir / module.replace("/", "_").removesuffix(".py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win
     env.setdefault("PRIVFL_CACHE", str(workdir / "cache"))
+    # one corpus and feature cache for every mutant's test session (tests/conftest.py), filled by
+    # mutmut's first, unmutated run. Sound because the cache writers (synthesis, features) are not
+    # mutated and name each file by the hash of what it was computed from: a mutant that asks for
+    # other data gets other files, never the original's with other contents
+    env["PRIVFL_TEST_CACHE"] = str(workdir / "test-cache")
     wall, complete = 0.0, True
     if not collect:
         scratch = scratch_copy(module, tests, workdir)
