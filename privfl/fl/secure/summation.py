@@ -234,8 +234,8 @@ class CkksSummation:
         if self.debug_check and pending:
             plain = sum(v for v, _ in pending.values())
             weight = sum(w for _, w in pending.values())
-            err = float(np.max(np.abs(released.vector - plain))) if keys.n_params else 0.0
-            peak = float(np.max(np.abs(plain))) if keys.n_params else 0.0
+            err = float(np.max(np.abs(released.vector - plain)))  # n_params >= 1: open_round says so
+            peak = float(np.max(np.abs(plain)))
             stats["max_abs_error"] = err
             stats["max_rel_error"] = err / peak if peak > 0 else err
             stats["weight_abs_error"] = abs(released.weight - weight)
