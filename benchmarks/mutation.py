@@ -208,7 +208,9 @@ def run_module(
             out, _ = proc.communicate()
             complete = False
         wall = time.perf_counter() - started
-        if not (scratch / "mutants" / f"{tree_path(module)}.meta").exists():
+        meta = scratch / "mutants" / f"{tree_path(module)}.meta"
+        if not meta.exists() or (complete and set(statuses(scratch, module).values()) == {"not checked"}):
+            # e.g. the unmutated tests failed (mutmut then checks nothing)
             raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}):\n{out[-3000:]}")
     return scratch, env, wall, complete
 

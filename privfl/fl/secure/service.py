@@ -313,8 +313,13 @@ def spawn_keyholder(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = _ready_line(process, time.monotonic() + start_timeout)
-    if not line.startswith(READY_PREFIX):
-        exited = process.poll()
+    if line is None or not line.startswith(READY_PREFIX):
+        exited = None
+        if line is not None:  # it closed its stdout: it is exiting
+            try:
+                exited = process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         _stop(process, workdir)
         why = (
             f"exited with code {exited} before it listened (its error is on stderr above)"
@@ -331,18 +336,17 @@ def spawn_keyholder(
     return spawned
 
 
-def _ready_line(process: subprocess.Popen, deadline: float) -> str:
-    """The child's ready line; or what it printed last when it exited, printed nothing more before
-    the deadline, or the deadline passed (a child that hangs silently cannot block the caller)."""
-    line = ""
+def _ready_line(process: subprocess.Popen, deadline: float) -> str | None:
+    """The child's ready line, "" when it closed its stdout first, None when the deadline passed
+    (a child that hangs silently cannot block the caller)."""
     while (left := deadline - time.monotonic()) > 0:
         readable, _, _ = select.select([process.stdout], [], [], left)
         if not readable:
-            break
+            return None
         line = process.stdout.readline()
         if line.startswith(READY_PREFIX) or not line:
-            break
-    return line
+            return line
+    return None
 
 
 def keyholder_settings(cfg: ExperimentConfig) -> tuple[CkksParams, int]:
