@@ -53,6 +53,11 @@ def test_frames_without_blobs_round_trip_and_malformed_ones_are_refused_by_reaso
     assert decode_frame(encode_frame({"op": "hello"})) == ({"op": "hello"}, {})
     assert refusal(b"PFK1") == "not a privfl key-holder frame (tag)"
     assert refusal(b"XXXX" + bytes(8)) == "not a privfl key-holder frame (tag)"
+    # the 8 bytes of tag and length alone: a frame whose (empty) header is not JSON
+    assert refusal(b"PFK1" + struct.pack("<I", 0)).startswith("frame header is not the expected JSON (")
+    # the header length is unsigned: 2^32 - 1 is a length that cannot fit, not -1
+    huge = b"PFK1" + struct.pack("<I", 2**32 - 1) + b"{}"
+    assert refusal(huge) == f"frame header of {2**32 - 1} bytes does not fit the frame"
     assert (
         refusal(b"PFK1" + struct.pack("<I", 10) + b"{}") == "frame header of 10 bytes does not fit the frame"
     )
@@ -226,12 +231,13 @@ def test_serve_answers_a_relay_until_it_says_shutdown(caplog):
     assert ready.wait(30)
     words = announced[0].removeprefix("privfl keyholder listening on ").split()
     assert words[1:] == ["key", core.holder.verify_key.hex(), "fingerprint", core.holder.fingerprint.hex()]
-    # a relay that drops its connection mid-frame does not stop the service
+    # a relay that hangs up between frames, or drops its connection mid-frame, does not stop the service
+    KeyHolderClient(words[0], timeout=30).close()
     host, port = words[0].rsplit(":", 1)
     with socket.create_connection((host, int(port))) as dropped:
         dropped.sendall(struct.pack("<Q", 100) + b"abc")
     relay = KeyHolderClient(words[0], timeout=30)
-    assert "relay connection dropped: connection closed inside a frame" in caplog.text
+    assert "relay connection dropped: connection closed inside a frame" in caplog.messages
     assert (relay.public_context, relay.verify_key, relay.run_id) == (
         core.holder.public_context,
         core.holder.verify_key,
