@@ -411,6 +411,9 @@ def test_a_spawned_key_holder_imports_this_privfl_and_is_stopped_when_dropped(tm
     folder = Path(spawned.workdir.name)
     assert (folder / "experiment.toml").exists() and (folder / "registry.json").exists()
     assert process.poll() is None
+    errors = []  # what a failing finaliser reports (it cannot raise)
+    monkeypatch.setattr(sys, "unraisablehook", errors.append)
     del spawned  # dropped without stop(): its finaliser stops the child and removes its folder
     gc.collect()
     assert gone(process) and process.returncode == -signal.SIGTERM and not folder.exists()
+    assert errors == []
