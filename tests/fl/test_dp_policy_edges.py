@@ -91,3 +91,16 @@ def test_equal_weight_fedavg_sends_the_clients_own_update_at_weight_one():
     c = EqualWeightFedAvg().contribution(Update(4, 2, delta, 37, 0.1))
     assert c.client_id == 4 and c.weight == 1.0 and not c.clipped
     assert c.vector.dtype == np.float64 and c.vector.tolist() == [0.25, -0.5]
+
+
+def test_a_round_with_added_and_submitted_contributions_is_not_empty():
+    """Canary clients `add` beside real clients that `submit`: both count toward a non-empty round."""
+    from privfl.fl.aggregate import Contribution, Upload
+
+    s = SkipEmptyRounds(PlainSummation())
+    s.begin_round(3, 2)
+    s.add(Contribution(0, np.array([1.0, 2.0]), 1.0))
+    rule = lambda u: Contribution(u.client_id, u.delta.astype(np.float64), 1.0)  # noqa: E731
+    s.submit(Upload(1, 3, 5, delta=np.array([0.5, -1.0], dtype=np.float32)), rule)
+    result = s.finish()
+    assert result.count == 2 and result.weight == 2.0 and result.vector.tolist() == [1.5, 1.0]
