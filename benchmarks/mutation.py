@@ -88,6 +88,7 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_secaggplus_flower.py::test_stage_messages_survive_the_wire_format",
     ],
     "privfl/fl/secure/discrete_noise.py": [
+        "tests/fl/test_discrete_noise.py",
         # the sampler's and the shares' unit tests, not the training runs beside them
         "tests/fl/test_secaggplus_run.py::test_discrete_gaussian_has_the_stated_moments_and_tau",
         "tests/fl/test_secaggplus_run.py::test_noise_shares_sit_on_the_grid_and_sum_to_the_full_variance",
