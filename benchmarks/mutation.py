@@ -43,7 +43,12 @@ CORE: dict[str, list[str]] = {
         "tests/test_privacy_validation.py",
         "tests/test_privacy_calibration.py",
     ],
-    "privfl/fl/dp.py": ["tests/fl/test_dp.py", "tests/fl/test_dp_policy_edges.py"],
+    "privfl/fl/dp.py": [
+        "tests/fl/test_dp.py",
+        "tests/fl/test_dp_policy_edges.py",
+        # the one test of the Dirac canaries DP-SGD appends as per-sample gradients
+        "tests/attacks/test_audit_canaries.py::test_dp_sgd_canaries_pass_clipping_and_noise_and_change_only_their_coordinates",
+    ],
     "privfl/fl/secure/packing.py": [
         "tests/fl/test_secure.py",
         "tests/fl/test_keyholder_protocol.py",
@@ -68,15 +73,26 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_enrolment_files.py",
     ],
-    "privfl/fl/secure/summation.py": [
-        "tests/fl/test_federation.py",
-        "tests/fl/test_keyholder_run.py",
-        "tests/fl/test_ckks_summation_relay.py",
-    ],
+    # its unit tests (a key holder in a thread, and two spawned ones); the FedAvg runs through it
+    # (tests/fl/test_federation.py, tests/fl/test_keyholder_run.py) train models, seconds a mutant
+    "privfl/fl/secure/summation.py": ["tests/fl/test_ckks_summation_relay.py"],
     "privfl/fl/secure/service.py": [
         "tests/fl/test_keyholder_protocol.py",
         "tests/fl/test_keyholder_attacks.py",
         "tests/fl/test_keyholder_service.py",
+    ],
+    "privfl/fl/secure/masking.py": ["tests/fl/test_secaggplus.py"],
+    "privfl/fl/secure/secaggplus.py": ["tests/fl/test_secaggplus.py"],
+    "privfl/fl/secure/secaggplus_summation.py": [
+        "tests/fl/test_secaggplus.py",
+        "tests/fl/test_secaggplus_flower.py::test_stage_messages_survive_the_wire_format",
+    ],
+    "privfl/fl/secure/discrete_noise.py": [
+        "tests/fl/test_discrete_noise.py",
+        # the sampler's and the shares' unit tests, not the training runs beside them
+        "tests/fl/test_secaggplus_run.py::test_discrete_gaussian_has_the_stated_moments_and_tau",
+        "tests/fl/test_secaggplus_run.py::test_noise_shares_sit_on_the_grid_and_sum_to_the_full_variance",
+        "tests/fl/test_noise_regeneration.py::test_client_cannot_regenerate_other_clients_noise_shares",
     ],
     "privfl/data/splits.py": [
         "tests/data/test_splits.py",
@@ -173,6 +189,11 @@ def run_module(
     scratch = workdir / module.replace("/", "_").removesuffix(".py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must win
     env.setdefault("PRIVFL_CACHE", str(workdir / "cache"))
+    # one corpus and feature cache for every mutant's test session (tests/conftest.py), filled by
+    # mutmut's first, unmutated run. Sound because the cache writers (synthesis, features) are not
+    # mutated and name each file by the hash of what it was computed from: a mutant that asks for
+    # other data gets other files, never the original's with other contents
+    env["PRIVFL_TEST_CACHE"] = str(workdir / "test-cache")
     wall, complete = 0.0, True
     if not collect:
         scratch = scratch_copy(module, tests, workdir)
@@ -193,7 +214,9 @@ def run_module(
             out, _ = proc.communicate()
             complete = False
         wall = time.perf_counter() - started
-        if not (scratch / "mutants" / f"{tree_path(module)}.meta").exists():
+        meta = scratch / "mutants" / f"{tree_path(module)}.meta"
+        if not meta.exists() or (complete and set(statuses(scratch, module).values()) == {"not checked"}):
+            # e.g. the unmutated tests failed (mutmut then checks nothing)
             raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}):\n{out[-3000:]}")
     return scratch, env, wall, complete
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from privfl.config import ExperimentConfig
@@ -9,9 +11,13 @@ from privfl.config import ExperimentConfig
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Keep corpora and feature caches of the test run out of the user's ~/.cache/privfl."""
+    """Keep corpora and feature caches of the test run out of the user's ~/.cache/privfl.
+
+    PRIVFL_TEST_CACHE names a cache shared by many test sessions instead (benchmarks/mutation.py:
+    one session per mutant would otherwise synthesise the tiny corpus and its features again)."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("PRIVFL_CACHE", str(tmp_path_factory.mktemp("privfl-cache")))
+    shared = os.environ.get("PRIVFL_TEST_CACHE")
+    mp.setenv("PRIVFL_CACHE", shared or str(tmp_path_factory.mktemp("privfl-cache")))
     yield
     mp.undo()
 

@@ -91,3 +91,35 @@ def test_equal_weight_fedavg_sends_the_clients_own_update_at_weight_one():
     c = EqualWeightFedAvg().contribution(Update(4, 2, delta, 37, 0.1))
     assert c.client_id == 4 and c.weight == 1.0 and not c.clipped
     assert c.vector.dtype == np.float64 and c.vector.tolist() == [0.25, -0.5]
+
+
+def test_a_round_with_added_and_submitted_contributions_is_not_empty():
+    """Canary clients `add` beside real clients that `submit`: both count toward a non-empty round."""
+    from privfl.fl.aggregate import Contribution, Upload
+
+    s = SkipEmptyRounds(PlainSummation())
+    s.begin_round(3, 2)
+    s.add(Contribution(0, np.array([1.0, 2.0]), 1.0))
+    rule = lambda u: Contribution(u.client_id, u.delta.astype(np.float64), 1.0)  # noqa: E731
+    s.submit(Upload(1, 3, 5, delta=np.array([0.5, -1.0], dtype=np.float32)), rule)
+    result = s.finish()
+    assert result.count == 2 and result.weight == 2.0 and result.vector.tolist() == [1.5, 1.0]
+
+
+def test_the_empty_round_wrapper_passes_on_the_inner_summations_own_capabilities():
+    """SecAgg+'s use_relay/respond, CKKS's register/close: reached through the wrapper; `inner` itself
+    is never looked up on the inner one (a copy made before __init__ would recurse for ever)."""
+    import copy
+
+    class Relays(PlainSummation):
+        def respond(self, stage: str) -> str:
+            return f"answered {stage}"
+
+    wrapped = SkipEmptyRounds(Relays())
+    assert wrapped.respond("share-keys") == "answered share-keys"
+    with pytest.raises(AttributeError):
+        wrapped.use_relay  # noqa: B018  (the inner one has none)
+    bare = SkipEmptyRounds.__new__(SkipEmptyRounds)  # what copy and pickle start from
+    with pytest.raises(AttributeError, match=r"^inner$"):
+        bare.inner  # noqa: B018
+    assert copy.copy(wrapped).respond("x") == "answered x"

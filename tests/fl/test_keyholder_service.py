@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
+import traceback
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import privfl
 from privfl.config import CkksParams, ExperimentConfig
 from privfl.errors import CryptoError
 from privfl.fl.aggregate import Contribution
-from privfl.fl.secure import Encryptor, KeyHolder, enrol_clients
+from privfl.fl.secure import Encryptor, KeyHolder, RoundAnnouncement, enrol_clients, service
 from privfl.fl.secure.service import (
     KeyHolderClient,
     decode_frame,
@@ -24,6 +33,7 @@ from privfl.fl.secure.service import (
     recv_frame,
     send_frame,
     serve,
+    spawn_keyholder,
 )
 
 PARAMS = CkksParams(max_clients=3)
@@ -44,6 +54,11 @@ def test_frames_without_blobs_round_trip_and_malformed_ones_are_refused_by_reaso
     assert decode_frame(encode_frame({"op": "hello"})) == ({"op": "hello"}, {})
     assert refusal(b"PFK1") == "not a privfl key-holder frame (tag)"
     assert refusal(b"XXXX" + bytes(8)) == "not a privfl key-holder frame (tag)"
+    # the 8 bytes of tag and length alone: a frame whose (empty) header is not JSON
+    assert refusal(b"PFK1" + struct.pack("<I", 0)).startswith("frame header is not the expected JSON (")
+    # the header length is unsigned: 2^32 - 1 is a length that cannot fit, not -1
+    huge = b"PFK1" + struct.pack("<I", 2**32 - 1) + b"{}"
+    assert refusal(huge) == f"frame header of {2**32 - 1} bytes does not fit the frame"
     assert (
         refusal(b"PFK1" + struct.pack("<I", 10) + b"{}") == "frame header of 10 bytes does not fit the frame"
     )
@@ -203,7 +218,7 @@ def test_the_frame_limit_admits_a_whole_payload_of_the_largest_model():
     assert max_frame_bytes(core.holder) >= max_frame_bytes(core.holder, n_params_limit=5000)
 
 
-def test_serve_answers_a_relay_until_it_says_shutdown():
+def test_serve_answers_a_relay_until_it_says_shutdown(caplog):
     core = Core()
     announced: list[str] = []
     ready = threading.Event()
@@ -217,11 +232,13 @@ def test_serve_answers_a_relay_until_it_says_shutdown():
     assert ready.wait(30)
     words = announced[0].removeprefix("privfl keyholder listening on ").split()
     assert words[1:] == ["key", core.holder.verify_key.hex(), "fingerprint", core.holder.fingerprint.hex()]
-    # a relay that drops its connection mid-frame does not stop the service
+    # a relay that hangs up between frames, or drops its connection mid-frame, does not stop the service
+    KeyHolderClient(words[0], timeout=30).close()
     host, port = words[0].rsplit(":", 1)
     with socket.create_connection((host, int(port))) as dropped:
         dropped.sendall(struct.pack("<Q", 100) + b"abc")
     relay = KeyHolderClient(words[0], timeout=30)
+    assert "relay connection dropped: connection closed inside a frame" in caplog.messages
     assert (relay.public_context, relay.verify_key, relay.run_id) == (
         core.holder.public_context,
         core.holder.verify_key,
@@ -237,7 +254,9 @@ def test_serve_answers_a_relay_until_it_says_shutdown():
     assert relay.submit(1, 0, b"", b"") == "client 0 already contributed to round 1"
     released = relay.release(1)
     assert released.count == 3 and released.clients == (0, 1, 2)
-    assert isinstance(released.next_bounds[0], int) and released.weight == pytest.approx(3.0, rel=1e-5)
+    assert released.weight == pytest.approx(3.0, rel=1e-5)
+    next_announcement, _ = relay.open_round(2, N)  # round 2 is announced with the bounds released
+    assert released.next_bounds == RoundAnnouncement.from_bytes(next_announcement).bounds
     np.testing.assert_allclose(released.vector, np.full(N, 3.0), rtol=1e-5)
     with pytest.raises(
         CryptoError, match=r"^key holder: round 1 was already released; a second sum is refused$"
@@ -289,3 +308,114 @@ def test_a_spawned_key_holder_starts_at_the_given_bounds_and_keeps_its_state_whe
     finally:
         spawned.stop()
     assert json.loads((state / "keyholder.json").read_text())["bounds"] == [12, 21]
+
+
+def test_a_relay_reaches_a_key_holder_on_ipv6_loopback():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        socket.create_server(("::1", 0)).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    core, announced, ready = Core(), [], threading.Event()
+    thread = threading.Thread(
+        target=serve,
+        args=(core.holder, "::1", 0),
+        kwargs={"announce": lambda line: (announced.append(line), ready.set())},
+    )
+    thread.start()
+    assert ready.wait(30)
+    address = announced[0].removeprefix("privfl keyholder listening on ").split()[0]
+    assert address.startswith("::1:")  # host:port, the port after the last colon
+    relay = KeyHolderClient(address, timeout=30)
+    assert relay.verify_key == core.holder.verify_key
+    relay.shutdown()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_a_relay_does_not_wait_forever_on_a_silent_key_holder():
+    with socket.create_server(("127.0.0.1", 0)) as server:  # accepts, never answers
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(CryptoError, match=rf"^lost the key holder at {address} \(timed out\)$"):
+            KeyHolderClient(address, timeout=0.2)
+
+
+# --- spawn_keyholder with stand-in children (shell scripts): what it starts, stops and reports ---------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; sh scripts")
+SPAWN_CFG = ExperimentConfig().override({"secure.scheme": "ckks", "train.clients": 2}).validate()
+
+
+def stand_in(tmp_path, monkeypatch, body: str) -> list[subprocess.Popen]:
+    """Make spawn_keyholder run `body` (sh) instead of Python; returns the processes it starts."""
+    script = tmp_path / "child.sh"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(script))
+    started, popen = [], subprocess.Popen
+
+    def recording(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(service.subprocess, "Popen", recording)
+    return started
+
+
+def gone(process: subprocess.Popen) -> bool:
+    """The child was stopped (not left running) and its pipe closed."""
+    return process.poll() is not None and process.stdout.closed
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("exit 3", r"exited with code 3 before it listened \(its error is on stderr above\)"),
+        ("exec sleep 30", r"did not listen within 0\.5 s and was stopped"),  # hangs silently
+    ],
+)
+def test_a_key_holder_that_fails_to_start_is_stopped_cleaned_up_and_named(tmp_path, monkeypatch, body, why):
+    started = stand_in(tmp_path, monkeypatch, body)
+    t0 = time.monotonic()
+    with pytest.raises(
+        CryptoError,
+        match=rf"^the key-holder process {why}; run `privfl keyholder serve --config <experiment\.toml> "
+        r"--registry <registry\.json>` by hand to see why$",
+    ):
+        spawn_keyholder(SPAWN_CFG, enrol_clients([0, 1])[1], start_timeout=0.5)
+    assert time.monotonic() - t0 < 10
+    (process,) = started
+    assert gone(process)
+    config = Path(process.args[process.args.index("--config") + 1])
+    assert not config.parent.exists()  # its temporary folder (config, registry) is removed
+
+
+@linux_only
+@pytest.mark.parametrize("outer", ["/elsewhere/lib", None])
+def test_a_spawned_key_holder_imports_this_privfl_and_is_stopped_when_dropped(tmp_path, monkeypatch, outer):
+    ready = "privfl keyholder listening on 127.0.0.1:9 key 0a0b fingerprint 0c"
+    started = stand_in(tmp_path, monkeypatch, f'echo "{ready}"; exec sleep 30')
+    if outer is None:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONPATH", outer)
+    spawned = spawn_keyholder(SPAWN_CFG, enrol_clients([0, 1])[1])
+    assert (spawned.address, spawned.verify_key) == ("127.0.0.1:9", bytes.fromhex("0a0b"))
+    (process,) = started
+    environ = dict(
+        item.split("=", 1) for item in Path(f"/proc/{process.pid}/environ").read_text().split("\0") if item
+    )
+    package_root = str(Path(privfl.__file__).resolve().parents[1])  # the folder that holds privfl/
+    assert environ["PYTHONPATH"] == os.pathsep.join([package_root] + ([outer] if outer else []))
+    folder = Path(spawned.workdir.name)
+    assert (folder / "experiment.toml").exists() and (folder / "registry.json").exists()
+    assert process.poll() is None
+    errors = []  # what a failing finaliser reports (it cannot raise)
+    monkeypatch.setattr(sys, "unraisablehook", errors.append)
+    del spawned  # dropped without stop(): its finaliser stops the child and removes its folder
+    gc.collect()
+    assert gone(process) and process.returncode == -signal.SIGTERM and not folder.exists()
+    # (other tests' leftovers may report here too: only this finaliser's own errors count)
+    assert not [e for e in errors if any(f.name == "_stop" for f in traceback.extract_tb(e.exc_traceback))]

@@ -59,6 +59,10 @@ def test_masks_are_uniform_and_differ_by_seed() -> None:
     assert a.max() < 2**16 and not np.array_equal(a, b)
     assert abs(float(a.mean()) / 2**16 - 0.5) < 0.01
     np.testing.assert_array_equal(a, mask(b"\x01" * 32, 20000, 16))
+    bits = (a[:, None] >> np.arange(16, dtype=np.uint64)) & np.uint64(1)
+    assert np.all(np.abs(bits.mean(axis=0) - 0.5) < 0.02)  # every bit a fair coin (sd 0.0035)
+    with pytest.raises(ValueError, match=r"^a mask seed is 32 bytes, got 31$"):
+        mask(b"\x01" * 31, 4, 16)
 
 
 def test_ring_gives_each_client_n_neighbours_itself_included() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -311,22 +312,41 @@ def spawn_keyholder(
     package_root = str(Path(__file__).resolve().parents[3])  # the folder that holds privfl/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + start_timeout
-    line = ""
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith(READY_PREFIX) or not line:
-            break
-    if not line.startswith(READY_PREFIX):
+    line = _ready_line(process, time.monotonic() + start_timeout)
+    if line is None or not line.startswith(READY_PREFIX):
+        exited = None
+        if line is not None:  # it closed its stdout: it is exiting
+            try:
+                exited = process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         _stop(process, workdir)
+        why = (
+            f"exited with code {exited} before it listened (its error is on stderr above)"
+            if exited is not None
+            else f"did not listen within {start_timeout:g} s and was stopped"
+        )
         raise CryptoError(
-            f"the key-holder process did not start (exit code {process.returncode}); run "
-            f"`{' '.join(cmd[2:])}` by hand to see why"
+            f"the key-holder process {why}; run `privfl keyholder serve --config <experiment.toml> "
+            "--registry <registry.json>` by hand to see why"
         )
     words = line[len(READY_PREFIX) :].split()
     spawned = KeyHolderProcess(process, words[0], bytes.fromhex(words[2]), workdir)
     weakref.finalize(spawned, _stop, process, workdir)
     return spawned
+
+
+def _ready_line(process: subprocess.Popen, deadline: float) -> str | None:
+    """The child's ready line, "" when it closed its stdout first, None when the deadline passed
+    (a child that hangs silently cannot block the caller)."""
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([process.stdout], [], [], left)
+        if not readable:
+            return None
+        line = process.stdout.readline()
+        if line.startswith(READY_PREFIX) or not line:
+            return line
+    return None
 
 
 def keyholder_settings(cfg: ExperimentConfig) -> tuple[CkksParams, int]:

@@ -78,7 +78,10 @@ class CkksSummation:
                 f"round {keys.round_index}: no public CKKS context or key-holder announcement came with the "
                 "round; server and clients must run the same secure.scheme"
             )
-        c = contribution(update)
+        return self._seal(contribution(update), keys, update.num_samples)
+
+    def _seal(self, c: Contribution, keys: RoundKeys, num_samples: int) -> Upload:
+        """Check, clamp, pack, encrypt and sign one contribution with its client's key."""
         cid = c.client_id
         key = self._client_keys.get(cid)
         if key is None:
@@ -101,7 +104,7 @@ class CkksSummation:
         return Upload(
             cid,
             keys.round_index,
-            update.num_samples,
+            num_samples,
             ciphertext=payload,
             signature=signature,
             clipped=c.clipped,
@@ -209,8 +212,7 @@ class CkksSummation:
         """Both halves in one process: encode one contribution for this round and submit it."""
         if self._round is None:
             raise RuntimeError("begin_round() must be called before add()")
-        update = Update(contribution.client_id, self._round.round_index, np.zeros(0, np.float32), 0, 0.0)
-        self.submit(self.encode(update, lambda _: contribution, self._round), lambda _: contribution)
+        self.submit(self._seal(contribution, self._round, 0), lambda _: contribution)
 
     def finish(self) -> SumResult:
         keys = self._round
@@ -232,8 +234,8 @@ class CkksSummation:
         if self.debug_check and pending:
             plain = sum(v for v, _ in pending.values())
             weight = sum(w for _, w in pending.values())
-            err = float(np.max(np.abs(released.vector - plain))) if keys.n_params else 0.0
-            peak = float(np.max(np.abs(plain))) if keys.n_params else 0.0
+            err = float(np.max(np.abs(released.vector - plain)))  # n_params >= 1: open_round says so
+            peak = float(np.max(np.abs(plain)))
             stats["max_abs_error"] = err
             stats["max_rel_error"] = err / peak if peak > 0 else err
             stats["weight_abs_error"] = abs(released.weight - weight)
