@@ -363,6 +363,22 @@ def stand_in(tmp_path, monkeypatch, body: str) -> list[subprocess.Popen]:
     return started
 
 
+def exec_environ(pid: int, program: str, timeout: float = 10.0) -> dict[str, str]:
+    """The environment `pid` runs `program` with, read once its exec has finished.
+
+    The stand-in execs after announcing itself, so spawn_keyholder can return while the child is
+    mid-exec, when /proc/<pid>/environ reads empty.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+        if argv[0] == program.encode() and raw:
+            return dict(item.split("=", 1) for item in raw.decode().split("\0") if item)
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not exec {program} within {timeout} s")
+
+
 def gone(process: subprocess.Popen) -> bool:
     """The child was stopped (not left running) and its pipe closed."""
     return process.poll() is not None and process.stdout.closed
@@ -404,9 +420,7 @@ def test_a_spawned_key_holder_imports_this_privfl_and_is_stopped_when_dropped(tm
     spawned = spawn_keyholder(SPAWN_CFG, enrol_clients([0, 1])[1])
     assert (spawned.address, spawned.verify_key) == ("127.0.0.1:9", bytes.fromhex("0a0b"))
     (process,) = started
-    environ = dict(
-        item.split("=", 1) for item in Path(f"/proc/{process.pid}/environ").read_text().split("\0") if item
-    )
+    environ = exec_environ(process.pid, "sleep")
     package_root = str(Path(privfl.__file__).resolve().parents[1])  # the folder that holds privfl/
     assert environ["PYTHONPATH"] == os.pathsep.join([package_root] + ([outer] if outer else []))
     folder = Path(spawned.workdir.name)
