@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from privfl.clickgroup import PrivflGroup
+from privfl.clickgroup import LazyGroup
 from privfl.config import (
     ACCOUNTANTS,
     DATASETS,
@@ -25,7 +25,16 @@ from privfl.config import (
 )
 
 
-@click.group(cls=PrivflGroup, name="privfl")
+@click.group(
+    cls=LazyGroup,
+    name="privfl",
+    lazy={  # command groups beside the training CLI, imported when used
+        "attack": "privfl.attacks.cli:attack",
+        "bench": "privfl.bench.cli:bench",
+        "deploy": "privfl.deploy.cli:deploy",
+        "keyholder": "privfl.keyholder_cli:keyholder",
+    },
+)
 @click.version_option(package_name="privfl")
 @click.option("-v", "--verbose", is_flag=True, help="Log diagnostics to stderr.")
 def main(verbose: bool) -> None:
@@ -367,21 +376,6 @@ def check(config_path: Path | None, sets: tuple[str, ...], as_json: bool, **flag
             + ("  (roles above)" if int(i) == cfg.data.fold else "")
         )
 
-
-def _register_subcommands() -> None:
-    """Command groups that live beside the training CLI: attacks/, privfl.bench, privfl.deploy, keyholder."""
-    from privfl.attacks.cli import attack
-    from privfl.bench.cli import bench
-    from privfl.deploy.cli import deploy
-    from privfl.keyholder_cli import keyholder
-
-    main.add_command(attack)
-    main.add_command(bench)
-    main.add_command(deploy)
-    main.add_command(keyholder)
-
-
-_register_subcommands()
 
 if __name__ == "__main__":
     main()

@@ -29,3 +29,7 @@ class PrivacyError(PrivflError):
 
 class AttackError(PrivflError):
     """An attack cannot run on the given run directory or corpus."""
+
+
+class EngineError(PrivflError):
+    """A federation engine could not complete a round (a client failed, timed out or is missing)."""

@@ -94,3 +94,57 @@ def test_dp_runs_print_an_epsilon_per_observer(tmp_path, tiny_config, args, expe
     for text in expected:
         assert text in line, (text, line)
     assert ("(eps, delta)-DP" in line) == ("seeded" not in args)
+
+
+HEAVY = ("torch", "opacus", "sklearn")
+"""What a process that only starts or relays a deployment run, or answers a roll call, never needs."""
+
+
+def _imported_in_a_fresh_process(code: str) -> list[str]:
+    import json
+    import subprocess
+    import sys
+
+    probe = f"import json, sys\n{code}\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_deploy_and_keyholder_commands_start_without_torch():
+    # each `privfl deploy run` and spawned `privfl keyholder serve` would otherwise pay ~4 s of CPU
+    code = (
+        "from click.testing import CliRunner\nfrom privfl.cli import main\n"
+        "for args in (['deploy', 'run', '--help'], ['deploy', 'local', 'stop', '--help'], "
+        "['keyholder', 'serve', '--help']):\n"
+        "    r = CliRunner().invoke(main, args)\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "import privfl.deploy.submit, privfl.deploy.local"
+    )
+    assert _imported_in_a_fresh_process(code) == []
+
+
+def test_a_client_app_that_only_answers_a_roll_call_does_not_load_torch():
+    pytest.importorskip("flwr")
+    # a SuperNode starts a ClientApp process per message; the roll call and SecAgg+'s stages need
+    # no model, only training does (ClientParty imports the components)
+    assert (
+        _imported_in_a_fresh_process("import privfl.fl.engines.client_app, privfl.fl.engines.secagg_relay")
+        == []
+    )
+    assert _imported_in_a_fresh_process("from privfl.cli import main") == []
+    # a FedAvg client's components need torch, not Opacus (the DP modes import it when built)
+    assert _imported_in_a_fresh_process("import privfl.fl.components, privfl.fl.engines.client_app") == [
+        "torch"
+    ]
+
+
+def test_every_command_group_is_listed_and_resolves():
+    import click
+
+    ctx = click.Context(main)
+    names = main.list_commands(ctx)
+    assert {"train", "data", "attack", "bench", "deploy", "keyholder"} <= set(names)
+    assert all(isinstance(main.get_command(ctx, n), click.Command) for n in names)
+    result = CliRunner().invoke(main, ["no-such-command"])
+    assert result.exit_code == 2 and "No such command 'no-such-command'" in result.output

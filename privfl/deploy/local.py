@@ -148,6 +148,9 @@ class LocalDeployment:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        # each SuperExec asks for a new ServerApp/ClientApp task every second by default; on
+        # loopback ask every 0.1 s (a message waits half a second less on average)
+        self.env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
 
     def __enter__(self) -> LocalDeployment:
         self.start()

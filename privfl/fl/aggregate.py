@@ -19,12 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from privfl.errors import CryptoError
-from privfl.fl.client import Update
+
+if TYPE_CHECKING:  # torch: a ClientApp answering a roll call or a SecAgg+ stage never trains
+    from privfl.fl.client import Update
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Contribution:
     clipped: bool = False  # the policy clipped the update to its norm bound
 
 
-ContributionRule = Callable[[Update], Contribution]
+ContributionRule = Callable[["Update"], Contribution]
 """A policy's `contribution` method: how an Update is weighted (and clipped, noised) for the sum."""
 
 
@@ -181,6 +183,8 @@ class PlainSummation:
                 f"client {upload.client_id} sent a ciphertext to a plaintext summation; "
                 "server and clients must run the same secure.scheme"
             )
+        from privfl.fl.client import Update  # the server side, which has torch loaded anyway
+
         update = Update(upload.client_id, upload.round_index, upload.delta, upload.num_samples, 0.0)
         self.add(contribution(update))
 

@@ -30,24 +30,8 @@ from privfl.errors import PrivacyError
 from privfl.fl.aggregate import PlainSummation, Summation
 from privfl.fl.canary_clients import WithCanaryClients
 from privfl.fl.client import LocalConfig, LocalTrainer
-from privfl.fl.dp import (
-    AccountedReports,
-    DPSGDTrainer,
-    EqualWeightFedAvg,
-    SkipEmptyRounds,
-    UserDPPolicy,
-    fixed_size_clients,
-    resolve_grad_sample_mode,
-)
 from privfl.fl.federation import FedAvgPolicy, Policy, PrivacyReport, Sampler, Trainer, sample_clients
 from privfl.observers import Setting
-from privfl.privacy import (
-    RecordLevelPrivacy,
-    UserLevelPrivacy,
-    check_delta,
-    default_delta,
-    default_user_delta,
-)
 from privfl.randomness import CLIENT_SAMPLE_TAG, PrivacyRandomness
 
 log = logging.getLogger(__name__)
@@ -138,6 +122,17 @@ def _record_level(
     local: LocalConfig,
     canaries: GradientCanaries | None = None,
 ) -> Components:
+    # the DP modules load Opacus (about 2 s of CPU), which a plain FedAvg client never needs: a
+    # SuperNode starts a ClientApp process, and so these imports, for every message
+    from privfl.fl.dp import (
+        AccountedReports,
+        DPSGDTrainer,
+        EqualWeightFedAvg,
+        fixed_size_clients,
+        resolve_grad_sample_mode,
+    )
+    from privfl.privacy import RecordLevelPrivacy, check_delta, default_delta
+
     d, t = cfg.dp, cfg.train
     resolve_grad_sample_mode(d.grad_sample_mode, cfg.model.name)  # a typo fails before sigma is solved
     sizes = {c.client_id: c.num_samples for c in clients}
@@ -200,6 +195,9 @@ def _user_level(
     n_mels: int,
     local: LocalConfig,
 ) -> Components:
+    from privfl.fl.dp import AccountedReports, SkipEmptyRounds, UserDPPolicy
+    from privfl.privacy import UserLevelPrivacy, check_delta, default_user_delta
+
     d, t = cfg.dp, cfg.train
     k = len(clients)
     delta = d.delta if d.delta is not None else default_user_delta(k)

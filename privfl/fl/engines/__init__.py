@@ -17,14 +17,27 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from privfl.config import ExperimentConfig
-from privfl.errors import ConfigError
-from privfl.fl.engines.session import EngineError, Session
+from privfl.errors import ConfigError, EngineError
+
+if TYPE_CHECKING:
+    from privfl.fl.engines.session import Session
 
 __all__ = ["EngineError", "Session", "check_engine", "check_flower_config", "require_flower", "run_engine"]
 
 FLOWER_INSTALL_HINT = 'pip install -e ".[flower]"'
+
+
+def __getattr__(name: str) -> Any:
+    """Session on first use: `privfl deploy run`, which needs only require_flower, then starts
+    without importing torch and the data pipeline."""
+    if name == "Session":
+        from privfl.fl.engines.session import Session
+
+        return Session
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def require_flower(engine: str = "flower-sim") -> None:

@@ -20,7 +20,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from privfl.config import ExperimentConfig
-from privfl.fl.components import build_components
+from privfl.errors import EngineError
 from privfl.fl.engines.messages import (
     KEYHOLDER_KEY,
     NUM_PARTITIONS,
@@ -31,7 +31,6 @@ from privfl.fl.engines.messages import (
     config_from_text,
     roll_call_reply,
 )
-from privfl.fl.engines.session import EngineError
 
 DataSource = Callable[[ExperimentConfig], object]  # config -> PreparedData (anything with .clients)
 
@@ -44,6 +43,10 @@ class ClientParty:
     """
 
     def __init__(self, cfg: ExperimentConfig, data) -> None:
+        # imported here, not at the top: a ClientApp process that answers a roll call or a SecAgg+
+        # stage then starts without torch and opacus (seconds of CPU per message on a SuperNode)
+        from privfl.fl.components import build_components
+
         self.cfg = cfg
         self.clients = list(data.clients)
         # The same trainer, policy, summation and sampler as the server's; with CKKS this client's

@@ -22,6 +22,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from privfl.errors import EngineError
 from privfl.fl.aggregate import RoundKeys, Upload
 from privfl.fl.client import Update
 from privfl.fl.engines.messages import (
@@ -34,7 +35,7 @@ from privfl.fl.engines.messages import (
     TrainTask,
     config_to_text,
 )
-from privfl.fl.engines.session import EngineError, Session, run_rounds
+from privfl.fl.engines.session import Session, run_rounds
 from privfl.fl.federation import Federation, RoundOutcome
 
 NO_DELTA = np.zeros(0, dtype=np.float32)  # an encrypted client's Update: the server never sees its delta

@@ -9,7 +9,6 @@ import numpy as np
 
 from privfl.config import ExperimentConfig
 from privfl.data.dataset import PreparedData
-from privfl.errors import PrivflError
 from privfl.fl.components import Components
 from privfl.fl.federation import Federation, RoundOutcome
 
@@ -27,10 +26,6 @@ class Session(Protocol):
     def begin_round(self) -> None: ...
 
     def end_round(self, r: int, outcome: RoundOutcome) -> dict: ...
-
-
-class EngineError(PrivflError):
-    """A federation engine could not complete a round (a client failed, timed out or is missing)."""
 
 
 def run_rounds(

@@ -39,9 +39,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
+from privfl.errors import EngineError
 from privfl.fl.engines.client_app import make_client_app
 from privfl.fl.engines.server_app import FlowerRounds
-from privfl.fl.engines.session import EngineError, Session
+from privfl.fl.engines.session import Session
 
 log = logging.getLogger(__name__)
 

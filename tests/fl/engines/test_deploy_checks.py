@@ -17,9 +17,9 @@ pytest.importorskip("flwr", reason='Flower is not installed: pip install -e ".[f
 
 from privfl.deploy import DeployError  # noqa: E402
 from privfl.deploy import submit as submit_mod  # noqa: E402
+from privfl.errors import EngineError  # noqa: E402
 from privfl.fl.engines.messages import NUM_PARTITIONS, PARTITION_ID  # noqa: E402
 from privfl.fl.engines.server_app import roll_call  # noqa: E402
-from privfl.fl.engines.session import EngineError  # noqa: E402
 from privfl.flower_app import RunRequest  # noqa: E402
 
 
