@@ -162,7 +162,7 @@ def test_deployment_failures_exit_nonzero_and_name_the_run_config_key(federation
     federation.stop_node(1)  # partition-id 1 has no SuperNode now
     try:
         procs = {
-            "missing": federation.submit(tiny(), tmp_path / "missing", node_timeout=60.0, name="missing"),
+            "missing": federation.submit(tiny(), tmp_path / "missing", node_timeout=30.0, name="missing"),
             "existing": federation.submit(tiny(), existing, name="existing"),
             "resume": federation.submit(None, None, resume=not_a_run, name="resume"),
         }
@@ -173,8 +173,9 @@ def test_deployment_failures_exit_nonzero_and_name_the_run_config_key(federation
     assert {name: proc.returncode for name, proc in procs.items()} == dict.fromkeys(procs, 2)
     missing = error_line(federation, "missing")
     assert "finished:failed" in missing and "partition-id(s) [1]" in missing and "node-timeout=" in missing
-    # the roll call said which id it waited for as soon as the connected nodes had answered (60 s:
-    # under load a SuperNode takes tens of seconds to start the ClientApp process that answers)
+    # the roll call said which id it waited for as soon as the connected nodes had answered (30 s:
+    # a SuperNode asks for work every 3 s, and the ClientApp that answers imports no torch, 0.5 s of
+    # CPU; under load it took tens of seconds while that process imported torch)
     assert "privfl roll call: waiting for partition-id(s) [1]" in deploy_log(federation, "missing")
     assert not (tmp_path / "missing").exists()  # nothing left to block the identical rerun
     refused = error_line(federation, "existing")
