@@ -98,7 +98,7 @@ def _gender_options(f):
         ),
         click.option(
             "--views",
-            default="fc-profile:3",
+            default="fc-profile:3,probe",
             show_default=True,
             help="FEATURES:K pairs (K1-K2 a range), e.g. fc-profile:2-5,first-layer:2-3: one classifier per "
             "pair and round, on the feature set (fc-profile, first-layer, all-layers) in the top K principal "

@@ -320,7 +320,7 @@ def test_views_parse_ranges_and_refuse_what_is_not_a_view():
     from privfl.errors import ConfigError
 
     assert parse_views("fc-profile:2-5,first-layer:2-3") == ENSEMBLE_VIEWS
-    assert parse_views("fc-profile:3") == DEFAULT_VIEWS
+    assert parse_views("fc-profile:3,probe") == DEFAULT_VIEWS
     assert parse_views("all-layers:0, fc-profile:3,fc-profile:3") == (("all-layers", 0), ("fc-profile", 3))
     assert parse_views("fc-profile:3,probe") == (("fc-profile", 3), ("probe", 0))
     assert parse_views("probe") == parse_views("probe:0") == (("probe", 0),)
@@ -468,3 +468,25 @@ def test_probe_and_classifier_views_are_rank_averaged():
     np.testing.assert_allclose(combine_scores(None, probe), _sigmoid(probe))
     # ranks (0..3)/3: odds 2,0,1,3; probe 1,2,0,3
     np.testing.assert_allclose(combine_scores(odds, probe), np.array([1.5, 1.0, 0.5, 3.0]) / 3)
+
+
+def test_head_inputs_batched_by_length_are_each_utterances_own():
+    """Batching in order of length must give every utterance the features it gets on its own, in order."""
+    from privfl.attacks.gender import head_inputs
+
+    cfg = ATTACK_CFG.model
+    model = build_model(cfg, N_MELS)
+    speech = make_speech_set({"a": "female", "b": "male"}, 7, n_mels=N_MELS, seed=4)
+    lengths = torch.tensor([20, 11, 20, 7, 15, 11, 20, 9, 12, 20, 11, 7, 18, 20])
+    speech = dataclasses.replace(
+        speech, x=speech.x * (torch.arange(20)[None, :, None] < lengths[:, None, None]), lengths=lengths
+    )
+    w = initial_weights(cfg, N_MELS, 1)
+    got = head_inputs(model, w, speech, batch_size=3)
+    seen = []
+    hook = model.fc1.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    with torch.inference_mode():
+        for i in range(len(speech)):
+            model(speech.x[i : i + 1], speech.lengths[i : i + 1])
+    hook.remove()
+    np.testing.assert_allclose(got.numpy(), torch.cat(seen).numpy(), rtol=1e-5, atol=1e-6)
