@@ -470,11 +470,12 @@ def test_probe_and_classifier_views_are_rank_averaged():
     np.testing.assert_allclose(combine_scores(odds, probe), np.array([1.5, 1.0, 0.5, 3.0]) / 3)
 
 
-def test_head_inputs_batched_by_length_are_each_utterances_own():
+@pytest.mark.parametrize("name", ["cnn", "lstm"])
+def test_head_inputs_batched_by_length_are_each_utterances_own(name):
     """Batching in order of length must give every utterance the features it gets on its own, in order."""
     from privfl.attacks.gender import head_inputs
 
-    cfg = ATTACK_CFG.model
+    cfg = ModelConfig(name=name, conv_channels=4, lstm_hidden=6, fc_hidden=8)
     model = build_model(cfg, N_MELS)
     speech = make_speech_set({"a": "female", "b": "male"}, 7, n_mels=N_MELS, seed=4)
     lengths = torch.tensor([20, 11, 20, 7, 15, 11, 20, 9, 12, 20, 11, 7, 18, 20])
