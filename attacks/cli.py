@@ -98,11 +98,13 @@ def _gender_options(f):
         ),
         click.option(
             "--views",
-            default="fc-profile:3",
+            default="fc-profile:3,probe",
             show_default=True,
             help="FEATURES:K pairs (K1-K2 a range), e.g. fc-profile:2-5,first-layer:2-3: one classifier per "
             "pair and round, on the feature set (fc-profile, first-layer, all-layers) in the top K principal "
-            "directions of the round's client updates (0: all values); the pairs' log-odds are averaged.",
+            "directions of the round's client updates (0: all values); the pairs' log-odds are averaged. "
+            "'probe': each client's model evaluated on the auxiliary voices (no classifier); with "
+            "classifier views (e.g. fc-profile:3,probe) the two are rank-averaged.",
         ),
         click.option(
             "--classifier", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True

@@ -17,7 +17,13 @@ k > 0 classifies only the top k principal directions of the round's real client 
 server holds every update of the round), each population centred on its own mean: the directions
 along which the clients actually differ, so that a classifier fitted on a handful of auxiliary
 speakers does not lean on their idiosyncrasies. The attack fits one classifier per view and round
-and averages the views' log-odds (`views`; default the one view fc-profile at k = 3).
+and averages the views' log-odds.
+
+The probe view (`probe`) fits nothing: the server runs each client's locally trained model w_t + delta_k
+(its classifier head, on the global model's features) on its own auxiliary utterances; a model fine-tuned
+on one speaker's voice improves more on voices of that speaker's gender (`probe_scores`). With classifier
+views, each client's mean log-odds and mean probe score are rank-averaged over the clients. Default
+views: fc-profile at k = 3 and the probe (DEFAULT_VIEWS).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -45,21 +52,25 @@ from privfl.attacks.shadow import (
     shadow_client_data,
 )
 from privfl.config import validate_speed_factors
-from privfl.data.dataset import PreparedData
+from privfl.data.dataset import PreparedData, SpeechSet
 from privfl.errors import AttackError, ConfigError
-from privfl.models import build_model, canonical_parameters, layer_slices
+from privfl.models import build_model, canonical_parameters, layer_slices, set_flat
 
 FEATURE_SETS = ("fc-profile", "first-layer", "all-layers")
+PROBE = "probe"
+"""The view that fits nothing: it evaluates each client's model on the auxiliary voices (`probe_scores`)."""
 CLASSIFIERS = ("logreg", "mlp")
 POSITIVE = "female"
 """The class a score of 1 means; the AUC does not depend on which gender is called positive."""
 
 Progress = Callable[[str, int, int], None]
 
-DEFAULT_VIEWS: tuple[tuple[str, int], ...] = (("fc-profile", 3),)
-"""(feature set, client-subspace size k) pairs whose per-round log-odds the attack averages. Default: one
-view. ENSEMBLE_VIEWS (--views fc-profile:2-5,first-layer:2-3) beat it on two development splits of
-RAVDESS and not on three test splits (docs/attacks.md), so it is an option, not the default."""
+DEFAULT_VIEWS: tuple[tuple[str, int], ...] = (("fc-profile", 3), (PROBE, 0))
+"""(feature set, client-subspace size k) pairs whose per-round log-odds the attack averages, and the probe,
+whose per-client scores are rank-averaged with theirs. Default: fc-profile:3 and the probe; on RAVDESS they
+beat fc-profile:3 alone on 3 of 4 development splits and on 4 of 5 test splits (docs/attacks.md).
+ENSEMBLE_VIEWS (--views fc-profile:2-5,first-layer:2-3) beat fc-profile:3 on two development splits and
+not on three test splits, so it is an option, not the default."""
 
 ENSEMBLE_VIEWS: tuple[tuple[str, int], ...] = (
     ("fc-profile", 2),
@@ -72,9 +83,13 @@ ENSEMBLE_VIEWS: tuple[tuple[str, int], ...] = (
 
 
 def parse_views(text: str) -> tuple[tuple[str, int], ...]:
-    """'fc-profile:2-5,first-layer:2-3' -> ((fc-profile, 2), ..., (first-layer, 3)); k = 0: no subspace."""
+    """'fc-profile:2-5,first-layer:2-3' -> ((fc-profile, 2), ..., (first-layer, 3)); k = 0: no subspace.
+    'probe' -> (probe, 0): the model-behaviour probe, which has no subspace."""
     views: list[tuple[str, int]] = []
     for item in (t.strip() for t in text.split(",")):
+        if item in (PROBE, f"{PROBE}:0"):
+            views.append((PROBE, 0))
+            continue
         name, _, ks = item.partition(":")
         lo, _, hi = ks.partition("-")
         try:
@@ -84,7 +99,8 @@ def parse_views(text: str) -> tuple[tuple[str, int], ...]:
         if name not in FEATURE_SETS or a < 0 or b < a:
             raise ConfigError(
                 f"gender view {item!r} is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
-                f"{', '.join(FEATURE_SETS)} and 0 <= K1 <= K2, e.g. --views fc-profile:2-5,first-layer:2-3"
+                f"{', '.join(FEATURE_SETS)} and 0 <= K1 <= K2, nor {PROBE!r}; e.g. --views "
+                "fc-profile:2-5,first-layer:2-3 or --views fc-profile:3,probe"
             )
         views += [(name, k) for k in range(a, b + 1)]
     return tuple(dict.fromkeys(views))
@@ -111,10 +127,12 @@ class GenderAttackConfig:
         if not self.views:
             raise ConfigError("gender views are empty; give at least one, e.g. --views fc-profile:3")
         for name, k in self.views:
+            if name == PROBE and k == 0:
+                continue
             if name not in FEATURE_SETS or not isinstance(k, int) or k < 0:
                 raise ConfigError(
                     f"gender view ({name!r}, {k!r}) needs a feature set among {', '.join(FEATURE_SETS)} and "
-                    "a subspace size k >= 0, e.g. --views fc-profile:2-5,first-layer:2-3"
+                    f"a subspace size k >= 0, or ({PROBE!r}, 0); e.g. --views fc-profile:2-5,first-layer:2-3"
                 )
         if self.classifier not in CLASSIFIERS:
             raise ConfigError(f"gender classifier {self.classifier!r} is not one of {', '.join(CLASSIFIERS)}")
@@ -271,6 +289,131 @@ def client_label(genders: tuple[str, ...]) -> tuple[int, bool]:
     return int(2 * n_f > len(known)), mixed
 
 
+# --- the model-behaviour probe (pure) ---------------------------------------------------------------
+def _probe_head(model: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """The classifier head fc1 -> ReLU -> fc2 that both paper models end with."""
+    fc1, fc2 = getattr(model, "fc1", None), getattr(model, "fc2", None)
+    if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+        raise ConfigError(
+            f"the {PROBE!r} gender view evaluates a classifier head fc1 -> ReLU -> fc2, which "
+            f"{type(model).__name__} does not have; use the paper CNN or LSTM, or drop {PROBE!r} from --views"
+        )
+    return fc1, fc2
+
+
+def head_inputs(
+    model: nn.Module, weights: np.ndarray, speech: SpeechSet, batch_size: int = 8
+) -> torch.Tensor:
+    """What the classifier head (fc1) gets for every utterance under `weights`: float32 [n, fc1 inputs].
+
+    Utterances are batched in order of length, so that most batches hold one length and the model
+    skips masking padded frames (the features are the same; this halves the time on RAVDESS).
+    """
+    fc1, _ = _probe_head(model)
+    set_flat(model, weights)
+    model.eval()
+    seen: list[torch.Tensor] = []
+    hook = fc1.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    order = torch.from_numpy(np.argsort(speech.lengths.numpy(), kind="stable"))
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(speech), batch_size):
+                idx = order[s : s + batch_size]
+                model(speech.x[idx], speech.lengths[idx])
+    finally:
+        hook.remove()
+    if not seen:
+        return torch.zeros(0, fc1.in_features)
+    out = torch.empty(len(speech), fc1.in_features)
+    out[order] = torch.cat(seen)
+    return out
+
+
+def probe_loss_drops(
+    model: nn.Module, speech: SpeechSet, weights: np.ndarray, deltas: np.ndarray
+) -> np.ndarray:
+    """[k, n] loss drop of each utterance from w_t to each client's model w_t + delta_k (head only).
+
+    The server holds w_t and each update, so it can run the client's locally trained model on its own
+    auxiliary speech. The layers below the head are taken at w_t (one forward pass per round, not one
+    per client): the head sees the pooled features the global model computes, and the client's head
+    is what its local steps on its own voice changed. Loss: cross-entropy with the utterance's emotion.
+    """
+    fc1, fc2 = _probe_head(model)
+    z = head_inputs(model, weights, speech)
+    y = speech.y
+
+    def losses(w: np.ndarray) -> np.ndarray:
+        set_flat(model, w)
+        with torch.inference_mode():
+            logits = fc2(torch.relu(fc1(z)))
+            return nn.functional.cross_entropy(logits, y, reduction="none").double().numpy()
+
+    base = losses(weights)
+    return np.stack([base - losses(weights + d) for d in np.asarray(deltas, dtype=np.float32)])
+
+
+def probe_scores(drops: np.ndarray, female: np.ndarray, voices: np.ndarray) -> np.ndarray:
+    """One round's probe score per client [k] from its loss drops [k, n] on labelled voices.
+
+    A model fine-tuned on one speaker improves more on voices of that speaker's gender. Each voice's
+    mean loss drop is standardised over the round's clients (so no voice's scale dominates and what
+    every client shares drops out), the score is the mean over female voices minus the mean over male
+    voices, standardised again over the round's clients. `female` is 1/0 per utterance and must be
+    one label per voice (the control splits each voice into two pseudo-voices, see `probe_control_labels`);
+    positive scores lean female.
+    """
+    drops = np.asarray(drops, dtype=np.float64)
+    female, voices = np.asarray(female), np.asarray(voices)
+    names = list(dict.fromkeys(voices.tolist()))
+    per_voice = np.stack([drops[:, voices == v].mean(axis=1) for v in names], axis=1)  # [k, voices]
+    is_female = np.array([bool(female[voices == v][0]) for v in names])
+    if any(len(set(female[voices == v].tolist())) > 1 for v in names):
+        raise AttackError(
+            "the probe's labels must be one per voice; split a voice into pseudo-voices instead"
+        )
+    if is_female.all() or not is_female.any():
+        raise AttackError(
+            f"the probe needs voices of both labels, got {int(is_female.sum())} of {len(names)} female"
+        )
+    per_voice = _standardise(per_voice)
+    return _standardise(per_voice[:, is_female].mean(axis=1) - per_voice[:, ~is_female].mean(axis=1))
+
+
+def probe_control_labels(voices: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's control: (labels, pseudo-voices) per utterance. Half of each voice's utterances, at
+    random, are called female: the labels carry nothing about gender, speaker or speed, and each voice
+    becomes two pseudo-voices, one per label, so the probe compares halves of the same voices."""
+    voices = np.asarray(voices)
+    labels = shuffled_labels(np.zeros(len(voices), dtype=np.int64), rng, strata=voices)
+    return labels, np.array([f"{v}|{lab}" for v, lab in zip(voices.tolist(), labels.tolist(), strict=True)])
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Centre and scale along axis 0 (the round's clients); a constant column becomes 0."""
+    sd = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def _rank01(x: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties averaged); one item gets 0.5."""
+    from scipy.stats import rankdata
+
+    x = np.asarray(x, dtype=np.float64)
+    return (rankdata(x) - 1) / (len(x) - 1) if len(x) > 1 else np.full(len(x), 0.5)
+
+
+def combine_scores(log_odds: np.ndarray | None, probe: np.ndarray | None) -> np.ndarray:
+    """Scores in [0, 1] (1: female) of one population of clients from the classifier views' log-odds,
+    the probe, or both: P(female) = sigmoid of either alone; with both, the mean of their ranks among
+    the clients (the two are on different scales; the rank average weighs them equally)."""
+    if probe is None:
+        return _sigmoid(log_odds)
+    if log_odds is None:
+        return _sigmoid(probe)
+    return (_rank01(log_odds) + _rank01(probe)) / 2
+
+
 # --- the attack on a run --------------------------------------------------------------------------
 def gender_preflight(observed: ObservedRun, data: PreparedData, config: GenderAttackConfig) -> list[int]:
     """Every check the gender attack needs, before it computes anything; returns the rounds to attack."""
@@ -300,14 +443,19 @@ def gender_attack(
     config: GenderAttackConfig | None = None,
     progress: Progress | None = None,
 ) -> AttackResult:
-    """The shadow-client gender attack over every selected round: per-client scores combined over the
-    rounds, single rounds, the shuffled-label control and the aggregate."""
+    """The gender attack over every selected round: per-client scores combined over the rounds, single
+    rounds, the shuffled-label control and the aggregate. Classifier views train shadow clients; the
+    probe view evaluates each client's model on the auxiliary voices; with both, their ranks are averaged."""
     config = (config or GenderAttackConfig()).validate()
     started = time.perf_counter()
     cfg = observed.config
     rounds = gender_preflight(observed, data, config)
     model = build_model(cfg.model, data.n_mels)
-    maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(n for n, _ in config.views)}
+    views = tuple(v for v in config.views if v[0] != PROBE)  # the classifier views
+    use_probe = len(views) < len(config.views)
+    if use_probe:
+        _probe_head(model)  # ConfigError before anything is computed
+    maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(n for n, _ in views)}
     privacy = observed.summary.get("privacy")
     size = config.shadow_size or _default_shadow_size(observed, rounds, data, config)
     aux = auxiliary_speech(data, cfg, config.speeds)
@@ -322,39 +470,66 @@ def gender_attack(
         dict(zip(voices, shuffled_labels(truth_of_voice, crng, strata=base).tolist(), strict=True))
         for _ in range(config.control_repeats)
     ]
+    aux_voice = np.array(aux.speakers)
+    aux_female = np.array([int(g == POSITIVE) for g in aux.genders])
+    known_voice = np.isin(aux.genders, ("female", "male"))  # the probe reads voices of known gender
+    # the probe's control: random halves of every voice's utterances called female (probe_control_labels)
+    prng = np.random.default_rng([config.seed, 0xC0A7, 0x9B0E])
+    probe_relabel = [
+        probe_control_labels(aux_voice[known_voice], prng) for _ in range(config.control_repeats)
+    ]
 
-    single: list[tuple[int, int, float, int, bool]] = []  # round, client, log-odds, label, mixed
-    controls: list[tuple[int, int, float, int, bool, int]] = []  # the same, plus the relabelling index
+    # round, client, classifier log-odds (nan: no classifier view), probe score (nan: no probe), label, mixed
+    single: list[tuple[int, int, float, float, int, bool]] = []
+    controls: list[tuple[int, int, float, float, int, bool, int]] = []  # the same, plus the relabelling
     per_round_agg: list[dict] = []
     for j, r in enumerate(rounds):
         obs, truth = observed.observe(r)
-        rng = np.random.default_rng([config.seed, r, 0x6E0D])
-        shadows = sample_shadow_clients(aux, config.shadow_clients, size, rng)
-        report = (
-            (lambda d, t, j=j: progress("gender: shadow clients", j * t + d, len(rounds) * t))
-            if progress
-            else None
-        )
-        clients = shadow_client_data(aux, shadows)
-        trainer = client_trainer(cfg, data, clients, privacy)
-        deltas = local_updates(trainer, clients, obs.weights, r, report)
-        xs = {name: fmap(deltas) for name, fmap in maps.items()}
-        ys = np.array([int(s.gender == POSITIVE) for s in shadows])
-        if obs.deltas is not None and len(obs.deltas):  # user-dp's Poisson sampling can pick nobody
-            views = project_views(xs, {name: fmap(obs.deltas) for name, fmap in maps.items()}, config.views)
+        has_clients = obs.deltas is not None and len(obs.deltas)  # user-dp's Poisson sampling can pick nobody
+        xs: dict[str, np.ndarray] = {}
+        if views:
+            rng = np.random.default_rng([config.seed, r, 0x6E0D])
+            shadows = sample_shadow_clients(aux, config.shadow_clients, size, rng)
+            report = (
+                (lambda d, t, j=j: progress("gender: shadow clients", j * t + d, len(rounds) * t))
+                if progress
+                else None
+            )
+            clients = shadow_client_data(aux, shadows)
+            trainer = client_trainer(cfg, data, clients, privacy)
+            deltas = local_updates(trainer, clients, obs.weights, r, report)
+            xs = {name: fmap(deltas) for name, fmap in maps.items()}
+            ys = np.array([int(s.gender == POSITIVE) for s in shadows])
+        elif progress:
+            progress("gender: probe", j + 1, len(rounds))
+        if has_clients:
             truths = [client_label(g) for g in truth.genders]
             ids = truth.client_ids.tolist()
-            odds = view_log_odds(views, ys, config)
-            single += [(r, c, float(a), lab, mix) for c, a, (lab, mix) in zip(ids, odds, truths, strict=True)]
+            nan = np.full(len(ids), np.nan)
+            projected = project_views(xs, {n: f(obs.deltas) for n, f in maps.items()}, views) if views else []
+            drops = (
+                probe_loss_drops(model, aux, obs.weights, obs.deltas)[:, known_voice] if use_probe else None
+            )
+            odds = view_log_odds(projected, ys, config) if views else nan
+            probe = probe_scores(drops, aux_female[known_voice], aux_voice[known_voice]) if use_probe else nan
+            single += [
+                (r, c, float(a), float(b), lab, mix)
+                for c, a, b, (lab, mix) in zip(ids, odds, probe, truths, strict=True)
+            ]
             for k, labels_k in enumerate(relabel):
-                yc = np.array([labels_k[s.speaker] for s in shadows])
-                if yc.min() == yc.max():
-                    continue  # this round's shadows hold one control label only: nothing to fit
-                pc = view_log_odds(views, yc, config)
+                pc, pp = nan, nan
+                if views:
+                    yc = np.array([labels_k[s.speaker] for s in shadows])
+                    if yc.min() == yc.max():
+                        continue  # this round's shadows hold one control label only: nothing to fit
+                    pc = view_log_odds(projected, yc, config)
+                if use_probe:
+                    pp = probe_scores(drops, *probe_relabel[k])
                 controls += [
-                    (r, c, float(a), lab, mix, k) for c, a, (lab, mix) in zip(ids, pc, truths, strict=True)
+                    (r, c, float(a), float(b), lab, mix, k)
+                    for c, a, b, (lab, mix) in zip(ids, pc, pp, truths, strict=True)
                 ]
-        if obs.aggregate is not None and len(truth.client_ids):
+        if views and obs.aggregate is not None and len(truth.client_ids):
             pa = _aggregate_score(xs, ys, maps, obs.aggregate, config)
             labels = [client_label(g)[0] for g in truth.genders]
             n = obs.num_samples.astype(np.float64)
@@ -379,17 +554,43 @@ def gender_attack(
         result.rows.append(unobserved_row("gender: per-client updates, all rounds combined", observed))
     else:
         result.rows.extend(_per_client_rows(single, controls, config, observed.observed))
-    result.rows.append(_aggregate_row(per_round_agg, config))
+    if views:
+        result.rows.append(_aggregate_row(per_round_agg, config))
+    else:
+        result.rows.append(
+            AttackRow(
+                "gender: aggregate update",
+                "aggregate",
+                reason=f"the {PROBE!r} view ranks a round's clients against each other, and a round has one "
+                "aggregate; add a classifier view (e.g. --views fc-profile:3,probe) to attack the aggregate",
+            )
+        )
+    n_voices = len(set(aux_voice[known_voice]))
+    described = [f"{name} ({maps[name].size} values): k = {ks}" for name, ks in _views_by_set(views)]
+    if use_probe:
+        described.append(
+            f"{PROBE} (each client's model w_t + delta_k, head only, on the {int(known_voice.sum())} "
+            f"auxiliary utterances of {n_voices} voices: loss drop from w_t, female voices minus male)"
+        )
     result.notes.append(
         f"attacker (the server): {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} "
         f"utterances), disjoint from training, at speeds {', '.join(f'{f:g}' for f in config.speeds)} "
-        f"({len(voices)} voices); {config.shadow_clients} shadow clients of {size} utterances per round, "
-        f"{len(rounds)} rounds; views (feature set: top-k client directions per round, 0 = all values; "
-        "log-odds averaged over the views): "
-        + ", ".join(
-            f"{name} ({maps[name].size} values): k = {ks}" for name, ks in _views_by_set(config.views)
+        f"({len(voices)} voices); "
+        + (
+            f"{config.shadow_clients} shadow clients of {size} utterances per round, "
+            if views
+            else "no shadow clients (the probe fits nothing), "
         )
-        + f"; classifier: {config.classifier}"
+        + f"{len(rounds)} rounds; views (feature set: top-k client directions per round, 0 = all values; "
+        "log-odds averaged over the classifier views"
+        + (
+            "; the probe's and the classifier views' per-client scores rank-averaged"
+            if views and use_probe
+            else ""
+        )
+        + "): "
+        + ", ".join(described)
+        + (f"; classifier: {config.classifier}" if views else "")
     )
     result.seconds = time.perf_counter() - started
     return result
@@ -455,39 +656,66 @@ def combine_rounds(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.array(ids), mean, label
 
 
+def client_scores(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(client ids, score in [0, 1], label) from (round, client, log-odds, probe, label, ...) items: each
+    part averaged over the client's rounds, then `combine_scores` (nan parts: that view is absent)."""
+    ids = sorted({t[1] for t in items})
+    parts = []
+    for at in (2, 3):
+        mean = np.array([np.mean([t[at] for t in items if t[1] == c]) for c in ids])
+        parts.append(None if np.isnan(mean).all() else mean)
+    label = np.array([next(t[4] for t in items if t[1] == c) for c in ids])
+    return np.array(ids), combine_scores(*parts), label
+
+
+def _score_note(single: list) -> str:
+    odds, probe = (not np.isnan(single[0][2]), not np.isnan(single[0][3])) if single else (True, False)
+    if odds and probe:
+        return (
+            "score: the mean of two ranks among the clients (scaled to [0, 1]): the classifier views' mean "
+            "log-odds and the probe's mean score over the client's rounds; threshold 0.5 (the median client)"
+        )
+    if probe:
+        return "score: sigmoid of the probe's mean score over the client's rounds; threshold 0.5 (the mean)"
+    return "score: P(female) from the mean log-odds over the client's rounds; threshold 0.5"
+
+
 def _per_client_rows(
     single: list, controls: list, config: GenderAttackConfig, observed: str
 ) -> list[AttackRow]:
-    mixed = sorted({row[1] for row in single if row[4]})
-    undecided = sorted({row[1] for row in single if row[3] < 0})
+    mixed = sorted({row[1] for row in single if row[5]})
+    undecided = sorted({row[1] for row in single if row[4] < 0})
     notes = []
     if mixed:
         notes.append(f"clients {mixed} hold speakers of both genders: labelled by majority (flagged)")
     if undecided:
         notes.append(f"clients {undecided} have no majority gender (tie or unknown) and are left out")
-    known = [t for t in single if t[3] >= 0]
-    ids, mean, label = combine_rounds(known)
+    known = [t for t in single if t[4] >= 0]
+    ids, score, label = client_scores(known)
     n_rounds = len({t[0] for t in known})
     combined = scored_row(
         "gender: per-client updates, all rounds combined",
         observed,
-        _sigmoid(mean),
+        score,
         label,
         threshold=0.5,
         bootstrap=config.bootstrap,
         seed=config.seed,
-        notes=notes
-        + [
-            f"score: P(female) from the mean log-odds over the client's rounds ({n_rounds} rounds); "
-            "one score per client; threshold 0.5"
-        ],
+        notes=notes + [f"{_score_note(known)}; {n_rounds} rounds; one score per client"],
         party="server",
     )
-    rounds, groups, scores, labels = (np.array([t[k] for t in known]) for k in range(4))
+    rounds, groups, scores, labels = [], [], [], []
+    for r in sorted({t[0] for t in known}):
+        ids_r, score_r, label_r = client_scores([t for t in known if t[0] == r])
+        rounds += [r] * len(ids_r)
+        groups += ids_r.tolist()
+        scores += score_r.tolist()
+        labels += label_r.tolist()
+    rounds, groups, scores, labels = (np.array(v) for v in (rounds, groups, scores, labels))
     per_round = scored_row(
         "gender: per-client update, single rounds",
         observed,
-        _sigmoid(scores),
+        scores,
         labels,
         threshold=0.5,
         groups=groups,
@@ -496,26 +724,31 @@ def _per_client_rows(
         notes=["one score per client and round; the bootstrap resamples clients"],
         party="server",
     )
-    per_round.per_round = _per_round(rounds, _sigmoid(scores), labels)
+    per_round.per_round = _per_round(rounds, scores, labels)
     combined.per_round = per_round.per_round
-    ctrl = [t for t in controls if t[3] >= 0]
-    keyed = [(t[0], (t[5], t[1]), t[2], t[3]) for t in ctrl]  # one "client" per (relabelling, client)
-    _, cmean, clabel = combine_rounds(keyed)
+    ctrl = [t for t in controls if t[4] >= 0]
+    cscore, clabel, cgroup = [], [], []
+    for k in sorted({t[6] for t in ctrl}):  # each relabelling combined on its own, then pooled
+        ids_k, score_k, label_k = client_scores([t for t in ctrl if t[6] == k])
+        cscore += score_k.tolist()
+        clabel += label_k.tolist()
+        cgroup += ids_k.tolist()
     spread = _single_relabelling_aucs(ctrl)
     control = scored_row(
         "gender: shuffled shadow labels (control)",
         observed,
-        _sigmoid(cmean),
-        clabel,
+        np.array(cscore),
+        np.array(clabel),
         threshold=0.5,
-        groups=np.array([k[1] for k in sorted({t[1] for t in keyed})]),
+        groups=np.array(cgroup),
         bootstrap=config.bootstrap,
         seed=config.seed,
         control=True,
         notes=[
-            f"{config.control_repeats} relabellings of the shadow voices, each independent of gender and "
-            "speaker and kept over all rounds, scored as the attack (mean log-odds over rounds): AUC "
-            "should be about 0.5"
+            f"{config.control_repeats} relabellings, each independent of gender and speaker and kept over "
+            "all rounds, scored as the attack (classifier views: the shadow voices relabelled, balanced "
+            "within each auxiliary speaker, and the classifiers refitted; probe: a random half of every "
+            "auxiliary voice's utterances called female): AUC should be about 0.5"
             + (
                 f"; single relabellings give AUC {np.mean(spread):.2f} +- {np.std(spread):.2f} (mean +- sd "
                 f"of {len(spread)}), a spread the client bootstrap interval does not include"
@@ -533,14 +766,14 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _single_relabelling_aucs(controls: list) -> list[float]:
-    """AUC of each relabelling on its own (log-odds combined over rounds): one random direction's stray."""
+    """AUC of each relabelling on its own (combined over rounds): one random direction's stray."""
     from sklearn.metrics import roc_auc_score
 
     out = []
-    for k in sorted({t[5] for t in controls}):
-        _, mean, labels = combine_rounds([t for t in controls if t[5] == k])
+    for k in sorted({t[6] for t in controls}):
+        _, score, labels = client_scores([t for t in controls if t[6] == k])
         if labels.size and labels.min() != labels.max():
-            out.append(float(roc_auc_score(labels, mean)))
+            out.append(float(roc_auc_score(labels, score)))
     return out
 
 

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from privfl.attacks import GenderAttackConfig, MembershipAttackConfig, run_attacks, write_report
 from privfl.attacks.cli import attack
+from privfl.attacks.gender import parse_views
 from privfl.config import ExperimentConfig
 from privfl.data.dataset import prepare
 from privfl.errors import AttackError, RunError
@@ -173,6 +174,30 @@ def test_cli_all_writes_into_run_attacks_by_default(run_copy):
     assert result.exit_code == 0, result.output
     doc = json.loads((run_copy / "attacks" / "attack.json").read_text())
     assert doc["attacks"]["gender"]["seed"] == 5 and doc["attacks"]["membership"]["seed"] == 0
+
+
+@pytest.mark.parametrize("views", ["probe", "fc-profile:3,probe"])
+def test_cli_gender_runs_the_probe_view_with_its_control(run_copy, tmp_path, views):
+    out = tmp_path / views.replace(":", "-").replace(",", "+")
+    args = ["gender", "--run", str(run_copy), "--views", views, "--out", str(out)]
+    result = CliRunner().invoke(
+        attack, args + ["--max-rounds", "1", "--speeds", "0.9,1.0", "--bootstrap", "20"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "attack.json").read_text())["attacks"]["gender"]
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert doc["config"]["views"] == [list(v) for v in parse_views(views)]
+    combined = rows["gender: per-client updates, all rounds combined"]
+    control = rows["gender: shuffled shadow labels (control)"]
+    assert combined["metrics"] is not None and control["metrics"] is not None
+    assert "random half of every auxiliary voice" in " ".join(control["notes"])
+    aggregate = rows["gender: aggregate update"]
+    if views == "probe":  # nothing to rank one aggregate against; no shadow clients were trained
+        assert "ranks a round's clients" in aggregate["reason"] and "no shadow clients" in " ".join(
+            doc["notes"]
+        )
+    else:
+        assert "rank" in " ".join(combined["notes"]) and "12 shadow clients" in " ".join(doc["notes"])
 
 
 def _edit_toml(path, section, key, value):

@@ -200,7 +200,9 @@ def attack_on_clients(gendered_clients: bool, views: str = "fc-profile:3") -> di
     }
 
 
-@pytest.mark.parametrize("views", ["fc-profile:3", "first-layer:3", "ensemble"])
+@pytest.mark.parametrize(
+    "views", ["fc-profile:3", "first-layer:3", "ensemble", "probe", "fc-profile:3,probe"]
+)
 def test_attack_on_updates_without_gender_signal_is_at_chance(views):
     """Nothing to find: an attack that also learnt from the clients' true genders would score high here."""
     auc = attack_on_clients(gendered_clients=False, views=views)
@@ -208,7 +210,9 @@ def test_attack_on_updates_without_gender_signal_is_at_chance(views):
     assert abs(auc["control"] - 0.5) < 0.15, auc
 
 
-@pytest.mark.parametrize("views", ["fc-profile:3", "first-layer:3", "ensemble"])
+@pytest.mark.parametrize(
+    "views", ["fc-profile:3", "first-layer:3", "ensemble", "probe", "fc-profile:3,probe"]
+)
 def test_attack_finds_a_planted_gender_signal_and_its_control_does_not(views):
     auc = attack_on_clients(gendered_clients=True, views=views)
     assert auc["attack"] > 0.75, auc
@@ -316,15 +320,20 @@ def test_views_parse_ranges_and_refuse_what_is_not_a_view():
     from privfl.errors import ConfigError
 
     assert parse_views("fc-profile:2-5,first-layer:2-3") == ENSEMBLE_VIEWS
-    assert parse_views("fc-profile:3") == DEFAULT_VIEWS
+    assert parse_views("fc-profile:3,probe") == DEFAULT_VIEWS
     assert parse_views("all-layers:0, fc-profile:3,fc-profile:3") == (("all-layers", 0), ("fc-profile", 3))
-    for bad in ("fc-profile", "conv:3", "fc-profile:5-2", "fc-profile:-1", "fc-profile:x"):
+    assert parse_views("fc-profile:3,probe") == (("fc-profile", 3), ("probe", 0))
+    assert parse_views("probe") == parse_views("probe:0") == (("probe", 0),)
+    for bad in ("fc-profile", "conv:3", "fc-profile:5-2", "fc-profile:-1", "fc-profile:x", "probe:2"):
         with pytest.raises(ConfigError, match="FEATURES:K"):
             parse_views(bad)
     with pytest.raises(ConfigError, match="views are empty"):
         GenderAttackConfig(views=()).validate()
     with pytest.raises(ConfigError, match="subspace size k >= 0"):
         GenderAttackConfig(views=(("fc-profile", -1),)).validate()
+    with pytest.raises(ConfigError, match="subspace size k >= 0"):
+        GenderAttackConfig(views=(("probe", 3),)).validate()
+    GenderAttackConfig(views=(("probe", 0),)).validate()
 
 
 def test_each_view_is_its_own_subspace_and_the_log_odds_are_their_mean():
@@ -346,3 +355,139 @@ def test_each_view_is_its_own_subspace_and_the_log_odds_are_their_mean():
     expected = np.mean([log_odds(fit_classifier(ps, labels), pr) for ps, pr in got], axis=0)
     np.testing.assert_allclose(view_log_odds(got, labels, config), expected)
     assert not np.allclose(expected, log_odds(fit_classifier(got[0][0], labels), got[0][1]))  # not one view
+
+
+# --- the model-behaviour probe ---------------------------------------------------------------------
+def probe_population(signal: float, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Loss drops [16 clients, 12 voices x 10 utterances] with a per-voice offset and scale that every
+    client shares (some voices improve more under any update), noise, and `signal` extra drop on the
+    voices of the client's own gender."""
+    clients = np.tile([0, 1], 8)  # 1: female
+    voices = np.repeat([f"v{i}" for i in range(12)], 10)
+    female = np.repeat(np.tile([1, 0], 6), 10)
+    shared = np.repeat(rng.normal(size=12) * 5.0, 10) + rng.normal(size=120)
+    scale = np.repeat(rng.uniform(0.5, 20.0, size=12), 10)
+    same = (clients[:, None] == female[None, :]).astype(float)
+    drops = shared + scale * (rng.normal(size=(16, 120)) + signal * same)
+    return drops, female, voices, clients
+
+
+def test_probe_scores_find_a_planted_own_gender_loss_drop():
+    """Clients whose models improve more on their own gender's voices score to their gender, whatever the
+    voices' shared offsets and scales; the scores are standardised over the round's clients."""
+    from privfl.attacks.gender import probe_scores
+
+    drops, female, voices, clients = probe_population(0.5, np.random.default_rng(5))
+    scores = probe_scores(drops, female, voices)
+    assert roc_auc_score(clients, scores) > 0.95
+    np.testing.assert_allclose([scores.mean(), scores.std()], [0.0, 1.0], atol=1e-9)
+    # the voices' gender, swapped, mirrors the scores: the probe reads the labels it is given
+    np.testing.assert_allclose(probe_scores(drops, 1 - female, voices), -scores, atol=1e-9)
+    # a shared per-voice shift or a positive per-voice scale changes nothing
+    shifted = drops * np.repeat(np.arange(1, 13), 10) + np.repeat(np.arange(12) * 100.0, 10)
+    np.testing.assert_allclose(probe_scores(shifted, female, voices), scores, atol=1e-9)
+
+
+def test_probe_scores_without_signal_or_under_the_control_labels_are_at_chance():
+    """No own-gender drop: chance. A planted one read through the control's labels (random halves of each
+    voice called female): chance too, and the control never labels a voice both ways in one pseudo-voice."""
+    from privfl.attacks.gender import probe_control_labels, probe_scores
+
+    rng = np.random.default_rng(6)
+    plain, control = [], []
+    for _ in range(40):
+        drops, female, voices, clients = probe_population(0.0, rng)
+        plain.append(roc_auc_score(clients, probe_scores(drops, female, voices)))
+        drops, female, voices, clients = probe_population(0.5, rng)
+        fake, pseudo = probe_control_labels(voices, rng)
+        for v in np.unique(voices):
+            assert fake[voices == v].sum() == 5  # half of each voice's 10 utterances
+        control.append(roc_auc_score(clients, probe_scores(drops, fake, pseudo)))
+    assert abs(np.mean(plain) - 0.5) < 0.06 and abs(np.mean(control) - 0.5) < 0.06, (plain, control)
+    assert np.std(control) < 0.2
+
+
+def test_probe_refuses_one_label_and_models_without_the_head():
+    from privfl.attacks.gender import _probe_head, probe_scores
+    from privfl.errors import AttackError, ConfigError
+
+    drops, female, voices, _ = probe_population(0.5, np.random.default_rng(7))
+    with pytest.raises(AttackError, match="both labels"):
+        probe_scores(drops, np.ones_like(female), voices)
+    mixed = female.copy()
+    mixed[0] = 1 - mixed[0]
+    with pytest.raises(AttackError, match="one per voice"):
+        probe_scores(drops, mixed, voices)
+    with pytest.raises(ConfigError, match="fc1 -> ReLU -> fc2"):
+        _probe_head(torch.nn.Sequential(torch.nn.Linear(3, 2)))
+
+
+def test_probe_loss_drops_are_the_clients_heads_on_the_global_models_features():
+    """A zero update drops nothing; an update of the head changes the loss exactly as the client's model
+    would (only the head changed); a change below the head is not read (the features are w_t's)."""
+    from privfl.attacks.gender import head_inputs, probe_loss_drops
+    from privfl.models import get_flat, layer_slices, set_flat
+
+    cfg = ATTACK_CFG.model
+    model = build_model(cfg, N_MELS)
+    speech = make_speech_set({"a": "female", "b": "male"}, 5, n_mels=N_MELS, seed=3)
+    w = initial_weights(cfg, N_MELS, 0)
+    slices = layer_slices(model)
+    rng = np.random.default_rng(8)
+    head = np.zeros_like(w)
+    for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
+        head[slices[name]] = rng.normal(size=slices[name].stop - slices[name].start) * 0.3
+    below = np.zeros_like(w)
+    below[slices["conv.weight"]] = 0.5
+    drops = probe_loss_drops(model, speech, w, np.stack([np.zeros_like(w), head, below]))
+    assert drops.shape == (3, len(speech))
+    np.testing.assert_allclose(drops[0], 0.0, atol=1e-7)
+    np.testing.assert_allclose(drops[2], 0.0, atol=1e-7)
+    reference = build_model(cfg, N_MELS).eval()
+    set_flat(reference, w)
+    with torch.inference_mode():
+        before = torch.nn.functional.cross_entropy(
+            reference(speech.x, speech.lengths), speech.y, reduction="none"
+        )
+        set_flat(reference, w + head)
+        after = torch.nn.functional.cross_entropy(
+            reference(speech.x, speech.lengths), speech.y, reduction="none"
+        )
+    np.testing.assert_allclose(drops[1], (before - after).numpy(), rtol=1e-4, atol=1e-5)
+    assert np.abs(drops[1]).max() > 1e-3
+    assert head_inputs(model, w, speech).shape == (len(speech), model.fc1.in_features)
+    np.testing.assert_array_equal(get_flat(model).shape, w.shape)
+
+
+def test_probe_and_classifier_views_are_rank_averaged():
+    from privfl.attacks.gender import _sigmoid, combine_scores
+
+    odds = np.array([3.0, -1.0, 0.5, 10.0])
+    probe = np.array([0.1, 0.2, -2.0, 0.3])
+    np.testing.assert_allclose(combine_scores(odds, None), _sigmoid(odds))
+    np.testing.assert_allclose(combine_scores(None, probe), _sigmoid(probe))
+    # ranks (0..3)/3: odds 2,0,1,3; probe 1,2,0,3
+    np.testing.assert_allclose(combine_scores(odds, probe), np.array([1.5, 1.0, 0.5, 3.0]) / 3)
+
+
+@pytest.mark.parametrize("name", ["cnn", "lstm"])
+def test_head_inputs_batched_by_length_are_each_utterances_own(name):
+    """Batching in order of length must give every utterance the features it gets on its own, in order."""
+    from privfl.attacks.gender import head_inputs
+
+    cfg = ModelConfig(name=name, conv_channels=4, lstm_hidden=6, fc_hidden=8)
+    model = build_model(cfg, N_MELS)
+    speech = make_speech_set({"a": "female", "b": "male"}, 7, n_mels=N_MELS, seed=4)
+    lengths = torch.tensor([20, 11, 20, 7, 15, 11, 20, 9, 12, 20, 11, 7, 18, 20])
+    speech = dataclasses.replace(
+        speech, x=speech.x * (torch.arange(20)[None, :, None] < lengths[:, None, None]), lengths=lengths
+    )
+    w = initial_weights(cfg, N_MELS, 1)
+    got = head_inputs(model, w, speech, batch_size=3)
+    seen = []
+    hook = model.fc1.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    with torch.inference_mode():
+        for i in range(len(speech)):
+            model(speech.x[i : i + 1], speech.lengths[i : i + 1])
+    hook.remove()
+    np.testing.assert_allclose(got.numpy(), torch.cat(seen).numpy(), rtol=1e-5, atol=1e-6)
