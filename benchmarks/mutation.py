@@ -85,6 +85,7 @@ CORE: dict[str, list[str]] = {
     "privfl/fl/secure/secaggplus.py": ["tests/fl/test_secaggplus.py"],
     "privfl/fl/secure/secaggplus_summation.py": [
         "tests/fl/test_secaggplus.py",
+        "tests/fl/test_secaggplus_summation_wrapper.py",
         "tests/fl/test_secaggplus_flower.py::test_stage_messages_survive_the_wire_format",
     ],
     "privfl/fl/secure/discrete_noise.py": [
