@@ -82,7 +82,10 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_keyholder_service.py",
     ],
     "privfl/fl/secure/masking.py": ["tests/fl/test_secaggplus.py"],
-    "privfl/fl/secure/secaggplus.py": ["tests/fl/test_secaggplus.py"],
+    "privfl/fl/secure/secaggplus.py": [
+        "tests/fl/test_secaggplus.py",
+        "tests/fl/test_secaggplus_protocol_edges.py",
+    ],
     "privfl/fl/secure/secaggplus_summation.py": [
         "tests/fl/test_secaggplus.py",
         "tests/fl/test_secaggplus_summation_wrapper.py",
