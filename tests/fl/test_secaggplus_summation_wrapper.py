@@ -421,3 +421,21 @@ def test_state_is_empty_because_every_round_starts_from_fresh_keys() -> None:
     assert s.state() == {}
     s.load_state({"anything": 1})
     assert s.state() == {}
+
+
+def test_each_client_is_sent_only_its_ring_neighbours_keys_under_secure_neighbours() -> None:
+    asked = {}
+    p = SecAggParams(FixedPoint(62, 100.0, 5), 0.5, 3, 0.2)  # a ring of 3 of 5 clients: t = 2
+    s = SecAggPlusSummation(p)
+
+    def relay(round_index, stage, requests):
+        asked[stage] = requests
+        return s.respond_all(round_index, stage, requests)
+
+    s.use_relay(relay)
+    vs = on_grid(p.fixed, 5, 5)
+    uploads_and_sum(s, vs, round_index=2)
+    result = s.finish()
+    np.testing.assert_array_equal(result.vector, sum(vs))
+    assert all(len(keys) == 3 and t == 2 for keys, t in asked["share_keys"].values())
+    assert all(len(shares) == 2 for shares in asked["masked_input"].values())  # from its two neighbours
