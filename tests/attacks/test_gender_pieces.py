@@ -1,0 +1,146 @@
+"""The gender attack's pure pieces exactly: each config refusal by its message and at its boundary,
+view parsing, the sigmoid's clipping, per-round scores and the aggregate row."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from privfl.attacks.gender import (
+    GenderAttackConfig,
+    _aggregate_row,
+    _per_round,
+    _sigmoid,
+    parse_views,
+)
+from privfl.errors import ConfigError
+
+
+# --- the config ------------------------------------------------------------------------------------
+def test_the_defaults_validate() -> None:
+    config = GenderAttackConfig()
+    assert config.validate() is config
+    assert (config.views, config.classifier, config.shadow_clients, config.speeds) == (
+        (("fc-profile", 3),),
+        "logreg",
+        12,
+        (0.9, 1.0, 1.1),
+    )
+
+
+def test_an_empty_or_malformed_view_is_refused_by_message() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^gender views are empty; give at least one, e.g. --views fc-profile:3$"
+    ):
+        GenderAttackConfig(views=()).validate()
+    for view in (("conv", 3), ("fc-profile", -1), ("fc-profile", 2.0)):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^gender view \({view[0]!r}, {view[1]!r}\) needs a feature set among fc-profile, "
+            r"first-layer, all-layers and a subspace size k >= 0, e.g. --views fc-profile:2-5,first-layer:2-3$",
+        ):
+            GenderAttackConfig(views=(("first-layer", 2), view)).validate()
+    GenderAttackConfig(views=(("all-layers", 0),)).validate()  # k = 0: no subspace
+
+
+def test_an_unknown_classifier_is_refused_and_both_known_ones_pass() -> None:
+    with pytest.raises(ConfigError, match=r"^gender classifier 'svm' is not one of logreg, mlp$"):
+        GenderAttackConfig(classifier="svm").validate()
+    GenderAttackConfig(classifier="mlp").validate()
+
+
+def test_four_shadow_clients_are_enough_and_three_are_refused() -> None:
+    GenderAttackConfig(shadow_clients=4).validate()
+    with pytest.raises(
+        ConfigError, match=r"^shadow_clients must be >= 4 \(two per gender at least\), got 3$"
+    ):
+        GenderAttackConfig(shadow_clients=3).validate()
+
+
+def test_one_control_repeat_is_enough_and_none_is_refused() -> None:
+    GenderAttackConfig(control_repeats=1).validate()
+    with pytest.raises(ConfigError, match=r"^control_repeats must be >= 1, got 0$"):
+        GenderAttackConfig(control_repeats=0).validate()
+
+
+@pytest.mark.parametrize("field", ["shadow_size", "max_rounds", "bootstrap", "seed"])
+def test_negative_sizes_and_seeds_are_refused_with_all_four_values(field) -> None:
+    GenderAttackConfig(**{field: 0}).validate()
+    values = {"shadow_size": 0, "max_rounds": 0, "bootstrap": 1000, "seed": 0, field: -1}
+    got = ", ".join(str(values[k]) for k in ("shadow_size", "max_rounds", "bootstrap", "seed"))
+    with pytest.raises(
+        ConfigError, match=rf"^shadow_size, max_rounds, bootstrap and seed must be >= 0, got {got}$"
+    ):
+        GenderAttackConfig(**{field: -1}).validate()
+
+
+def test_speeds_without_the_recorded_speech_or_none_at_all_are_refused() -> None:
+    for speeds in ((0.9, 1.1), ()):
+        message = (
+            f"speeds {list(speeds)} must include 1.0 (the auxiliary speech as recorded), "
+            "e.g. --speeds 0.9,1.0,1.1 or --speeds 1.0 for none"
+        )
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            GenderAttackConfig(speeds=speeds).validate()
+    with pytest.raises(ConfigError, match="speed"):
+        GenderAttackConfig(speeds=(1.0, 1.0)).validate()  # the factors themselves are checked too
+
+
+# --- views ----------------------------------------------------------------------------------------
+def test_views_expand_ranges_in_order_without_repeats() -> None:
+    assert parse_views(" first-layer:1-2 , fc-profile:0") == (
+        ("first-layer", 1),
+        ("first-layer", 2),
+        ("fc-profile", 0),
+    )
+    assert parse_views("fc-profile:2-2") == (("fc-profile", 2),)
+    assert parse_views("fc-profile:3,fc-profile:2-3") == (("fc-profile", 3), ("fc-profile", 2))
+    with pytest.raises(
+        ConfigError,
+        match=r"^gender view 'fc-profile:3-2' is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
+        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, "
+        r"e.g. --views fc-profile:2-5,first-layer:2-3$",
+    ):
+        parse_views("fc-profile:1,fc-profile:3-2")
+
+
+# --- scores ---------------------------------------------------------------------------------------
+def test_sigmoid_is_clipped_at_30_so_it_never_reaches_0_or_1() -> None:
+    got = _sigmoid(np.array([0.0, 2.0, -1000.0, 1000.0, 30.0]))
+    np.testing.assert_allclose(got[:2], [0.5, 1 / (1 + np.exp(-2.0))], rtol=1e-15)
+    assert got[2] == 1 / (1 + np.exp(30.0)) and got[3] == 1 / (1 + np.exp(-30.0)) == got[4]
+    assert 0.0 < got[2] and got[3] < 1.0
+
+
+def test_per_round_scores_give_auc_and_balanced_accuracy_at_one_half() -> None:
+    rounds = np.array([3, 3, 3, 3, 1, 1])
+    scores = np.array([0.9, 0.5, 0.4, 0.2, 0.7, 0.6])
+    labels = np.array([1, 0, 1, 0, 1, 1])
+    assert _per_round(rounds, scores, labels) == [
+        {"round": 1, "n": 2, "auc": None, "balanced_accuracy": None},
+        # AUC 0.75; at P >= 0.5: TPR 1/2 (0.9 yes, 0.4 no), TNR 1/2 (0.5 called female, 0.2 not)
+        {"round": 3, "n": 4, "auc": 0.75, "balanced_accuracy": 0.5},
+    ]
+
+
+def test_the_aggregate_row_scores_rounds_by_their_majority_gender() -> None:
+    config = GenderAttackConfig(bootstrap=0)
+    empty = _aggregate_row([], config)
+    assert (empty.name, empty.observed) == ("gender: aggregate update", "aggregate")
+    assert empty.reason == "w_{t+1} of the attacked rounds was not recorded" and empty.metrics is None
+    rounds = [
+        {"round": 1, "female_share": 0.8, "score": 0.9},
+        {"round": 2, "female_share": 0.5, "score": 0.2},  # half is not a female majority
+        {"round": 3, "female_share": 0.6, "score": 0.7},
+        {"round": 4, "female_share": 0.1, "score": 0.4},
+    ]
+    row = _aggregate_row(rounds, config)
+    assert row.per_round == rounds and row.reason == ""
+    assert row.metrics["auc"] == 1.0
+    same = _aggregate_row([{**r, "female_share": 0.9} for r in rounds], config)
+    assert same.metrics is None and same.reason.startswith(
+        "every attacked round's participants have the same majority gender, so the aggregate carries "
+        "one label"
+    )
