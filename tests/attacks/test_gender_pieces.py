@@ -39,7 +39,8 @@ def test_an_empty_or_malformed_view_is_refused_by_message() -> None:
         with pytest.raises(
             ConfigError,
             match=rf"^gender view \({view[0]!r}, {view[1]!r}\) needs a feature set among fc-profile, "
-            r"first-layer, all-layers and a subspace size k >= 0, e.g. --views fc-profile:2-5,first-layer:2-3$",
+            r"first-layer, all-layers and a subspace size k >= 0, "
+            r"e.g. --views fc-profile:2-5,first-layer:2-3$",
         ):
             GenderAttackConfig(views=(("first-layer", 2), view)).validate()
     GenderAttackConfig(views=(("all-layers", 0),)).validate()  # k = 0: no subspace
