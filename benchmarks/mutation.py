@@ -132,6 +132,14 @@ def tree_path(module: str) -> str:
 
 
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+CARRIED = "carried_kills.json"
+"""Beside a --recheck's records: the kills it carried over, which mutmut's own records leave unchecked."""
+
+
+def carried_kills(scratch: Path) -> set[str]:
+    """The kills a --recheck in this scratch copy carried over from the run before it (none if not one)."""
+    path = scratch / CARRIED
+    return set(json.loads(path.read_text())) if path.exists() else set()
 
 
 def mutmut_config(module: str, tests: list[str]) -> str:
@@ -336,8 +344,9 @@ def main() -> None:
             if earlier.get("complete"):
                 names = [s["name"] for s in earlier["survivors"] if s["name"] not in equivalent]
             elif earlier and meta.exists():  # a stopped run: its survivors and the mutants it never reached
-                old = statuses(meta.parents[len(Path(tree_path(module)).parts)], module)
-                names = [n for n, st in old.items() if st not in KILLED and n not in equivalent]
+                scratch = meta.parents[len(Path(tree_path(module)).parts)]
+                old, prior = statuses(scratch, module), carried_kills(scratch)  # a stopped --recheck's too
+                names = [n for n, st in old.items() if st not in KILLED and n not in equivalent | prior]
             else:
                 raise SystemExit(
                     f"--recheck needs an earlier run of {module} in {args.out} (and its records)"
@@ -347,6 +356,9 @@ def main() -> None:
         )
         if args.recheck:
             carried = set(statuses(scratch, module)) - set(names)
+            (scratch / CARRIED).write_text(json.dumps(sorted(carried)) + "\n")  # so a stopped one can resume
+        elif args.collect:
+            carried = carried_kills(scratch)
         r = summarise(module, CORE[module], scratch, env, equivalent, wall, complete, carried)
         if args.recheck:
             # the same source gives the same mutants: same count, and each survivor the same diff
