@@ -47,6 +47,7 @@ CORE: dict[str, list[str]] = {
         "tests/fl/test_dp.py",
         "tests/fl/test_dp_policy_edges.py",
         "tests/fl/test_user_dp_exact.py",
+        "tests/fl/test_dp_reports_and_sampling.py",
         # the one test of the Dirac canaries DP-SGD appends as per-sample gradients
         "tests/attacks/test_audit_canaries.py::test_dp_sgd_canaries_pass_clipping_and_noise_and_change_only_their_coordinates",
     ],
