@@ -1,5 +1,5 @@
 """What a DP client discloses besides its contribution, the trainer's refusals of a client it has no
-plan for, and McMahan et al.'s fixed-size client sample."""
+plan for, its canaries joining DP-SGD through train, and McMahan et al.'s fixed-size client sample."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from privfl.canaries import CanarySecrets, GradientCanaries
 from privfl.errors import PrivacyError
 from privfl.fl.client import LocalConfig, Update
-from privfl.fl.dp import disclosed, fixed_size_clients
-from tests.fl.test_dp import client_data, privacy_for, trainer_for
+from privfl.fl.dp import DPSGDTrainer, disclosed, fixed_size_clients, poisson_batch
+from privfl.models import initial_weights
+from tests.fl.test_dp import MELS, SEEDED, SMALL, client_data, privacy_for, trainer_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fl/conftest.py
 
@@ -52,3 +55,48 @@ def test_a_fixed_size_sample_draws_round_c_k_distinct_clients_and_at_least_one()
     # the sample follows the generator it is given
     draws = {tuple(fixed_size_clients(10, 0.3, np.random.default_rng(s))) for s in range(10)}
     assert len(draws) > 1
+
+
+def test_a_clients_canaries_join_its_dp_sgd_steps_through_train() -> None:
+    """At q = 1 every record and every canary is in the one step; with sigma 0 the update with the
+    canaries differs from the one without exactly at their coordinates, by -lr value clip / B."""
+    data = client_data(0, n=8)
+    local = LocalConfig(epochs=1, batch_size=8, lr=0.5, momentum=0.0)
+    secrets = CanarySecrets(
+        "gradient",
+        n_params=0,
+        norm=1.0,
+        included=np.array([True, True, False, True]),
+        coordinates=np.array([3, 50, 60, 9]),
+        signs=np.array([1.0, -1.0, 1.0, 1.0]),
+        owners=np.array([0, 0, 0, 1]),  # the last one is another client's
+        seeds=np.zeros(4, dtype=np.uint64),
+    )
+
+    def trained(canaries):
+        trainer = DPSGDTrainer(
+            SMALL["cnn"],
+            MELS,
+            local,
+            SEEDED,
+            privacy_for([data], 8, sigma=0.0),
+            "microbatch",
+            max_grad_norm=1.0,
+            canaries=canaries,
+        )
+        return trainer.train(data, w, 2)
+
+    w = initial_weights(SMALL["cnn"], MELS, 0)
+    without, with_c = trained(None), trained(GradientCanaries(secrets))
+    assert without.round == with_c.round == 2
+    diff = with_c.delta.astype(np.float64) - without.delta
+    push = 0.5 / (1.0 + 1e-6) / 8  # lr, Opacus's clip factor at norm exactly C, 1 / B
+    assert diff[3] == pytest.approx(-push, rel=1e-4) and diff[50] == pytest.approx(push, rel=1e-4)
+    diff[[3, 50]] = 0
+    assert np.abs(diff).max() < 1e-7  # the excluded canary and client 1's are not there
+
+
+def test_a_record_is_in_the_poisson_batch_when_its_draw_is_below_the_rate_not_at_it(monkeypatch) -> None:
+    draws = torch.tensor([0.25, 0.5, 0.75, 0.0])
+    monkeypatch.setattr(torch, "rand", lambda n, generator=None: draws[:n])
+    assert poisson_batch(4, 0.5, torch.Generator()).tolist() == [0, 3]  # P(u < q) = q
