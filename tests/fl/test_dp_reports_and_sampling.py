@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from privfl.canaries import CanarySecrets, GradientCanaries
 from privfl.errors import PrivacyError
 from privfl.fl.client import LocalConfig, Update
-from privfl.fl.dp import DPSGDTrainer, disclosed, fixed_size_clients, poisson_batch
+from privfl.fl.dp import DPSGDTrainer, _per_sample_norms, disclosed, fixed_size_clients, poisson_batch
 from privfl.models import initial_weights
 from tests.fl.test_dp import MELS, SEEDED, SMALL, client_data, privacy_for, trainer_for
 
@@ -100,3 +101,10 @@ def test_a_record_is_in_the_poisson_batch_when_its_draw_is_below_the_rate_not_at
     draws = torch.tensor([0.25, 0.5, 0.75, 0.0])
     monkeypatch.setattr(torch, "rand", lambda n, generator=None: draws[:n])
     assert poisson_batch(4, 0.5, torch.Generator()).tolist() == [0, 3]  # P(u < q) = q
+
+
+def test_per_sample_norms_are_the_l2_norm_of_each_samples_whole_gradient() -> None:
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(1, 1))
+    a.grad_sample = torch.tensor([[3.0, 4.0], [1.0, 2.0]])  # two samples
+    b.grad_sample = torch.tensor([[[12.0]], [[2.0]]])
+    np.testing.assert_allclose(_per_sample_norms([a, b]).numpy(), [13.0, 3.0], rtol=1e-6)
