@@ -7,12 +7,17 @@ import re
 
 import numpy as np
 import pytest
+from torch import nn
 
 from privfl.attacks.gender import (
     GenderAttackConfig,
     _aggregate_row,
+    _aggregate_score,
     _per_round,
     _sigmoid,
+    first_layer_names,
+    fit_classifier,
+    log_odds,
     parse_views,
 )
 from privfl.errors import ConfigError
@@ -145,3 +150,26 @@ def test_the_aggregate_row_scores_rounds_by_their_majority_gender() -> None:
         "every attacked round's participants have the same majority gender, so the aggregate carries "
         "one label"
     )
+
+
+def test_the_first_layer_is_found_in_a_nested_model_even_with_one_parameter() -> None:
+    model = nn.Sequential(nn.Sequential(nn.Linear(3, 2, bias=False)), nn.Linear(2, 1))
+    assert first_layer_names(model) == ("0.0.weight",)
+
+
+def test_the_aggregate_score_reads_a_planted_direction_and_averages_the_feature_sets() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 2  # 1 = female
+    shadow = rng.normal(size=(40, 4)) + 2.0 * np.outer(2 * labels - 1, [1.0, 0, 0, 0])
+    config = GenderAttackConfig()
+    one = {"fc-profile": lambda d: d}
+    female, male = np.array([3.0, 0, 0, 0]), np.array([-3.0, 0, 0, 0])
+    assert _aggregate_score({"fc-profile": shadow}, labels, one, female, config) > 0.95
+    assert _aggregate_score({"fc-profile": shadow}, labels, one, male, config) < 0.05
+    # two feature sets: one classifier each, their log-odds averaged (the second reads it backwards)
+    two = {"fc-profile": lambda d: d, "first-layer": lambda d: -d}
+    both = {"fc-profile": shadow, "first-layer": shadow}
+    odds = [log_odds(fit_classifier(shadow, labels), x[None])[0] for x in (female, -female)]
+    assert odds[0] > 3 > -3 > odds[1]
+    want = 1 / (1 + np.exp(-(odds[0] + odds[1]) / 2))
+    assert _aggregate_score(both, labels, two, female, config) == pytest.approx(want, rel=1e-9)
