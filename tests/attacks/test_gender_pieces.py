@@ -4,23 +4,29 @@ view parsing, the sigmoid's clipping, per-round scores and the aggregate row."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from torch import nn
 
+from privfl.attacks import gender
 from privfl.attacks.gender import (
     GenderAttackConfig,
     _aggregate_row,
     _aggregate_score,
+    _default_shadow_size,
     _per_round,
     _sigmoid,
     first_layer_names,
     fit_classifier,
     log_odds,
     parse_views,
+    profile_layer,
 )
-from privfl.errors import ConfigError
+from privfl.config import ExperimentConfig
+from privfl.errors import AttackError, ConfigError
 
 
 # --- the config ------------------------------------------------------------------------------------
@@ -173,3 +179,93 @@ def test_the_aggregate_score_reads_a_planted_direction_and_averages_the_feature_
     assert odds[0] > 3 > -3 > odds[1]
     want = 1 / (1 + np.exp(-(odds[0] + odds[1]) / 2))
     assert _aggregate_score(both, labels, two, female, config) == pytest.approx(want, rel=1e-9)
+
+
+def test_a_model_without_a_fully_connected_layer_has_no_profile_layer() -> None:
+    assert profile_layer(nn.Sequential(nn.Conv1d(2, 2, 3), nn.Linear(4, 2))) == "1.weight"
+    with pytest.raises(
+        ConfigError, match=r"^Sequential has no fully connected layer for the fc-profile features$"
+    ):
+        profile_layer(nn.Sequential(nn.Conv1d(2, 2, 3)))
+
+
+# --- the preflight --------------------------------------------------------------------------------
+class FakeRun:
+    """What gender_preflight reads of an observed run: its rounds, clients' genders, sizes, config."""
+
+    def __init__(self, mode: str, batch: int, sizes) -> None:
+        self.config = ExperimentConfig().override({"train.mode": mode, "train.batch_size": batch})
+        self.asked: list = []
+        truth = SimpleNamespace(genders=[("female",), ("male",)])
+        self.observe = lambda r: (None, truth)
+        self.run = SimpleNamespace(
+            path=Path("runs/x"), load_updates=lambda r: {"num_samples": np.asarray(sizes[r])}
+        )
+
+    def select_rounds(self, rounds, max_rounds):
+        self.asked.append((rounds, max_rounds))
+        return [2, 4]
+
+
+def aux_data(per_speaker: int, corpus=None):
+    speakers = tuple(s for s in ("f1", "m1") for _ in range(per_speaker))
+    return SimpleNamespace(aux=SimpleNamespace(speakers=speakers), corpus=corpus)
+
+
+@pytest.fixture()
+def checks(monkeypatch):
+    seen = []
+    monkeypatch.setattr(gender, "check_auxiliary", lambda aux: seen.append(("aux", aux)))
+    monkeypatch.setattr(gender, "check_data_matches", lambda o, d, r: seen.append(("data", o, d, r)))
+    return seen
+
+
+def test_preflight_selects_the_configured_rounds_and_checks_the_data_on_the_first(checks) -> None:
+    observed, data = FakeRun("fedavg", 4, {2: [6, 10], 4: [8]}), aux_data(12, corpus=object())
+    config = GenderAttackConfig(rounds=(2, 4), max_rounds=3)
+    assert gender.gender_preflight(observed, data, config) == [2, 4]
+    assert observed.asked == [((2, 4), 3)]
+    assert checks == [("aux", data.aux), ("data", observed, data, 2)]
+
+
+def test_speed_perturbation_needs_the_corpus_audio(checks) -> None:
+    observed = FakeRun("fedavg", 4, {2: [6], 4: [8]})
+    with pytest.raises(
+        AttackError,
+        match=r"^speed-perturbed auxiliary speech needs the corpus's audio, and this data has none; "
+        r"pass speeds=\(1.0,\) \(--speeds 1.0\)$",
+    ):
+        gender.gender_preflight(observed, aux_data(12), GenderAttackConfig(speeds=(0.9, 1.0)))
+    gender.gender_preflight(observed, aux_data(12), GenderAttackConfig(speeds=(1.0,)))
+    gender.gender_preflight(observed, aux_data(12, corpus=object()), GenderAttackConfig(speeds=(0.9, 1.0)))
+
+
+def test_default_shadow_size_is_the_clients_median_capped_by_the_auxiliary_speakers() -> None:
+    observed = FakeRun("fedavg", 4, {2: [6, 10, 30], 4: [8, 9]})
+    several, one = GenderAttackConfig(), GenderAttackConfig(speeds=(1.0,))
+    assert _default_shadow_size(observed, [2, 4], aux_data(12), several) == 9  # median of the five
+    assert _default_shadow_size(observed, [2], aux_data(12), several) == 10
+    assert _default_shadow_size(observed, [2, 4], aux_data(8), several) == 8  # the smallest speaker's count
+    assert _default_shadow_size(observed, [2, 4], aux_data(8), one) == 6  # 3/4 of it with one speed
+    assert _default_shadow_size(observed, [2, 4], aux_data(1), one) == 1
+    empty = FakeRun("fedavg", 4, {2: []})
+    assert _default_shadow_size(empty, [2], aux_data(8), several) == 8
+
+
+def test_dp_sgd_shadow_clients_smaller_than_the_batch_are_refused_naming_both(checks) -> None:
+    config = GenderAttackConfig(speeds=(1.0,))
+    sizes = {2: [8, 8], 4: [8]}
+    with pytest.raises(
+        AttackError,
+        match=r"^shadow clients of 8 utterances are smaller than the run's batch size 9, which DP-SGD's "
+        r"sample "
+        r"rate B/n does not allow; pass --shadow-size 9 or more \(the auxiliary speakers need that many "
+        r"utterances each\)$",
+    ):
+        gender.gender_preflight(FakeRun("dp", 9, sizes), aux_data(20), config)
+    gender.gender_preflight(FakeRun("dp", 8, sizes), aux_data(20), config)  # exactly the batch: allowed
+    gender.gender_preflight(FakeRun("fedavg", 9, sizes), aux_data(20), config)  # only DP-SGD samples B/n
+    with pytest.raises(AttackError, match="^shadow clients of 5 utterances"):
+        gender.gender_preflight(
+            FakeRun("dp", 9, sizes), aux_data(20), GenderAttackConfig(speeds=(1.0,), shadow_size=5)
+        )
