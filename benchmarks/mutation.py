@@ -347,7 +347,9 @@ def main() -> None:
             elif earlier and meta.exists():  # a stopped run: its survivors and the mutants it never reached
                 scratch = meta.parents[len(Path(tree_path(module)).parts)]
                 old, prior = statuses(scratch, module), carried_kills(scratch)  # a stopped --recheck's too
-                names = [n for n, st in old.items() if st not in KILLED and n not in equivalent | prior]
+                names = [
+                    n for n, st in old.items() if st not in KILLED and n not in equivalent and n not in prior
+                ]
             else:
                 raise SystemExit(
                     f"--recheck needs an earlier run of {module} in {args.out} (and its records)"
