@@ -59,8 +59,9 @@ def test_a_fixed_size_sample_draws_round_c_k_distinct_clients_and_at_least_one()
 
 
 def test_a_clients_canaries_join_its_dp_sgd_steps_through_train() -> None:
-    """At q = 1 every record and every canary is in the one step; with sigma 0 the update with the
-    canaries differs from the one without exactly at their coordinates, by -lr value clip / B."""
+    """At q = 1 every record and every canary is in the one step; both runs draw the same noise from
+    the client's seeded stream, so the update with the canaries differs from the one without
+    exactly at their coordinates, by -lr value clip / B."""
     data = client_data(0, n=8)
     local = LocalConfig(epochs=1, batch_size=8, lr=0.5, momentum=0.0)
     secrets = CanarySecrets(
@@ -80,7 +81,7 @@ def test_a_clients_canaries_join_its_dp_sgd_steps_through_train() -> None:
             MELS,
             local,
             SEEDED,
-            privacy_for([data], 8, sigma=0.0),
+            privacy_for([data], 8, sigma=1.0),
             "microbatch",
             max_grad_norm=1.0,
             canaries=canaries,
