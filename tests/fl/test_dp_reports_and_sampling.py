@@ -109,3 +109,13 @@ def test_per_sample_norms_are_the_l2_norm_of_each_samples_whole_gradient() -> No
     a.grad_sample = torch.tensor([[3.0, 4.0], [1.0, 2.0]])  # two samples
     b.grad_sample = torch.tensor([[[12.0]], [[2.0]]])
     np.testing.assert_allclose(_per_sample_norms([a, b]).numpy(), [13.0, 3.0], rtol=1e-6)
+
+
+def test_the_steps_and_clipped_gradients_of_a_run_are_counted_over_every_step() -> None:
+    data = client_data(0, n=8)
+    local = LocalConfig(epochs=1, batch_size=8, lr=0.1, momentum=0.0)
+    trainer = trainer_for("cnn", "microbatch", privacy_for([data], 8, sigma=0.0, clip=1e-6), local)
+    w = initial_weights(SMALL["cnn"], MELS, 0)
+    every = torch.arange(8)
+    update = trainer._run(data, w, 1, [every, every[:5], every], torch.Generator().manual_seed(0))
+    assert update.stats["steps"] == 3 and update.stats["clipped"] == 8 + 5 + 8  # C = 1e-6 clips them all
