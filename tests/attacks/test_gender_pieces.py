@@ -1,0 +1,271 @@
+"""The gender attack's pure pieces exactly: each config refusal by its message and at its boundary,
+view parsing, the sigmoid's clipping, per-round scores and the aggregate row."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from torch import nn
+
+from privfl.attacks import gender
+from privfl.attacks.gender import (
+    GenderAttackConfig,
+    _aggregate_row,
+    _aggregate_score,
+    _default_shadow_size,
+    _per_round,
+    _sigmoid,
+    first_layer_names,
+    fit_classifier,
+    log_odds,
+    parse_views,
+    profile_layer,
+)
+from privfl.config import ExperimentConfig
+from privfl.errors import AttackError, ConfigError
+
+
+# --- the config ------------------------------------------------------------------------------------
+def test_the_defaults_validate() -> None:
+    config = GenderAttackConfig()
+    assert config.validate() is config
+    assert (config.views, config.classifier, config.shadow_clients, config.speeds) == (
+        (("fc-profile", 3),),
+        "logreg",
+        12,
+        (0.9, 1.0, 1.1),
+    )
+
+
+def test_an_empty_or_malformed_view_is_refused_by_message() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^gender views are empty; give at least one, e.g. --views fc-profile:3$"
+    ):
+        GenderAttackConfig(views=()).validate()
+    for view in (("conv", 3), ("fc-profile", -1), ("fc-profile", 2.0)):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^gender view \({view[0]!r}, {view[1]!r}\) needs a feature set among fc-profile, "
+            r"first-layer, all-layers and a subspace size k >= 0, "
+            r"e.g. --views fc-profile:2-5,first-layer:2-3$",
+        ):
+            GenderAttackConfig(views=(("first-layer", 2), view)).validate()
+    GenderAttackConfig(views=(("all-layers", 0),)).validate()  # k = 0: no subspace
+
+
+def test_an_unknown_classifier_is_refused_and_both_known_ones_pass() -> None:
+    with pytest.raises(ConfigError, match=r"^gender classifier 'svm' is not one of logreg, mlp$"):
+        GenderAttackConfig(classifier="svm").validate()
+    GenderAttackConfig(classifier="mlp").validate()
+
+
+def test_four_shadow_clients_are_enough_and_three_are_refused() -> None:
+    GenderAttackConfig(shadow_clients=4).validate()
+    with pytest.raises(
+        ConfigError, match=r"^shadow_clients must be >= 4 \(two per gender at least\), got 3$"
+    ):
+        GenderAttackConfig(shadow_clients=3).validate()
+
+
+def test_one_control_repeat_is_enough_and_none_is_refused() -> None:
+    GenderAttackConfig(control_repeats=1).validate()
+    with pytest.raises(ConfigError, match=r"^control_repeats must be >= 1, got 0$"):
+        GenderAttackConfig(control_repeats=0).validate()
+
+
+@pytest.mark.parametrize("field", ["shadow_size", "max_rounds", "bootstrap", "seed"])
+def test_negative_sizes_and_seeds_are_refused_with_all_four_values(field) -> None:
+    GenderAttackConfig(**{field: 0}).validate()
+    values = {"shadow_size": 0, "max_rounds": 0, "bootstrap": 1000, "seed": 0, field: -1}
+    got = ", ".join(str(values[k]) for k in ("shadow_size", "max_rounds", "bootstrap", "seed"))
+    with pytest.raises(
+        ConfigError, match=rf"^shadow_size, max_rounds, bootstrap and seed must be >= 0, got {got}$"
+    ):
+        GenderAttackConfig(**{field: -1}).validate()
+
+
+def test_speeds_without_the_recorded_speech_or_none_at_all_are_refused() -> None:
+    for speeds in ((0.9, 1.1), ()):
+        message = (
+            f"speeds {list(speeds)} must include 1.0 (the auxiliary speech as recorded), "
+            "e.g. --speeds 0.9,1.0,1.1 or --speeds 1.0 for none"
+        )
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            GenderAttackConfig(speeds=speeds).validate()
+    with pytest.raises(ConfigError, match="speed"):
+        GenderAttackConfig(speeds=(1.0, 1.0)).validate()  # the factors themselves are checked too
+
+
+# --- views ----------------------------------------------------------------------------------------
+def test_views_expand_ranges_in_order_without_repeats() -> None:
+    assert parse_views(" first-layer:1-2 , fc-profile:0") == (
+        ("first-layer", 1),
+        ("first-layer", 2),
+        ("fc-profile", 0),
+    )
+    assert parse_views("fc-profile:2-2") == (("fc-profile", 2),)
+    assert parse_views("fc-profile:3,fc-profile:2-3") == (("fc-profile", 3), ("fc-profile", 2))
+    with pytest.raises(
+        ConfigError,
+        match=r"^gender view 'fc-profile:3-2' is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
+        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, "
+        r"e.g. --views fc-profile:2-5,first-layer:2-3$",
+    ):
+        parse_views("fc-profile:1,fc-profile:3-2")
+
+
+# --- scores ---------------------------------------------------------------------------------------
+def test_sigmoid_is_clipped_at_30_so_it_never_reaches_0_or_1() -> None:
+    got = _sigmoid(np.array([0.0, 2.0, -1000.0, 1000.0, 30.0]))
+    np.testing.assert_allclose(got[:2], [0.5, 1 / (1 + np.exp(-2.0))], rtol=1e-15)
+    assert got[2] == 1 / (1 + np.exp(30.0)) and got[3] == 1 / (1 + np.exp(-30.0)) == got[4]
+    assert 0.0 < got[2] and got[3] < 1.0
+
+
+def test_per_round_scores_give_auc_and_balanced_accuracy_at_one_half() -> None:
+    rounds = np.array([3, 3, 3, 3, 1, 1])
+    scores = np.array([0.9, 0.5, 0.4, 0.2, 0.7, 0.6])
+    labels = np.array([1, 0, 1, 0, 1, 1])
+    assert _per_round(rounds, scores, labels) == [
+        {"round": 1, "n": 2, "auc": None, "balanced_accuracy": None},
+        # AUC 0.75; at P >= 0.5: TPR 1/2 (0.9 yes, 0.4 no), TNR 1/2 (0.5 called female, 0.2 not)
+        {"round": 3, "n": 4, "auc": 0.75, "balanced_accuracy": 0.5},
+    ]
+
+
+def test_the_aggregate_row_scores_rounds_by_their_majority_gender() -> None:
+    config = GenderAttackConfig(bootstrap=0)
+    empty = _aggregate_row([], config)
+    assert (empty.name, empty.observed) == ("gender: aggregate update", "aggregate")
+    assert empty.reason == "w_{t+1} of the attacked rounds was not recorded" and empty.metrics is None
+    rounds = [
+        {"round": 1, "female_share": 0.8, "score": 0.9},
+        {"round": 2, "female_share": 0.5, "score": 0.2},  # half is not a female majority
+        {"round": 3, "female_share": 0.6, "score": 0.7},
+        {"round": 4, "female_share": 0.1, "score": 0.4},
+    ]
+    row = _aggregate_row(rounds, config)
+    assert row.per_round == rounds and row.reason == ""
+    assert row.metrics["auc"] == 1.0
+    same = _aggregate_row([{**r, "female_share": 0.9} for r in rounds], config)
+    assert same.metrics is None and same.reason.startswith(
+        "every attacked round's participants have the same majority gender, so the aggregate carries "
+        "one label"
+    )
+
+
+def test_the_first_layer_is_found_in_a_nested_model_even_with_one_parameter() -> None:
+    model = nn.Sequential(nn.Sequential(nn.Linear(3, 2, bias=False)), nn.Linear(2, 1))
+    assert first_layer_names(model) == ("0.0.weight",)
+
+
+def test_the_aggregate_score_reads_a_planted_direction_and_averages_the_feature_sets() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 2  # 1 = female
+    shadow = rng.normal(size=(40, 4)) + 2.0 * np.outer(2 * labels - 1, [1.0, 0, 0, 0])
+    config = GenderAttackConfig()
+    one = {"fc-profile": lambda d: d}
+    female, male = np.array([3.0, 0, 0, 0]), np.array([-3.0, 0, 0, 0])
+    assert _aggregate_score({"fc-profile": shadow}, labels, one, female, config) > 0.95
+    assert _aggregate_score({"fc-profile": shadow}, labels, one, male, config) < 0.05
+    # two feature sets: one classifier each, their log-odds averaged (the second reads it backwards)
+    two = {"fc-profile": lambda d: d, "first-layer": lambda d: -d}
+    both = {"fc-profile": shadow, "first-layer": shadow}
+    odds = [log_odds(fit_classifier(shadow, labels), x[None])[0] for x in (female, -female)]
+    assert odds[0] > 3 > -3 > odds[1]
+    want = 1 / (1 + np.exp(-(odds[0] + odds[1]) / 2))
+    assert _aggregate_score(both, labels, two, female, config) == pytest.approx(want, rel=1e-9)
+
+
+def test_a_model_without_a_fully_connected_layer_has_no_profile_layer() -> None:
+    assert profile_layer(nn.Sequential(nn.Conv1d(2, 2, 3), nn.Linear(4, 2))) == "1.weight"
+    with pytest.raises(
+        ConfigError, match=r"^Sequential has no fully connected layer for the fc-profile features$"
+    ):
+        profile_layer(nn.Sequential(nn.Conv1d(2, 2, 3)))
+
+
+# --- the preflight --------------------------------------------------------------------------------
+class FakeRun:
+    """What gender_preflight reads of an observed run: its rounds, clients' genders, sizes, config."""
+
+    def __init__(self, mode: str, batch: int, sizes) -> None:
+        self.config = ExperimentConfig().override({"train.mode": mode, "train.batch_size": batch})
+        self.asked: list = []
+        truth = SimpleNamespace(genders=[("female",), ("male",)])
+        self.observe = lambda r: (None, truth)
+        self.run = SimpleNamespace(
+            path=Path("runs/x"), load_updates=lambda r: {"num_samples": np.asarray(sizes[r])}
+        )
+
+    def select_rounds(self, rounds, max_rounds):
+        self.asked.append((rounds, max_rounds))
+        return [2, 4]
+
+
+def aux_data(per_speaker: int, corpus=None):
+    speakers = tuple(s for s in ("f1", "m1") for _ in range(per_speaker))
+    return SimpleNamespace(aux=SimpleNamespace(speakers=speakers), corpus=corpus)
+
+
+@pytest.fixture()
+def checks(monkeypatch):
+    seen = []
+    monkeypatch.setattr(gender, "check_auxiliary", lambda aux: seen.append(("aux", aux)))
+    monkeypatch.setattr(gender, "check_data_matches", lambda o, d, r: seen.append(("data", o, d, r)))
+    return seen
+
+
+def test_preflight_selects_the_configured_rounds_and_checks_the_data_on_the_first(checks) -> None:
+    observed, data = FakeRun("fedavg", 4, {2: [6, 10], 4: [8]}), aux_data(12, corpus=object())
+    config = GenderAttackConfig(rounds=(2, 4), max_rounds=3)
+    assert gender.gender_preflight(observed, data, config) == [2, 4]
+    assert observed.asked == [((2, 4), 3)]
+    assert checks == [("aux", data.aux), ("data", observed, data, 2)]
+
+
+def test_speed_perturbation_needs_the_corpus_audio(checks) -> None:
+    observed = FakeRun("fedavg", 4, {2: [6], 4: [8]})
+    with pytest.raises(
+        AttackError,
+        match=r"^speed-perturbed auxiliary speech needs the corpus's audio, and this data has none; "
+        r"pass speeds=\(1.0,\) \(--speeds 1.0\)$",
+    ):
+        gender.gender_preflight(observed, aux_data(12), GenderAttackConfig(speeds=(0.9, 1.0)))
+    gender.gender_preflight(observed, aux_data(12), GenderAttackConfig(speeds=(1.0,)))
+    gender.gender_preflight(observed, aux_data(12, corpus=object()), GenderAttackConfig(speeds=(0.9, 1.0)))
+
+
+def test_default_shadow_size_is_the_clients_median_capped_by_the_auxiliary_speakers() -> None:
+    observed = FakeRun("fedavg", 4, {2: [6, 10, 30], 4: [8, 9]})
+    several, one = GenderAttackConfig(), GenderAttackConfig(speeds=(1.0,))
+    assert _default_shadow_size(observed, [2, 4], aux_data(12), several) == 9  # median of the five
+    assert _default_shadow_size(observed, [2], aux_data(12), several) == 10
+    assert _default_shadow_size(observed, [2, 4], aux_data(8), several) == 8  # the smallest speaker's count
+    assert _default_shadow_size(observed, [2, 4], aux_data(8), one) == 6  # 3/4 of it with one speed
+    assert _default_shadow_size(observed, [2, 4], aux_data(1), one) == 1
+    empty = FakeRun("fedavg", 4, {2: []})
+    assert _default_shadow_size(empty, [2], aux_data(8), several) == 8
+
+
+def test_dp_sgd_shadow_clients_smaller_than_the_batch_are_refused_naming_both(checks) -> None:
+    config = GenderAttackConfig(speeds=(1.0,))
+    sizes = {2: [8, 8], 4: [8]}
+    with pytest.raises(
+        AttackError,
+        match=r"^shadow clients of 8 utterances are smaller than the run's batch size 9, which DP-SGD's "
+        r"sample "
+        r"rate B/n does not allow; pass --shadow-size 9 or more \(the auxiliary speakers need that many "
+        r"utterances each\)$",
+    ):
+        gender.gender_preflight(FakeRun("dp", 9, sizes), aux_data(20), config)
+    gender.gender_preflight(FakeRun("dp", 8, sizes), aux_data(20), config)  # exactly the batch: allowed
+    gender.gender_preflight(FakeRun("fedavg", 9, sizes), aux_data(20), config)  # only DP-SGD samples B/n
+    with pytest.raises(AttackError, match="^shadow clients of 5 utterances"):
+        gender.gender_preflight(
+            FakeRun("dp", 9, sizes), aux_data(20), GenderAttackConfig(speeds=(1.0,), shadow_size=5)
+        )
