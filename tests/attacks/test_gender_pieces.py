@@ -34,7 +34,7 @@ def test_the_defaults_validate() -> None:
     config = GenderAttackConfig()
     assert config.validate() is config
     assert (config.views, config.classifier, config.shadow_clients, config.speeds) == (
-        (("fc-profile", 3),),
+        (("fc-profile", 3), ("probe", 0)),
         "logreg",
         12,
         (0.9, 1.0, 1.1),
@@ -50,7 +50,7 @@ def test_an_empty_or_malformed_view_is_refused_by_message() -> None:
         with pytest.raises(
             ConfigError,
             match=rf"^gender view \({view[0]!r}, {view[1]!r}\) needs a feature set among fc-profile, "
-            r"first-layer, all-layers and a subspace size k >= 0, "
+            r"first-layer, all-layers and a subspace size k >= 0, or \('probe', 0\); "
             r"e.g. --views fc-profile:2-5,first-layer:2-3$",
         ):
             GenderAttackConfig(views=(("first-layer", 2), view)).validate()
@@ -112,8 +112,8 @@ def test_views_expand_ranges_in_order_without_repeats() -> None:
     with pytest.raises(
         ConfigError,
         match=r"^gender view 'fc-profile:3-2' is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
-        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, "
-        r"e.g. --views fc-profile:2-5,first-layer:2-3$",
+        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, nor 'probe'; "
+        r"e.g. --views fc-profile:2-5,first-layer:2-3 or --views fc-profile:3,probe$",
     ):
         parse_views("fc-profile:1,fc-profile:3-2")
 
