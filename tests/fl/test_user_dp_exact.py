@@ -20,23 +20,15 @@ from privfl.fl.aggregate import (
 )
 from privfl.fl.client import Update
 from privfl.fl.dp import SkipEmptyRounds, UserDPPolicy, poisson_clients
-from privfl.privacy import UserLevelPrivacy
 from privfl.randomness import PrivacyRandomness
+from tests.privacy_settings import user_level
 
 K, Q, SIGMA, CLIP, SEED = 10, 0.4, 1.5, 0.5, 3
 EC = Q * K  # the expected count qK the server divides by
 
 
 def policy(noise_on_clients=None, noise_share=None) -> UserDPPolicy:
-    privacy = UserLevelPrivacy(
-        noise_multiplier=SIGMA,
-        target_epsilon=None,
-        clip_norm=CLIP,
-        delta=1e-2,
-        accountant="rdp",
-        sample_rate=Q,
-        rounds=5,
-    )
+    privacy = user_level(noise_multiplier=SIGMA, clip_norm=CLIP, sample_rate=Q)  # delta 1e-2, 5 rounds
     randomness = PrivacyRandomness("seeded", SEED)
     if noise_on_clients is None:  # the default
         return UserDPPolicy(K, privacy, randomness, clip_norm=CLIP, noise_share=noise_share)
