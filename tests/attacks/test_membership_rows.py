@@ -137,7 +137,11 @@ def observed_run(
         }
     final = (0.5 * rng.normal(size=n_params)).astype(np.float32)
     metrics = (
-        [{"round": 1, "train_loss": 1.5}, {"round": 2, "train_loss": 0.123456}]
+        [
+            {"round": 1, "train_loss": 1.5},
+            {"round": 2, "train_loss": 0.9},
+            {"round": 3, "train_loss": 0.123456},
+        ]
         if metrics is None
         else metrics
     )
@@ -433,7 +437,9 @@ def test_the_loss_row_scores_minus_the_final_models_loss_at_the_last_training_lo
     }
 
 
-@pytest.mark.parametrize("metrics", [[], [{"round": 1, "train_loss": 0.5}, {"round": 2}]])
+@pytest.mark.parametrize(
+    "metrics", [[], [{"round": 1, "train_loss": 0.5}, {"round": 2, "train_loss": 0.4}, {"round": 3}]]
+)
 def test_the_loss_row_without_a_last_training_loss_uses_the_oracle_threshold(scored, metrics) -> None:
     data = prepared()
     observed = observed_run(data, metrics=metrics)
@@ -577,9 +583,11 @@ def test_alignment_rows_score_each_clients_members_against_its_own_update_and_th
 def test_alignment_under_user_level_dp_leaves_the_per_client_view_unchecked(scored) -> None:
     data = prepared(clients=(("a",), ("b",)))
     observed = observed_run(data, mode="user-dp", rounds=(1, 2), last=2, privacy=dp_summary("speaker"))
-    config = MembershipAttackConfig(candidates=2, bootstrap=0)
+    # one member per client: 4 of the 7 held-out utterances are drawn
+    config = MembershipAttackConfig(candidates=1, bootstrap=0)
     membership._alignment_rows(observed, data, heldout_pool(data), [2], config, observed.privacy, None)
     own, other, agg = alignment_expectations(observed, data, [2], config)
+    assert len(heldout_pool(data)) == 7 and len(own) == 2 * 2 and len(agg) == 2 * 2
     assert_items(scored[0], own)
     assert_items(scored[2], agg)
     assert scored[0].kw["dp"] is None and scored[0].kw["notes"][1:] == [
@@ -614,14 +622,15 @@ def test_alignment_of_one_client_has_no_control_and_a_round_of_nobody_is_skipped
 
 def test_alignment_under_secure_aggregation_scores_only_the_aggregate(scored) -> None:
     data = prepared(clients=(("a",), ("b",)))
-    # round 1 has w_2; round 3 has neither an update nor w_4 and is skipped
-    observed = observed_run(data, scheme="secaggplus", rounds=(1, 2, 3), last=5)
+    # round 2 has neither an update nor w_3 and is skipped; round 4 has w_5 and is scored
+    observed = observed_run(data, scheme="secaggplus", rounds=(1, 2, 4, 5), last=5)
     config = MembershipAttackConfig(candidates=2, seed=1, bootstrap=0)
     progress = []
     rows = membership._alignment_rows(
-        observed, data, heldout_pool(data), [1, 3], config, None, lambda *a: progress.append(a)
+        observed, data, heldout_pool(data), [2, 4], config, None, lambda *a: progress.append(a)
     )
-    _, _, agg = alignment_expectations(observed, data, [1, 3], config)
+    _, _, agg = alignment_expectations(observed, data, [2, 4], config)
+    assert {t[0] for t in agg} == {4}
     assert [c.name for c in scored] == ["membership: update alignment (aggregate update)"]
     assert_items(scored[0], agg)
     assert rows[0].name == "membership: update alignment (per-client update)"
@@ -630,8 +639,8 @@ def test_alignment_under_secure_aggregation_scores_only_the_aggregate(scored) ->
         f"{NOT_OBSERVED}; under secaggplus a single update is readable by no single party"
     )
     assert len(rows) == 2 and rows[1].per_round == per_round(agg)
-    # 4 members and all 7 held-out utterances in round 1; round 3 stops before any gradient
-    assert progress == [("membership: per-sample gradients", d, 2 * 11) for d in range(1, 12)]
+    # round 2 stops before any gradient; round 4 (the second) scores 4 members and all 7 held-out
+    assert progress == [("membership: per-sample gradients", 11 + d, 2 * 11) for d in range(1, 12)]
 
 
 # --- LiRA -----------------------------------------------------------------------------------------------
@@ -650,20 +659,20 @@ def test_lira_scores_the_final_model_against_shadows_trained_with_each_candidate
         return shadow_weights(observed, seed)
 
     monkeypatch.setattr(shadow, "shadow_federation", fake_shadow)
-    config = MembershipAttackConfig(methods=("lira",), lira_shadows=4, lira_candidates=3, seed=2, bootstrap=9)
+    config = MembershipAttackConfig(methods=("lira",), lira_shadows=4, lira_candidates=3, seed=3, bootstrap=9)
     progress = []
     row = membership._lira_row(
         observed, data, heldout_pool(data), config, observed.privacy, lambda *a: progress.append(a)
     )
     pool = heldout_pool(data)
-    rng = np.random.default_rng([2, 0x11AA])
+    rng = np.random.default_rng([3, 0x11AA])
     cands, labels = membership.balanced_sets(data.train, pool, rng, limit=3)
     population = SpeechSet.concat([data.train, pool])
     inside = np.zeros((4, 6), dtype=bool)
     for j in range(6):
         inside[rng.permutation(4)[:2], j] = True
     kept = []
-    for _ in range(4):
+    for k in range(4):
         others = [
             u
             for u, coin in zip(population.ids, rng.random(len(population)) < 0.5, strict=True)
@@ -671,11 +680,12 @@ def test_lira_scores_the_final_model_against_shadows_trained_with_each_candidate
         ]
         kept.append(
             tuple(
-                u for u in population.ids if u in others or (u in cands.ids and inside[_, cands.ids.index(u)])
+                u for u in population.ids if u in others or (u in cands.ids and inside[k, cands.ids.index(u)])
             )
         )
     assert [c[2] for c in calls] == kept
-    assert [c[3] for c in calls] == [2001, 2002, 2003, 2004]
+    assert inside[:, 0].tolist() != inside[:, 1].tolist()  # the first candidate's draw is its own
+    assert [c[3] for c in calls] == [3001, 3002, 3003, 3004]
     assert all(c[0] is observed.config and c[1] is data and c[4] == dp_summary() for c in calls)
     for j, u in enumerate(cands.ids):  # each candidate is in exactly half of the shadows' data
         assert sum(u in k for k in kept) == 2
@@ -693,7 +703,7 @@ def test_lira_scores_the_final_model_against_shadows_trained_with_each_candidate
     np.testing.assert_allclose(c.scores, lira_score(target, conf, inside), rtol=1e-4, atol=1e-4)
     assert c.kw == {
         "bootstrap": 9,
-        "seed": 2,
+        "seed": 3,
         "dp": (EPS, DELTA),
         "party": "reader of the released model",
         "notes": [
@@ -703,6 +713,21 @@ def test_lira_scores_the_final_model_against_shadows_trained_with_each_candidate
         ],
     }
     assert progress == [("membership: LiRA shadow federations", d, 8) for d in range(1, 9)]
+
+
+def test_lira_without_progress_hands_the_shadows_no_progress_report(scored, monkeypatch) -> None:
+    data = prepared()
+    observed = observed_run(data)
+    given = []
+
+    def fake_shadow(cfg, d, utterances, seed, privacy=None, progress=None):
+        given.append(progress)
+        return shadow_weights(observed, seed)
+
+    monkeypatch.setattr(shadow, "shadow_federation", fake_shadow)
+    config = MembershipAttackConfig(methods=("lira",), lira_shadows=2, lira_candidates=2, bootstrap=0)
+    membership._lira_row(observed, data, heldout_pool(data), config, None, None)
+    assert given == [None, None] and scored[0].kw["dp"] is None
 
 
 def shadow_weights(observed, seed: int) -> np.ndarray:
@@ -862,6 +887,13 @@ def test_the_attack_without_a_config_runs_the_defaults_and_claims_no_dp_for_a_pl
 
 
 # --- the pure pieces' remaining edges --------------------------------------------------------------------
+def test_balanced_sets_draw_each_candidate_at_most_once() -> None:
+    members = make_speech_set({"a": "female", "b": "male"}, per_speaker=5)
+    nonmembers = make_speech_set({"c": "female", "d": "male"}, per_speaker=5, seed=1)
+    cands, labels = membership.balanced_sets(members, nonmembers, np.random.default_rng(0))
+    assert cands.ids == members.ids + nonmembers.ids and labels.tolist() == [1] * 10 + [0] * 10
+
+
 def test_concatenated_candidates_carry_no_speakers_genders_or_ids() -> None:
     a = make_speech_set({"a": "female"}, per_speaker=2)
     both = membership._concat_xy([a, a])
