@@ -622,15 +622,15 @@ def test_alignment_of_one_client_has_no_control_and_a_round_of_nobody_is_skipped
 
 def test_alignment_under_secure_aggregation_scores_only_the_aggregate(scored) -> None:
     data = prepared(clients=(("a",), ("b",)))
-    # round 2 has neither an update nor w_3 and is skipped; round 4 has w_5 and is scored
+    # rounds 1 and 4 have w_2 and w_5 and are scored; round 2 has neither an update nor w_3 and is skipped
     observed = observed_run(data, scheme="secaggplus", rounds=(1, 2, 4, 5), last=5)
     config = MembershipAttackConfig(candidates=2, seed=1, bootstrap=0)
     progress = []
     rows = membership._alignment_rows(
-        observed, data, heldout_pool(data), [2, 4], config, None, lambda *a: progress.append(a)
+        observed, data, heldout_pool(data), [1, 2, 4], config, None, lambda *a: progress.append(a)
     )
-    _, _, agg = alignment_expectations(observed, data, [2, 4], config)
-    assert {t[0] for t in agg} == {4}
+    _, _, agg = alignment_expectations(observed, data, [1, 2, 4], config)
+    assert [t[0] for t in agg] == [1] * 8 + [4] * 8
     assert [c.name for c in scored] == ["membership: update alignment (aggregate update)"]
     assert_items(scored[0], agg)
     assert rows[0].name == "membership: update alignment (per-client update)"
@@ -639,8 +639,10 @@ def test_alignment_under_secure_aggregation_scores_only_the_aggregate(scored) ->
         f"{NOT_OBSERVED}; under secaggplus a single update is readable by no single party"
     )
     assert len(rows) == 2 and rows[1].per_round == per_round(agg)
-    # round 2 stops before any gradient; round 4 (the second) scores 4 members and all 7 held-out
-    assert progress == [("membership: per-sample gradients", 11 + d, 2 * 11) for d in range(1, 12)]
+    # rounds 1 and 4 (the first and third) score 4 members and all 7 held-out; round 2 no gradient
+    assert progress == [
+        ("membership: per-sample gradients", j * 11 + d, 3 * 11) for j in (0, 2) for d in range(1, 12)
+    ]
 
 
 # --- LiRA -----------------------------------------------------------------------------------------------
