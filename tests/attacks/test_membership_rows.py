@@ -315,16 +315,17 @@ def test_speaker_rows_under_secure_aggregation_score_the_aggregate_and_name_who_
     scored,
 ) -> None:
     data = prepared()
-    # secure: no per-client update; round 3 has neither an update nor an aggregate and is skipped
-    observed = observed_run(data, scheme="ckks", last=4)
+    # secure: no per-client update; round 2 has neither an update nor an aggregate (no w_3) and is
+    # skipped; rounds 1, 4 and 5 (the checkpoint's) have one
+    observed = observed_run(data, scheme="ckks", rounds=(1, 2, 4, 5), last=5)
     progress = []
     config = MembershipAttackConfig(speaker_rounds=0, bootstrap=0)
     rows = membership._speaker_rows(
         observed, data, heldout_pool(data), config, None, lambda *a: progress.append(a)
     )
-    _, _, agg, _ = speaker_expectations(observed, data, [1, 2, 3])
+    _, _, agg, _ = speaker_expectations(observed, data, [1, 2, 4, 5])
     assert [c.name for c in scored][2:] == ["membership: speaker, aggregate alignment"]
-    assert scored[2].observed == "aggregate" and "mean over 2 rounds" in scored[2].kw["notes"][0]
+    assert scored[2].observed == "aggregate" and "mean over 3 rounds" in scored[2].kw["notes"][0]
     np.testing.assert_allclose(scored[2].scores, agg, atol=1e-5)
     last = rows[-1]
     assert (last.name, last.observed, last.party, last.metrics) == (
@@ -335,8 +336,8 @@ def test_speaker_rows_under_secure_aggregation_score_the_aggregate_and_name_who_
     )
     assert last.reason.startswith(f"{NOT_OBSERVED}; under ckks a single update is readable by the key holder")
     assert len(rows) == 4
-    # rounds 1 and 2 report; round 3 had nothing to read
-    assert progress == [("membership: speaker gradients", 1, 3), ("membership: speaker gradients", 2, 3)]
+    # rounds 1, 4 and 5 report; round 2 had nothing to read
+    assert progress == [("membership: speaker gradients", j, 4) for j in (1, 3, 4)]
 
 
 def test_speaker_rows_of_a_run_without_records_are_the_two_model_rows(scored) -> None:
@@ -349,11 +350,12 @@ def test_speaker_rows_of_a_run_without_records_are_the_two_model_rows(scored) ->
     ]
 
 
-def test_speaker_rows_probe_a_seeded_subset_of_each_speakers_utterances(scored) -> None:
-    # speaker a has exactly the cap (all of it, no draw); b and c have more and are sampled
+@pytest.mark.parametrize("cap", [1, 2])
+def test_speaker_rows_probe_a_seeded_subset_of_each_speakers_utterances(scored, cap) -> None:
+    # cap 2: speaker a has exactly the cap (all of it, no draw); b and c have more and are sampled
     data = prepared(train={"a": 2, "b": 4, "c": 3})
     observed = observed_run(data, rounds=(2,), last=2)
-    config = MembershipAttackConfig(speaker_utterances=2, seed=9, bootstrap=0)
+    config = MembershipAttackConfig(speaker_utterances=cap, seed=9, bootstrap=0)
     membership._speaker_rows(observed, data, heldout_pool(data), config, None, None)
     rng = np.random.default_rng([9, 0x5BEA])
     pool = heldout_pool(data)
@@ -367,13 +369,15 @@ def test_speaker_rows_probe_a_seeded_subset_of_each_speakers_utterances(scored) 
         ("x", pool),
     ]:
         one = src.take(np.flatnonzero(np.asarray(src.speakers) == s))
-        probes.append(one.take(np.sort(rng.choice(len(one), size=2, replace=False))) if len(one) > 2 else one)
-    assert [len(p) for p in probes] == [2, 2, 2, 2, 2, 2]
+        probes.append(
+            one.take(np.sort(rng.choice(len(one), size=cap, replace=False))) if len(one) > cap else one
+        )
+    assert [len(p) for p in probes] == [cap] * 6
     loss_final, _, agg, own = speaker_expectations(observed, data, [2], probes)
     np.testing.assert_allclose(scored[0].scores, -loss_final, rtol=1e-5)  # the model rows use every utterance
     np.testing.assert_allclose(scored[2].scores, agg, atol=1e-5)
     np.testing.assert_allclose(scored[3].scores, own, atol=1e-5)
-    assert "on up to 2 of its utterances" in scored[2].kw["notes"][0]
+    assert f"on up to {cap} of its utterances" in scored[2].kw["notes"][0]
 
 
 @pytest.mark.parametrize(
@@ -894,6 +898,26 @@ def test_balanced_sets_draw_each_candidate_at_most_once() -> None:
     nonmembers = make_speech_set({"c": "female", "d": "male"}, per_speaker=5, seed=1)
     cands, labels = membership.balanced_sets(members, nonmembers, np.random.default_rng(0))
     assert cands.ids == members.ids + nonmembers.ids and labels.tolist() == [1] * 10 + [0] * 10
+
+
+def test_cosines_are_computed_in_float64_from_float32_rows() -> None:
+    a = np.array([[1.0, 1e-3, 3.3333333], [0.1, 0.7, -0.3]], dtype=np.float32)
+    b = np.array([[0.2, -1.1, 2.0000002]], dtype=np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = [[cos(a64[i], b64[0])] for i in range(2)]
+    np.testing.assert_allclose(membership._cosines(a, b), want, rtol=1e-14)
+
+
+def test_gradient_cosines_take_float64_directions() -> None:
+    data = make_speech_set({"a": "female"}, per_speaker=2)
+    model = build_model(config_of().model, N_MELS)
+    w = 0.5 * np.random.default_rng(0).normal(size=count_parameters(model)).astype(np.float32)
+    dirs = np.random.default_rng(1).normal(size=(2, w.size))
+    got = membership.gradient_cosines(model, w, data, dirs)
+    want = [
+        [cos(g, d) for d in dirs.astype(np.float32).astype(np.float64)] for g in sample_gradients(w, data)
+    ]
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_concatenated_candidates_carry_no_speakers_genders_or_ids() -> None:
