@@ -16,6 +16,7 @@ test and auxiliary speakers) - so the attacks also see a speaker shift, which do
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from privfl.data.dataset import ClientData, PreparedData, SpeechSet
 from privfl.errors import AttackError, ConfigError
 from privfl.evaluate import Evaluator
 from privfl.models import build_model, canonical_parameters, set_flat
-from privfl.parallel import torch_threads
+from privfl.parallel import PerThread, thread_map, torch_threads
 
 METHODS = ("speaker", "loss", "alignment", "lira")
 
@@ -239,16 +240,23 @@ def speaker_groups(
 
 
 def speaker_gradients(model: nn.Module, weights: np.ndarray, speakers: list[SpeechSet]) -> np.ndarray:
-    """Gradient of each speaker's mean cross-entropy at `weights`: float32 [speakers, P]."""
+    """Gradient of each speaker's mean cross-entropy at `weights`: float32 [speakers, P].
+
+    Speakers run in parallel, one per core, each worker on its own copy of the model (torch
+    single-threaded there, so a speaker's gradient is the same whichever worker computes it).
+    """
     set_flat(model, weights)
     model.eval()
-    params = [p for _, p in canonical_parameters(model)]
-    out = []
-    with torch_threads(1):
-        for s in speakers:
-            loss = nn.functional.cross_entropy(model(s.x, s.lengths), s.y)
-            out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).numpy())
-    return np.stack(out)
+    replicas = PerThread(lambda: copy.deepcopy(model))
+
+    def one(i: int) -> np.ndarray:
+        m = replicas.get()
+        params = [p for _, p in canonical_parameters(m)]
+        s = speakers[i]
+        loss = nn.functional.cross_entropy(m(s.x, s.lengths), s.y)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).numpy()
+
+    return np.stack(thread_map(one, len(speakers)))
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
