@@ -350,18 +350,20 @@ def probe_loss_drops(
     per client): the head sees the pooled features the global model computes, and the client's head
     is what its local steps on its own voice changed. Loss: cross-entropy with the utterance's emotion.
     """
-    fc1, fc2 = _probe_head(model)
     z = head_inputs(model, weights, speech)
-    y = speech.y
+    deltas = np.asarray(deltas, dtype=np.float32)
+    replicas = PerThread(lambda: copy.deepcopy(model))
 
-    def losses(w: np.ndarray) -> np.ndarray:
-        set_flat(model, w)
+    def losses(k: int) -> np.ndarray:  # k = -1: the global model's head, else client k's
+        m = replicas.get()
+        set_flat(m, weights if k < 0 else weights + deltas[k])
+        fc1, fc2 = _probe_head(m)
         with torch.inference_mode():
             logits = fc2(torch.relu(fc1(z)))
-            return nn.functional.cross_entropy(logits, y, reduction="none").double().numpy()
+            return nn.functional.cross_entropy(logits, speech.y, reduction="none").double().numpy()
 
-    base = losses(weights)
-    return np.stack([base - losses(weights + d) for d in np.asarray(deltas, dtype=np.float32)])
+    base, *clients = thread_map(lambda i: losses(i - 1), len(deltas) + 1)  # clients in parallel
+    return np.stack([base - own for own in clients]) if clients else np.zeros((0, len(speech)))
 
 
 def probe_scores(drops: np.ndarray, female: np.ndarray, voices: np.ndarray) -> np.ndarray:
