@@ -28,6 +28,7 @@ views: fc-profile at k = 3 and the probe (DEFAULT_VIEWS).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -55,6 +56,7 @@ from privfl.config import validate_speed_factors
 from privfl.data.dataset import PreparedData, SpeechSet
 from privfl.errors import AttackError, ConfigError
 from privfl.models import build_model, canonical_parameters, layer_slices, set_flat
+from privfl.parallel import PerThread, thread_map
 
 FEATURE_SETS = ("fc-profile", "first-layer", "all-layers")
 PROBE = "probe"
@@ -308,24 +310,33 @@ def head_inputs(
 
     Utterances are batched in order of length, so that most batches hold one length and the model
     skips masking padded frames (the features are the same; this halves the time on RAVDESS).
+    Batches run in parallel, one per core, each worker on its own copy of the model.
     """
     fc1, _ = _probe_head(model)
     set_flat(model, weights)
     model.eval()
-    seen: list[torch.Tensor] = []
-    hook = fc1.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
-    order = torch.from_numpy(np.argsort(speech.lengths.numpy(), kind="stable"))
-    try:
-        with torch.inference_mode():
-            for s in range(0, len(speech), batch_size):
-                idx = order[s : s + batch_size]
-                model(speech.x[idx], speech.lengths[idx])
-    finally:
-        hook.remove()
-    if not seen:
+    if not len(speech):
         return torch.zeros(0, fc1.in_features)
+
+    def replica() -> tuple[nn.Module, list[torch.Tensor]]:
+        copy_ = copy.deepcopy(model)
+        seen: list[torch.Tensor] = []
+        _probe_head(copy_)[0].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+        return copy_, seen
+
+    replicas = PerThread(replica)
+    order = torch.from_numpy(np.argsort(speech.lengths.numpy(), kind="stable"))
+    starts = range(0, len(speech), batch_size)
+
+    def one(b: int) -> torch.Tensor:
+        m, seen = replicas.get()
+        idx = order[starts[b] : starts[b] + batch_size]
+        with torch.inference_mode():
+            m(speech.x[idx], speech.lengths[idx])
+        return seen.pop()
+
     out = torch.empty(len(speech), fc1.in_features)
-    out[order] = torch.cat(seen)
+    out[order] = torch.cat(thread_map(one, len(starts)))
     return out
 
 
@@ -339,18 +350,20 @@ def probe_loss_drops(
     per client): the head sees the pooled features the global model computes, and the client's head
     is what its local steps on its own voice changed. Loss: cross-entropy with the utterance's emotion.
     """
-    fc1, fc2 = _probe_head(model)
     z = head_inputs(model, weights, speech)
-    y = speech.y
+    deltas = np.asarray(deltas, dtype=np.float32)
+    replicas = PerThread(lambda: copy.deepcopy(model))
 
-    def losses(w: np.ndarray) -> np.ndarray:
-        set_flat(model, w)
+    def losses(k: int) -> np.ndarray:  # k = -1: the global model's head, else client k's
+        m = replicas.get()
+        set_flat(m, weights if k < 0 else weights + deltas[k])
+        fc1, fc2 = _probe_head(m)
         with torch.inference_mode():
             logits = fc2(torch.relu(fc1(z)))
-            return nn.functional.cross_entropy(logits, y, reduction="none").double().numpy()
+            return nn.functional.cross_entropy(logits, speech.y, reduction="none").double().numpy()
 
-    base = losses(weights)
-    return np.stack([base - losses(weights + d) for d in np.asarray(deltas, dtype=np.float32)])
+    base, *clients = thread_map(lambda i: losses(i - 1), len(deltas) + 1)  # clients in parallel
+    return np.stack([base - own for own in clients]) if clients else np.zeros((0, len(speech)))
 
 
 def probe_scores(drops: np.ndarray, female: np.ndarray, voices: np.ndarray) -> np.ndarray:

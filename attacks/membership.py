@@ -16,6 +16,7 @@ test and auxiliary speakers) - so the attacks also see a speaker shift, which do
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from privfl.data.dataset import ClientData, PreparedData, SpeechSet
 from privfl.errors import AttackError, ConfigError
 from privfl.evaluate import Evaluator
 from privfl.models import build_model, canonical_parameters, set_flat
-from privfl.parallel import torch_threads
+from privfl.parallel import PerThread, thread_map
 
 METHODS = ("speaker", "loss", "alignment", "lira")
 
@@ -109,26 +110,26 @@ def gradient_cosines(
     """cos(grad of the cross-entropy at `weights` for each sample, each direction): float64 [n, k].
 
     The per-sample gradient is computed one sample at a time (the models slice by the batch's
-    longest utterance, which rules out vmap) and only its dot products are kept, so memory stays
-    [k, P] whatever n is.
+    longest utterance, which rules out vmap), samples in parallel on one model copy per core, and
+    only its dot products are kept, so memory stays [k, P] per core whatever n is.
     """
     set_flat(model, weights)
     model.eval()
-    params = [p for _, p in canonical_parameters(model)]
+    replicas = PerThread(lambda: copy.deepcopy(model))
     d = torch.from_numpy(np.asarray(directions, dtype=np.float32))
     d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+    def one(i: int) -> np.ndarray:
+        m = replicas.get()
+        frames = int(data.lengths[i])
+        logits = m(data.x[i : i + 1, :frames], data.lengths[i : i + 1])
+        params = [p for _, p in canonical_parameters(m)]
+        grads = torch.autograd.grad(nn.functional.cross_entropy(logits, data.y[i : i + 1]), params)
+        g = torch.cat([t.reshape(-1) for t in grads])
+        return (d @ g / g.norm().clamp_min(1e-30)).double().numpy()
+
     n = int(data.y.shape[0])
-    out = np.zeros((n, d.shape[0]), dtype=np.float64)
-    with torch_threads(1):  # batch-1 kernels do not parallelise; extra OpenMP threads only spin
-        for i in range(n):
-            frames = int(data.lengths[i])
-            logits = model(data.x[i : i + 1, :frames], data.lengths[i : i + 1])
-            grads = torch.autograd.grad(nn.functional.cross_entropy(logits, data.y[i : i + 1]), params)
-            g = torch.cat([t.reshape(-1) for t in grads])
-            out[i] = (d @ g / g.norm().clamp_min(1e-30)).double().numpy()
-            if progress is not None:
-                progress(i + 1, n)
-    return out
+    return np.stack(thread_map(one, n, progress)) if n else np.zeros((0, d.shape[0]), dtype=np.float64)
 
 
 def logit_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -239,16 +240,23 @@ def speaker_groups(
 
 
 def speaker_gradients(model: nn.Module, weights: np.ndarray, speakers: list[SpeechSet]) -> np.ndarray:
-    """Gradient of each speaker's mean cross-entropy at `weights`: float32 [speakers, P]."""
+    """Gradient of each speaker's mean cross-entropy at `weights`: float32 [speakers, P].
+
+    Speakers run in parallel, one per core, each worker on its own copy of the model (torch
+    single-threaded there, so a speaker's gradient is the same whichever worker computes it).
+    """
     set_flat(model, weights)
     model.eval()
-    params = [p for _, p in canonical_parameters(model)]
-    out = []
-    with torch_threads(1):
-        for s in speakers:
-            loss = nn.functional.cross_entropy(model(s.x, s.lengths), s.y)
-            out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).numpy())
-    return np.stack(out)
+    replicas = PerThread(lambda: copy.deepcopy(model))
+
+    def one(i: int) -> np.ndarray:
+        m = replicas.get()
+        params = [p for _, p in canonical_parameters(m)]
+        s = speakers[i]
+        loss = nn.functional.cross_entropy(m(s.x, s.lengths), s.y)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).numpy()
+
+    return np.stack(thread_map(one, len(speakers)))
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ speaker, so its update carries a known label (that speaker's gender).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from privfl.config import ExperimentConfig
 from privfl.data.dataset import ClientData, PreparedData, SpeechSet
 from privfl.errors import AttackError
 from privfl.fl.client import LocalConfig, LocalTrainer
+from privfl.parallel import PerThread, thread_map
 
 SHADOW_ID_BASE = 1_000_000
 """Shadow clients get ids far above real ones, so their per-client seeds never equal a real client's."""
@@ -125,8 +127,23 @@ def local_updates(
     round_index: int,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Train every client from w_t with `trainer`; returns the deltas float32 [n, P]."""
+    """Train every client from w_t with `trainer`; returns the deltas float32 [n, P].
+
+    Plain local SGD trains the clients in parallel, one per core, each worker on its own copy of the
+    trainer (torch single-threaded there; each client's shuffling comes from its own seed, so its
+    delta is the same whichever worker trains it). DP-SGD trainers parallelise within a batch
+    instead, so their clients train one after another.
+    """
     out = np.empty((len(clients), weights.shape[0]), dtype=np.float32)
+    if isinstance(trainer, LocalTrainer) and trainer.canaries is None:
+        replicas = PerThread(lambda: copy.deepcopy(trainer))
+
+        def one(i: int) -> np.ndarray:
+            return replicas.get().train(clients[i], weights, round_index).delta
+
+        for i, delta in enumerate(thread_map(one, len(clients), progress)):
+            out[i] = delta
+        return out
     for i, client in enumerate(clients):
         out[i] = trainer.train(client, weights, round_index).delta
         if progress is not None:
@@ -174,14 +191,12 @@ def shadow_federation(
     m = n_clients if t.fraction >= 1.0 else max(int(round(t.fraction * n_clients)), 1)
     for r in range(1, t.rounds + 1):
         chosen = sorted(rng.choice(n_clients, size=m, replace=False).tolist())
+        active = [clients[cid] for cid in chosen if clients[cid].num_samples]
         total = np.zeros_like(weights, dtype=np.float64)
         n_sum = 0
-        for cid in chosen:
-            if clients[cid].num_samples == 0:
-                continue
-            u = trainer.train(clients[cid], weights, r)
-            total += u.num_samples * u.delta.astype(np.float64)
-            n_sum += u.num_samples
+        for client, delta in zip(active, local_updates(trainer, active, weights, r), strict=True):
+            total += client.num_samples * delta.astype(np.float64)
+            n_sum += client.num_samples
         if n_sum:
             weights = (weights + total / n_sum).astype(np.float32)
         if progress is not None:

@@ -333,6 +333,13 @@ def main() -> None:
         action="store_true",
         help="re-test only the survivors of the module's last complete run (same source, new tests)",
     )
+    ap.add_argument(
+        "--changed",
+        default="",
+        metavar="FUNC[,FUNC]",
+        help="with --recheck: the module's functions edited since that run; every mutant of theirs is "
+        "re-tested, the rest must be the run's own",
+    )
     args = ap.parse_args()
     if importlib.util.find_spec("mutmut") is None:
         raise SystemExit("mutmut is not installed: pip install -e '.[mutation]' (the optional extra)")
@@ -341,6 +348,12 @@ def main() -> None:
     if args.rescore:
         rescore(args.out, equivalent, args.module)
         return
+    changed = [f.strip() for f in args.changed.split(",") if f.strip()]
+    if changed and not args.recheck:
+        raise SystemExit(
+            f"--changed {args.changed} only goes with --recheck (a full run re-tests everything)"
+        )
+    edited = lambda name: any(name.rsplit(".", 1)[-1].startswith(f"x_{f}__mutmut_") for f in changed)  # noqa: E731
     for module in args.module or list(CORE):
         print(f"mutating {module} against {' '.join(CORE[module])} ...", flush=True)
         earlier = results["modules"].get(module, {})
@@ -352,11 +365,18 @@ def main() -> None:
                 / "mutants"
                 / f"{tree_path(module)}.meta"
             )
+            old = statuses(meta.parents[len(Path(tree_path(module)).parts)], module) if meta.exists() else {}
+            old_hashes = (
+                json.loads(meta.read_text()).get("hash_by_function_name", {}) if meta.exists() else {}
+            )
+            if changed and not old:
+                raise SystemExit(f"--changed needs the records of {module}'s earlier run in {args.workdir}")
             if earlier.get("complete"):
                 names = [s["name"] for s in earlier["survivors"] if s["name"] not in equivalent]
             elif earlier and meta.exists():  # a stopped run: its survivors and the mutants it never reached
-                scratch = meta.parents[len(Path(tree_path(module)).parts)]
-                old, prior = statuses(scratch, module), carried_kills(scratch)  # a stopped --recheck's too
+                prior = carried_kills(
+                    meta.parents[len(Path(tree_path(module)).parts)]
+                )  # a stopped --recheck's
                 names = [
                     n for n, st in old.items() if st not in KILLED and n not in equivalent and n not in prior
                 ]
@@ -364,11 +384,37 @@ def main() -> None:
                 raise SystemExit(
                     f"--recheck needs an earlier run of {module} in {args.out} (and its records)"
                 )
+            names = [n for n in names if not edited(n)]
+        patterns = [f"{tree_path(module)[:-3].replace('/', '.')}.x_{f}__mutmut_*" for f in changed]
         scratch, env, wall, complete = run_module(
-            module, CORE[module], args.workdir, args.jobs, args.budget_s, args.collect, names
+            module,
+            CORE[module],
+            args.workdir,
+            args.jobs,
+            args.budget_s,
+            args.collect,
+            (names or []) + patterns if args.recheck else names,
         )
         if args.recheck:
-            carried = set(statuses(scratch, module)) - set(names)
+            now = statuses(scratch, module)
+            meta = scratch / "mutants" / f"{tree_path(module)}.meta"
+            hashes = json.loads(meta.read_text()).get("hash_by_function_name", {})
+            # mutmut hashes each function's source: any other function that changed must be named too
+            moved_fns = sorted(
+                f
+                for f in set(hashes) | set(old_hashes)
+                if hashes.get(f) != old_hashes.get(f) and not edited(f"{f}__mutmut_0")
+            )
+            if old_hashes and moved_fns:
+                raise SystemExit(
+                    f"{module}: {', '.join(moved_fns)} changed since its last run too: name them in "
+                    "--changed, or run the module in full"
+                )
+            if changed and {n for n in now if not edited(n)} != {n for n in old if not edited(n)}:
+                raise SystemExit(
+                    f"{module} changed outside {', '.join(changed)} since its last run; run it in full"
+                )
+            carried = {n for n in now if not edited(n)} - set(names)
             (scratch / CARRIED).write_text(json.dumps(sorted(carried)) + "\n")  # so a stopped one can resume
         elif args.collect:
             carried = carried_kills(scratch)
@@ -376,14 +422,20 @@ def main() -> None:
         if args.recheck:
             # the same source gives the same mutants: same count, and each survivor the same diff
             before = {s["name"]: s["diff"] for s in earlier["survivors"]}
-            moved = [s["name"] for s in r["survivors"] if before.get(s["name"], s["diff"]) != s["diff"]]
-            if r["mutants"] != earlier["mutants"] or moved:
+            moved = [
+                s["name"]
+                for s in r["survivors"]
+                if not edited(s["name"]) and before.get(s["name"], s["diff"]) != s["diff"]
+            ]
+            if (r["mutants"] != earlier["mutants"] and not changed) or moved:
                 raise SystemExit(f"{module} changed since its last complete run; run it in full")
             r["recheck_of"] = {
                 "command": earlier.get("command"),
                 "wall_s": earlier.get("wall_s"),
                 "survivors_retested": len(names),
             }
+            if changed:
+                r["recheck_of"]["changed_functions"] = changed
         # re-read: a run of other modules may have written the file since this one started
         results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
         before = results["modules"].get(module, {})

@@ -7,18 +7,20 @@
 - `thread_map`: per-sample DP gradients, torch kernels that release the GIL (a fused LSTM over a
   sequence, an autograd backward), on one single-threaded worker thread per core.
 - `torch_threads`: a block with a given torch intra-op thread count.
+- `PerThread`: one copy of an object per worker thread (a model each thread may load weights into).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import get_context
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from privfl.errors import DataError
 
@@ -63,17 +65,24 @@ def torch_threads(n: int | None) -> Iterator[None]:
 _thread_pool: ThreadPoolExecutor | None = None
 
 
-def thread_map(fn: Callable[[int], R], n: int) -> list[R]:
+def thread_map(fn: Callable[[int], R], n: int, progress: Callable[[int, int], None] | None = None) -> list[R]:
     """[fn(0), ..., fn(n - 1)] on one worker thread per core, in order.
 
     For work made of torch kernels that release the GIL (a fused LSTM over a whole sequence, an
     autograd backward): the threads run torch single-threaded, so every item's arithmetic, and
-    hence the result, is the same as in a plain loop whichever thread takes it.
+    hence the result, is the same as in a plain loop whichever thread takes it. `progress(done, n)`
+    is called in the calling thread as results arrive, in order. `fn` must not call thread_map
+    itself (the workers would wait on work queued behind them).
     """
     global _thread_pool
+    out: list[R] = []
     if default_workers() <= 1 or n <= 1:
         with torch_threads(1):
-            return [fn(i) for i in range(n)]
+            for i in range(n):
+                out.append(fn(i))
+                if progress is not None:
+                    progress(len(out), n)
+        return out
     if _thread_pool is None:
         import torch
 
@@ -83,7 +92,29 @@ def thread_map(fn: Callable[[int], R], n: int) -> list[R]:
             initializer=torch.set_num_threads,
             initargs=(1,),
         )
-    return list(_thread_pool.map(fn, range(n)))
+    for result in _thread_pool.map(fn, range(n)):
+        out.append(result)
+        if progress is not None:
+            progress(len(out), n)
+    return out
+
+
+class PerThread(Generic[T]):
+    """One object per thread, built by `make()` on the thread's first `get()`.
+
+    For `thread_map` work that changes an object as it goes (a model whose weights each item sets):
+    every worker thread gets its own copy, so no two items ever share one.
+    """
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._local = threading.local()
+
+    def get(self) -> T:
+        obj = getattr(self._local, "obj", None)
+        if obj is None:
+            obj = self._local.obj = self._make()
+        return obj
 
 
 def process_map(

@@ -35,3 +35,40 @@ def test_torch_threads_restores_the_count():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_thread_map_reports_progress_in_order_from_the_calling_thread():
+    import threading
+
+    calls = []
+    caller = threading.get_ident()
+    out = thread_map(lambda i: i * i, 7, lambda done, n: calls.append((done, n, threading.get_ident())))
+    assert out == [i * i for i in range(7)]
+    assert [(d, n) for d, n, _ in calls] == [(d, 7) for d in range(1, 8)]
+    assert {t for _, _, t in calls} == {caller}
+
+
+def test_per_thread_gives_each_thread_its_own_object_built_once():
+    import threading
+
+    from privfl.parallel import PerThread
+
+    built = []
+    lock = threading.Lock()
+
+    def make() -> list:
+        with lock:
+            built.append(threading.get_ident())
+        return []
+
+    per = PerThread(make)
+
+    def item(i: int) -> int:
+        own = per.get()
+        own.append(i)
+        assert per.get() is own  # the same object again on this thread
+        return threading.get_ident()
+
+    threads = thread_map(item, 40)
+    assert sorted(built) == sorted(set(threads))  # one object per thread that ran an item, no more
+    assert per.get() is per.get() and per.get() == []  # this thread's own, untouched by the workers

@@ -491,3 +491,25 @@ def test_head_inputs_batched_by_length_are_each_utterances_own(name):
             model(speech.x[i : i + 1], speech.lengths[i : i + 1])
     hook.remove()
     np.testing.assert_allclose(got.numpy(), torch.cat(seen).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_head_inputs_in_parallel_equal_one_forward_pass_per_utterance():
+    """Batches run on worker threads, each on its own model copy; rows come back in utterance order."""
+    from privfl.attacks.gender import head_inputs
+    from privfl.models import set_flat
+
+    speech = make_speech_set({"a": "female", "b": "male", "c": "male"}, 9, n_mels=N_MELS, seed=4)
+    lengths = torch.tensor([20 - (i * 7) % 13 for i in range(len(speech))])
+    frames = torch.arange(20)[None, :, None] < lengths[:, None, None]  # padding frames are zeros
+    speech = dataclasses.replace(speech, x=speech.x * frames, lengths=lengths)
+    w = initial_weights(ATTACK_CFG.model, N_MELS, 2)
+    got = head_inputs(build_model(ATTACK_CFG.model, N_MELS), w, speech, batch_size=4)
+    reference = build_model(ATTACK_CFG.model, N_MELS).eval()
+    set_flat(reference, w)
+    seen = []
+    reference.fc1.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    with torch.inference_mode(), torch_threads(1):
+        for i in range(len(speech)):
+            reference(speech.x[i : i + 1], speech.lengths[i : i + 1])
+    torch.testing.assert_close(got, torch.cat(seen), rtol=1e-6, atol=1e-6)
+    assert len({tuple(r.tolist()) for r in got}) == len(speech)

@@ -1,5 +1,6 @@
 """Membership pieces with known answers: gradient alignment, balanced sets, LiRA's statistic and score."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -142,3 +143,57 @@ def test_a_speakers_gradient_points_along_its_own_clients_update_only():
     noise = np.random.default_rng(0).normal(size=deltas.shape)
     assert np.abs(_cosines(-grads, noise)).max() < 0.3  # 276 dimensions: chance cosines sd 0.06
     np.testing.assert_allclose(_cosines(np.eye(2), np.array([[3.0, 4.0]]))[:, 0], [0.6, 0.8])
+
+
+def test_speaker_gradients_in_parallel_equal_one_backward_per_speaker():
+    """Each worker thread loads the weights into its own model copy: a shared model would mix speakers."""
+    from privfl.attacks.membership import speaker_gradients, speaker_groups
+    from privfl.models import canonical_parameters, set_flat
+    from privfl.parallel import torch_threads
+
+    every = make_speech_set({f"s{i}": "female" for i in range(7)}, per_speaker=3, seed=5)
+    sets, _, _ = speaker_groups(every, every.take(np.array([], dtype=np.int64)))
+    model = small_cnn()
+    w = get_flat(model) + np.random.default_rng(1).normal(scale=0.05, size=get_flat(model).shape).astype(
+        np.float32
+    )
+    got = speaker_gradients(small_cnn(), w, sets)
+    reference = small_cnn()
+    set_flat(reference, w)
+    params = [p for _, p in canonical_parameters(reference)]
+    with torch_threads(1):
+        for row, s in zip(got, sets, strict=True):
+            loss = nn.functional.cross_entropy(reference(s.x, s.lengths), s.y)
+            want = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).numpy()
+            np.testing.assert_array_equal(row, want)
+    assert got.shape == (7, w.shape[0]) and len({r.tobytes() for r in got}) == 7
+
+
+def test_gradient_cosines_in_parallel_equal_a_plain_per_sample_loop():
+    from privfl.attacks.membership import gradient_cosines
+    from privfl.models import canonical_parameters, set_flat
+    from privfl.parallel import torch_threads
+
+    speech = make_speech_set({"a": "female", "b": "male"}, per_speaker=5, seed=9)
+    speech = dataclasses.replace(speech, lengths=torch.tensor([20, 13, 7, 20, 16, 9, 20, 11, 18, 5]))
+    model = small_cnn()
+    w = get_flat(model)
+    directions = np.random.default_rng(2).normal(size=(3, w.shape[0]))
+    seen = []
+    got = gradient_cosines(small_cnn(), w, speech, directions, lambda d, n: seen.append((d, n)))
+    assert seen == [(i, 10) for i in range(1, 11)]
+    reference = small_cnn()
+    set_flat(reference, w)
+    params = [p for _, p in canonical_parameters(reference)]
+    d = torch.from_numpy(directions.astype(np.float32))
+    d = d / d.norm(dim=1, keepdim=True)
+    with torch_threads(1):
+        for i, row in enumerate(got):
+            x = speech.x[i : i + 1, : int(speech.lengths[i])]
+            loss = nn.functional.cross_entropy(reference(x, speech.lengths[i : i + 1]), speech.y[i : i + 1])
+            g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params)])
+            np.testing.assert_array_equal(row, (d @ g / g.norm()).double().numpy())
+    assert gradient_cosines(small_cnn(), w, speech.take(np.array([], dtype=np.int64)), directions).shape == (
+        0,
+        3,
+    )

@@ -113,3 +113,21 @@ def test_shadow_clients_train_exactly_as_the_runs_clients(aux_set, mode, extra):
             shadow = shadow_trainer.train(client, w, r).delta
             np.testing.assert_array_equal(shadow, real)
             assert np.abs(real).max() > 0
+
+
+def test_plain_shadow_clients_train_in_parallel_exactly_as_one_after_another(aux_set, rng):
+    """Each worker trains on its own copy of the trainer: the deltas are those of a plain loop."""
+    from privfl.parallel import torch_threads
+
+    cfg = ExperimentConfig().override({"model.conv_channels": 4, "model.fc_hidden": 8, "train.batch_size": 2})
+    clients = shadow_client_data(aux_set, sample_shadow_clients(aux_set, 6, 4, rng))
+    data = PreparedData(None, None, aux_set, aux_set, aux_set, aux_set, clients, 8)
+    w = initial_weights(cfg.model, 8, 0)
+    trainer = client_trainer(cfg, data, clients)
+    seen = []
+    got = local_updates(trainer, clients, w, 3, lambda d, n: seen.append((d, n)))
+    assert seen == [(d, 6) for d in range(1, 7)]
+    with torch_threads(1):
+        want = np.stack([trainer.train(c, w, 3).delta for c in clients])
+    np.testing.assert_array_equal(got, want)
+    assert len({row.tobytes() for row in got}) == 6 and np.abs(got).max() > 0
