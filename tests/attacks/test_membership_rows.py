@@ -908,8 +908,9 @@ def test_cosines_are_computed_in_float64_from_float32_rows() -> None:
     np.testing.assert_allclose(membership._cosines(a, b), want, rtol=1e-14)
 
 
-def test_gradient_cosines_take_float64_directions() -> None:
-    data = make_speech_set({"a": "female"}, per_speaker=2)
+def test_gradient_cosines_take_float64_directions_and_each_utterances_own_length() -> None:
+    full = make_speech_set({"a": "female"}, per_speaker=2)
+    data = SpeechSet(full.x, torch.tensor([20, 5]), full.y, full.speakers, full.genders, full.ids)
     model = build_model(config_of().model, N_MELS)
     w = 0.5 * np.random.default_rng(0).normal(size=count_parameters(model)).astype(np.float32)
     dirs = np.random.default_rng(1).normal(size=(2, w.size))
