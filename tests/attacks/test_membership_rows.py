@@ -921,6 +921,14 @@ def test_gradient_cosines_take_float64_directions_and_each_utterances_own_length
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_gradient_cosines_of_no_utterances_are_an_empty_float64_table() -> None:
+    model = build_model(config_of().model, N_MELS)
+    empty = make_speech_set({}, per_speaker=1)
+    w = np.zeros(count_parameters(model), dtype=np.float32)
+    got = membership.gradient_cosines(model, w, empty, np.ones((3, w.size)))
+    assert got.shape == (0, 3) and got.dtype == np.float64
+
+
 def test_concatenated_candidates_carry_no_speakers_genders_or_ids() -> None:
     a = make_speech_set({"a": "female"}, per_speaker=2)
     both = membership._concat_xy([a, a])
