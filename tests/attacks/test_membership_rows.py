@@ -30,7 +30,7 @@ from privfl.attacks.observe import AGGREGATE_ONLY, NOT_OBSERVED, PER_CLIENT, Obs
 from privfl.attacks.result import AttackRow
 from privfl.config import ExperimentConfig
 from privfl.data.dataset import ClientData, PreparedData, SpeechSet
-from privfl.errors import AttackError
+from privfl.errors import AttackError, ConfigError
 from privfl.models import build_model, canonical_parameters, count_parameters, initial_weights, set_flat
 from privfl.parallel import torch_threads
 from tests.attacks.conftest import make_speech_set
@@ -888,7 +888,7 @@ def test_the_attack_without_a_config_runs_the_defaults_and_claims_no_dp_for_a_pl
     assert [k for k, _ in rows] == ["speaker", "loss", "alignment"]
     assert result.config == {**asdict(MembershipAttackConfig()), "rounds": [1, 2, 3]}
     assert len(result.notes) == 1 and rows[0][1][4] is None and rows[0][1][5] is None
-    with pytest.raises(Exception, match="not among"):
+    with pytest.raises(ConfigError, match="not among"):
         membership.membership_attack(observed_run(data), data, MembershipAttackConfig(methods=("guess",)))
 
 
