@@ -269,3 +269,47 @@ def test_dp_sgd_shadow_clients_smaller_than_the_batch_are_refused_naming_both(ch
         gender.gender_preflight(
             FakeRun("dp", 9, sizes), aux_data(20), GenderAttackConfig(speeds=(1.0,), shadow_size=5)
         )
+
+
+def test_default_shadow_size_takes_the_smallest_speakers_count_and_whole_counts() -> None:
+    observed = FakeRun("fedavg", 4, {2: [40, 40], 4: []})
+    uneven = SimpleNamespace(aux=SimpleNamespace(speakers=("a",) * 12 + ("b",) * 9 + ("c",) * 10))
+    two_speeds = GenderAttackConfig(speeds=(1.0, 1.1))
+    assert _default_shadow_size(observed, [2], uneven, two_speeds) == 9  # b's 9, not another count
+    # two speeds are already several voices: the whole count, not 3/4 of it
+    assert _default_shadow_size(observed, [2], aux_data(8), two_speeds) == 8
+    # one speed: 3/4 of the smallest count, rounded down to a whole utterance, also with no sizes
+    one = GenderAttackConfig(speeds=(1.0,))
+    for rounds in ([2], [4]):
+        got = _default_shadow_size(observed, rounds, uneven, one)
+        assert got == 6 and isinstance(got, int)  # 27 // 4
+
+
+def test_the_aggregate_scores_mlp_is_seeded_by_the_attack_seed() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.arange(20) % 2
+    shadow = rng.normal(size=(20, 5)) + np.outer(2 * labels - 1, [1.0, 0, 0, 0, 0])
+    maps = {"fc-profile": lambda d: d}
+    aggregate = rng.normal(size=5)
+
+    def want(seed: int) -> float:
+        odds = log_odds(fit_classifier(shadow, labels, "mlp", seed), aggregate[None])
+        return float(_sigmoid(odds[0]))
+
+    got = {
+        seed: _aggregate_score(
+            {"fc-profile": shadow}, labels, maps, aggregate, GenderAttackConfig(classifier="mlp", seed=seed)
+        )
+        for seed in (0, 7)
+    }
+    assert got == {0: want(0), 7: want(7)} and got[0] != got[7]
+
+
+def test_ranks_are_scaled_to_zero_one_and_a_lone_client_sits_in_the_middle() -> None:
+    from privfl.attacks.gender import _rank01
+
+    np.testing.assert_array_equal(_rank01(np.array([2.0, -1.0])), [1.0, 0.0])
+    np.testing.assert_array_equal(_rank01(np.array([0.3, 0.3, 5.0])), [0.25, 0.25, 1.0])  # ties averaged
+    one = _rank01(np.array([4.0]))
+    assert one.dtype == np.float64 and one.tolist() == [0.5]
+    assert _rank01(np.array([])).shape == (0,)
