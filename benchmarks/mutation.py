@@ -122,6 +122,7 @@ CORE: dict[str, list[str]] = {
         "tests/data/test_dataset_wiring.py::test_speaker_folds_pick_the_configured_fold",
         "tests/data/test_dataset_wiring.py::test_session_splits_and_fold_zero_are_refused_naming_the_fix",
         "tests/data/test_dataset_wiring.py::test_manifest_split_takes_the_corpus_roles",
+        "tests/data/test_dataset_wiring.py::test_aux_count_seed_and_test_gender_reach_the_manifest_and_session_splitters",
         "tests/data/test_dataset_wiring.py::test_each_corpus_gets_its_own_options_and_no_others",
         "tests/data/test_dataset_wiring.py::test_a_split_that_leaves_a_role_empty_is_refused_before_featurising",
         "tests/data/test_dataset_wiring.py::test_utterance_and_no_normalisation_leave_the_sets_as_they_are",
