@@ -133,7 +133,11 @@ CORE: dict[str, list[str]] = {
         "tests/attacks/test_attack_metrics.py",
         "tests/attacks/test_attack_metrics_report.py",
     ],
-    "attacks/gender.py": ["tests/attacks/test_gender.py", "tests/attacks/test_gender_pieces.py"],
+    "attacks/gender.py": [
+        "tests/attacks/test_gender.py",
+        "tests/attacks/test_gender_pieces.py",
+        "tests/attacks/test_gender_attack_run.py",
+    ],
     "attacks/membership.py": ["tests/attacks/test_membership.py", "tests/attacks/test_membership_pieces.py"],
 }
 """Each module of the privacy core and the test files that are meant to pin it down."""
