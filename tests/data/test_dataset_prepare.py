@@ -69,8 +69,14 @@ class FakeExtract:
 def fake(monkeypatch):
     """prepare() on CORPUS with stand-in features; returns the extractor's record."""
     extract = FakeExtract()
+    extract.loads = []  # the progress callback each corpus load was given
+
+    def load(cfg, progress=None):
+        extract.loads.append(progress)
+        return CORPUS
+
     monkeypatch.setattr(dataset, "extract", extract)
-    monkeypatch.setattr(dataset, "load_corpus_for", lambda cfg, progress=None: CORPUS)
+    monkeypatch.setattr(dataset, "load_corpus_for", load)
     return extract
 
 
@@ -192,7 +198,9 @@ def test_speed_copies_are_extracted_for_training_only_and_join_the_clients_after
     cfg = ExperimentConfig().override(
         {**BASE, "data.speed_perturb": (0.9, 1.0, 1.1), "data.normalize": "none"}
     )
-    prepared = prepare(cfg, progress=lambda stage, done, total: stages.append((stage, done, total)))
+    report = lambda stage, done, total: stages.append((stage, done, total))  # noqa: E731
+    prepared = prepare(cfg, progress=report)
+    assert fake.loads == [report]  # the corpus loader reports too (synthesis of a new corpus)
     train_ids = sorted(u.id for u in CORPUS.utterances if u.speaker in prepared.split.train)
     full, slow, fast = fake.calls  # 1.0 is the original, not a copy
     assert (slow["speed"], fast["speed"]) == (0.9, 1.1) and full["speed"] == 1.0
@@ -290,3 +298,15 @@ def test_the_synthetic_corpus_is_built_from_the_data_settings(monkeypatch, tmp_p
     with pytest.raises(ConfigError, match="synthetic.speakers = 1 is too few"):
         load_corpus_for(dataclasses.replace(cfg, speakers=1))  # refused before anything is generated
     assert len(asked) == 2
+
+
+def test_no_utterances_or_rows_give_an_empty_set_of_the_documented_dtypes(fake):
+    cfg = ExperimentConfig().override(BASE).data
+    empty = featurise([], cfg)
+    assert len(empty) == 0 and empty.y.dtype == torch.int64 and empty.lengths.dtype == torch.int64
+    full = featurise(list(CORPUS.utterances[:4]), cfg)
+    for rows in ([], np.array([], dtype=np.int64)):  # [] is how Python spells no rows
+        none = full.take(rows)
+        assert len(none) == 0 and none.x.shape == (0, FRAMES, MELS) and none.ids == ()
+    picked = full.take([3, 1])
+    assert picked.ids == (full.ids[3], full.ids[1]) and torch.equal(picked.x[0], full.x[3])
