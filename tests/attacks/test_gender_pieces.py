@@ -313,3 +313,14 @@ def test_ranks_are_scaled_to_zero_one_and_a_lone_client_sits_in_the_middle() -> 
     one = _rank01(np.array([4.0]))
     assert one.dtype == np.float64 and one.tolist() == [0.5]
     assert _rank01(np.array([])).shape == (0,)
+
+
+def test_standardise_centres_and_scales_each_column_and_zeroes_a_constant_one() -> None:
+    from privfl.attacks.gender import _standardise
+
+    x = np.array([[1.0, 10.0, 3.0], [3.0, 30.0, 3.0], [5.0, 20.0, 3.0]])
+    got = _standardise(x)
+    np.testing.assert_allclose(got[:, :2].mean(axis=0), 0.0, atol=1e-12)  # each column on its own mean
+    np.testing.assert_allclose(got[:, :2].std(axis=0), 1.0)
+    np.testing.assert_allclose(got[:, 0], np.array([-1.0, 0.0, 1.0]) * np.sqrt(1.5))
+    assert np.isfinite(got).all() and not got[:, 2].any()  # the constant column becomes 0
