@@ -324,3 +324,87 @@ def test_standardise_centres_and_scales_each_column_and_zeroes_a_constant_one() 
     np.testing.assert_allclose(got[:, :2].std(axis=0), 1.0)
     np.testing.assert_allclose(got[:, 0], np.array([-1.0, 0.0, 1.0]) * np.sqrt(1.5))
     assert np.isfinite(got).all() and not got[:, 2].any()  # the constant column becomes 0
+
+
+# --- the probe's and the attack's refusals, by message ----------------------------------------------
+def test_probe_scores_refuse_labels_that_split_a_voice_or_miss_a_gender_by_message() -> None:
+    from privfl.attacks.gender import probe_scores
+
+    voices = np.array(["a", "a", "b", "b", "c"])
+    drops = np.arange(15.0).reshape(3, 5) ** 1.5
+    with pytest.raises(
+        AttackError,
+        match=r"^the probe's labels must be one per voice; split a voice into pseudo-voices instead$",
+    ):
+        probe_scores(drops, np.array([1, 0, 0, 0, 1]), voices)
+    for label, n in ((1, 3), (0, 0)):
+        with pytest.raises(
+            AttackError, match=rf"^the probe needs voices of both labels, got {n} of 3 female$"
+        ):
+            probe_scores(drops, np.full(5, label), voices)
+    # a voice of one utterance is a voice like any other
+    scores = probe_scores(drops, np.array([1, 1, 0, 0, 1]), voices)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+def test_a_model_without_the_fc1_relu_fc2_head_is_refused_for_the_probe_by_message() -> None:
+    from privfl.attacks.gender import _probe_head
+
+    message = (
+        r"^the 'probe' gender view evaluates a classifier head fc1 -> ReLU -> fc2, which {} does not "
+        r"have; use the paper CNN or LSTM, or drop 'probe' from --views$"
+    )
+
+    class OnlyFc1(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(3, 2), nn.ReLU()
+
+    with pytest.raises(ConfigError, match=message.format("Sequential")):
+        _probe_head(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(ConfigError, match=message.format("OnlyFc1")):
+        _probe_head(OnlyFc1())
+
+
+def test_feature_sets_and_classifiers_outside_the_lists_are_refused_by_message() -> None:
+    from privfl.attacks.gender import feature_columns
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(
+        ConfigError, match=r"^feature set 'last-layer' is not one of fc-profile, first-layer, all-layers$"
+    ):
+        feature_columns(model, "last-layer")
+    with pytest.raises(ConfigError, match=r"^classifier 'svm' is not one of logreg, mlp$"):
+        fit_classifier(np.eye(4), np.array([0, 1, 0, 1]), "svm")
+
+
+def fake_observed(genders_per_client, partition: str = "iid"):
+    truth = SimpleNamespace(genders=genders_per_client)
+    return SimpleNamespace(
+        observe=lambda r: (None, truth),
+        run=SimpleNamespace(path=Path("runs/x")),
+        config=ExperimentConfig().override({"data.partition": partition}),
+    )
+
+
+def test_clients_without_a_gender_to_infer_are_refused_naming_the_cause_and_the_fix() -> None:
+    from privfl.attacks.gender import _check_gender_labels
+
+    balanced = fake_observed([("female", "male"), ("male", "female")], partition="dirichlet")
+    with pytest.raises(
+        AttackError,
+        match=r"^no client of runs/x has a gender to infer: each holds as many female as male speakers "
+        r"\(data.partition = 'dirichlet'\); the gender attack needs clients of one speaker each, e.g. "
+        r"privfl train --partition by-speaker --record-updates \.\.\.$",
+    ):
+        _check_gender_labels(balanced, [1])
+    for genders, seen in (([("unknown",), ("unknown", "x")], "unknown, x"), ([()], "none")):
+        with pytest.raises(
+            AttackError,
+            match=rf"^the corpus of runs/x \(synthetic\) has no usable gender labels for its clients "
+            rf"\(genders seen: {seen}\); the gender attack needs a corpus with female/male speakers, "
+            r"e.g. the built-in synthetic corpus, IEMOCAP or CREMA-D$",
+        ):
+            _check_gender_labels(fake_observed(genders), [1, 2])
+    _check_gender_labels(fake_observed([]), [1])  # no client at all: nothing to refuse
+    _check_gender_labels(fake_observed([("female", "male"), ("male",)]), [1])  # one client has one
