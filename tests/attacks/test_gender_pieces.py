@@ -408,3 +408,16 @@ def test_clients_without_a_gender_to_infer_are_refused_naming_the_cause_and_the_
             _check_gender_labels(fake_observed(genders), [1, 2])
     _check_gender_labels(fake_observed([]), [1])  # no client at all: nothing to refuse
     _check_gender_labels(fake_observed([("female", "male"), ("male",)]), [1])  # one client has one
+
+
+def test_no_utterances_give_the_head_no_inputs_of_the_heads_width() -> None:
+    from privfl.attacks.gender import head_inputs
+    from privfl.config import ModelConfig
+    from privfl.models import build_model, initial_weights
+    from tests.attacks.conftest import make_speech_set
+
+    cfg = ModelConfig(name="cnn", conv_channels=4, fc_hidden=8)
+    model = build_model(cfg, 8)
+    none = make_speech_set({"a": "female"}, 2).take(np.array([], dtype=np.int64))
+    got = head_inputs(model, initial_weights(cfg, 8, 0), none)
+    assert got.shape == (0, model.fc1.in_features) == (0, 16)
