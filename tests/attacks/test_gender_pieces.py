@@ -421,3 +421,10 @@ def test_no_utterances_give_the_head_no_inputs_of_the_heads_width() -> None:
     none = make_speech_set({"a": "female"}, 2).take(np.array([], dtype=np.int64))
     got = head_inputs(model, initial_weights(cfg, 8, 0), none)
     assert got.shape == (0, model.fc1.in_features) == (0, 16)
+
+
+def test_the_probe_view_parses_anywhere_in_the_list_with_or_without_its_k() -> None:
+    assert parse_views("probe,fc-profile:3") == (("probe", 0), ("fc-profile", 3))
+    assert parse_views("first-layer:2, probe:0 ,probe") == (("first-layer", 2), ("probe", 0))
+    with pytest.raises(ConfigError, match=r"^gender view 'probe:1' is not FEATURES:K"):
+        parse_views("probe:1")
