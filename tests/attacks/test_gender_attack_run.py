@@ -8,6 +8,7 @@ fc-profile view can read it. tests/attacks/test_gender.py trains real clients.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -140,7 +141,18 @@ def test_a_classifier_view_scores_each_client_over_its_rounds_and_reports_what_i
     ]
     assert [p["round"] for p in single.per_round] == [1, 2] and combined.per_round == single.per_round
     assert [p["n"] for p in single.per_round] == [17, 17] and single.metrics["n_positive"] == 18
-    assert control.control and control.notes[0].startswith("3 relabellings, each independent of gender")
+    assert single.notes == ["one score per client and round; the bootstrap resamples clients"]
+    # each of the 3 relabellings scores the 17 clients on its own, against their true genders
+    assert control.control and (control.metrics["n_positive"], control.metrics["n_negative"]) == (27, 24)
+    (note,) = control.notes
+    assert re.fullmatch(
+        r"3 relabellings, each independent of gender and speaker and kept over all rounds, scored as the "
+        r"attack \(classifier views: the shadow voices relabelled, balanced within each auxiliary speaker, "
+        r"and the classifiers refitted; probe: a random half of every auxiliary voice's utterances called "
+        r"female\): AUC should be about 0\.5; single relabellings give AUC 0\.\d\d \+- 0\.\d\d \(mean \+- "
+        r"sd of 3\), a spread the client bootstrap interval does not include",
+        note,
+    ), note
     assert {combined.party, single.party, control.party} == {"server"}
     # shadow training: the default size (the clients' median 5, capped at 3/4 of 6 utterances a voice)
     assert result.config["shadow_size"] == 4 and result.config["feature_count"] == {"fc-profile": 16}
