@@ -422,3 +422,18 @@ def test_the_probe_view_parses_anywhere_in_the_list_with_or_without_its_k() -> N
     assert parse_views("first-layer:2, probe:0 ,probe") == (("first-layer", 2), ("probe", 0))
     with pytest.raises(ConfigError, match=r"^gender view 'probe:1' is not FEATURES:K"):
         parse_views("probe:1")
+
+
+def test_fc_profile_norms_of_float32_updates_are_taken_in_float64() -> None:
+    """Recorded updates are float32; the column norms (and so the features) are computed in float64."""
+    from privfl.attacks.gender import FeatureMap
+
+    rng = np.random.default_rng(3)
+    deltas = (rng.normal(size=(2, 40)) * 10.0 ** rng.integers(-6, 2, size=40)).astype(np.float32)
+    fmap = FeatureMap(np.arange(4, 36, dtype=np.int64), rows=4)
+    wide = deltas.astype(np.float64)[:, 4:36].reshape(2, 4, 8)
+    norms = np.sqrt((wide**2).sum(axis=1))
+    want = norms / np.linalg.norm(norms, axis=1, keepdims=True)
+    got = fmap(deltas)
+    assert got.dtype == np.float64 and fmap.size == 8
+    np.testing.assert_allclose(got, want, rtol=1e-13)
