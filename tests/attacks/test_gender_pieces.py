@@ -437,3 +437,7 @@ def test_fc_profile_norms_of_float32_updates_are_taken_in_float64() -> None:
     got = fmap(deltas)
     assert got.dtype == np.float64 and fmap.size == 8
     np.testing.assert_allclose(got, want, rtol=1e-13)
+    plain = FeatureMap(np.arange(4, 36, dtype=np.int64))(deltas)  # the values themselves, unit norm
+    want = wide.reshape(2, -1) / np.linalg.norm(wide.reshape(2, -1), axis=1, keepdims=True)
+    assert plain.dtype == np.float64 and plain.shape == (2, 32)
+    np.testing.assert_allclose(plain, want, rtol=1e-13)
