@@ -113,7 +113,14 @@ def stand_ins(monkeypatch):
 def attack(views, secure: bool = False, **fields):
     stages: list[tuple[str, int, int]] = []
     config = GenderAttackConfig(
-        views=views, speeds=(1.0,), bootstrap=0, control_repeats=3, shadow_clients=6, **fields
+        **{
+            "views": views,
+            "speeds": (1.0,),
+            "bootstrap": 0,
+            "control_repeats": 3,
+            "shadow_clients": 6,
+            **fields,
+        }
     )
     observed = Run(secure)
     with threadpool_limits(1), torch_threads(1):  # tiny fits: extra BLAS/OpenMP threads only spin
@@ -228,7 +235,13 @@ def test_under_secure_aggregation_only_the_aggregate_is_attacked(stand_ins):
     assert len(rows[AGGREGATE].per_round) == 2
 
 
-def test_an_explicit_shadow_size_and_seed_are_used_and_recorded(stand_ins):
-    _, result, _, _ = attack((("fc-profile", 3),), shadow_size=3, seed=5)
+def test_an_explicit_shadow_size_seed_and_bootstrap_are_used_and_recorded(stand_ins):
+    _, result, rows, _ = attack((("fc-profile", 3),), shadow_size=3, seed=5, bootstrap=20)
     assert result.config["shadow_size"] == 3 and result.seed == 5 and result.config["seed"] == 5
     assert "6 shadow clients of 3 utterances per round" in result.notes[0]
+    for name in (COMBINED, SINGLE, CONTROL):  # each resamples as configured and thresholds at one half
+        m = rows[name].metrics
+        assert (m["bootstrap"]["resamples"], m["bootstrap"]["seed"], m["threshold_rule"]) == (20, 5, "given")
+    # one score per client is resampled as is; single rounds and the control's relabellings by client
+    units = [rows[name].metrics["bootstrap"]["unit"] for name in (COMBINED, SINGLE, CONTROL)]
+    assert units == ["score", "group", "group"]

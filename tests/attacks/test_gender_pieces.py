@@ -441,3 +441,21 @@ def test_fc_profile_norms_of_float32_updates_are_taken_in_float64() -> None:
     want = wide.reshape(2, -1) / np.linalg.norm(wide.reshape(2, -1), axis=1, keepdims=True)
     assert plain.dtype == np.float64 and plain.shape == (2, 32)
     np.testing.assert_allclose(plain, want, rtol=1e-13)
+
+
+def test_the_aggregate_row_is_scored_at_one_half_with_the_attacks_bootstrap_and_seed() -> None:
+    rounds = [
+        {"round": 1, "female_share": 0.8, "score": 0.9},
+        {"round": 2, "female_share": 0.5, "score": 0.2},
+        {"round": 3, "female_share": 0.6, "score": 0.45},  # female, but scored below one half
+        {"round": 4, "female_share": 0.1, "score": 0.4},
+    ]
+    row = _aggregate_row(rounds, GenderAttackConfig(bootstrap=30, seed=4))
+    assert row.observed == "aggregate" and row.party == "server"
+    assert row.notes == [
+        "one score per round: the classifier applied to w_{t+1} - w_t; label: the participants' majority "
+        "gender (by samples)"
+    ]
+    m = row.metrics
+    assert m["threshold_rule"] == "given" and m["balanced_accuracy"] == 0.75  # at P >= 0.5
+    assert (m["bootstrap"]["resamples"], m["bootstrap"]["seed"]) == (30, 4)
