@@ -139,6 +139,8 @@ def test_a_classifier_view_scores_each_client_over_its_rounds_and_reports_what_i
     assert list(rows) == [COMBINED, SINGLE, CONTROL, AGGREGATE]
     combined, single, control = rows[COMBINED], rows[SINGLE], rows[CONTROL]
     assert combined.metrics["auc"] > 0.9  # the tie client is left out: 9 female (one mixed), 8 male
+    # called female at P >= 0.5: most clients right, in one round or over both
+    assert combined.metrics["balanced_accuracy"] > 0.8 and single.metrics["balanced_accuracy"] > 0.8
     assert (combined.metrics["n_positive"], combined.metrics["n_negative"]) == (9, 8)
     assert combined.notes == [
         "clients [116, 117] hold speakers of both genders: labelled by majority (flagged)",
