@@ -459,3 +459,19 @@ def test_the_aggregate_row_is_scored_at_one_half_with_the_attacks_bootstrap_and_
     m = row.metrics
     assert m["threshold_rule"] == "given" and m["balanced_accuracy"] == 0.75  # at P >= 0.5
     assert (m["bootstrap"]["resamples"], m["bootstrap"]["seed"]) == (30, 4)
+
+
+def test_the_views_mlps_are_seeded_by_the_attack_seed() -> None:
+    from privfl.attacks.gender import view_log_odds
+
+    rng = np.random.default_rng(2)
+    labels = np.arange(8) % 2
+    shadow = rng.normal(size=(8, 2)) + 5.0 * np.outer(2 * labels - 1, [1.0, 0])
+    real = rng.normal(size=(3, 2))
+
+    def want(seed: int) -> np.ndarray:
+        return log_odds(fit_classifier(shadow, labels, "mlp", seed), real)
+
+    got = view_log_odds([(shadow, real)], labels, GenderAttackConfig(classifier="mlp", seed=7))
+    np.testing.assert_array_equal(got, want(7))
+    assert not np.array_equal(got, want(0))
