@@ -475,3 +475,25 @@ def test_the_views_mlps_are_seeded_by_the_attack_seed() -> None:
     got = view_log_odds([(shadow, real)], labels, GenderAttackConfig(classifier="mlp", seed=7))
     np.testing.assert_array_equal(got, want(7))
     assert not np.array_equal(got, want(0))
+
+
+def test_log_odds_of_a_certain_classifier_stop_at_the_clip() -> None:
+    x = np.r_[np.zeros((5, 2)), np.ones((5, 2))]
+    clf = fit_classifier(x, np.r_[np.zeros(5, int), np.ones(5, int)])
+    far = np.array([[-1e6, -1e6], [1e6, 1e6]])
+    assert clf.predict_proba(far)[:, 1].tolist() == [0.0, 1.0]  # certain, both ways
+    low, high = 1e-13, 1 - 1e-13  # P clipped to [1e-13, 1 - 1e-13]: log-odds about -+29.93
+    want = [np.log(low) - np.log1p(-low), np.log(high) - np.log1p(-high)]
+    np.testing.assert_allclose(log_odds(clf, far), want, rtol=1e-12)
+
+
+def test_the_client_subspace_centres_each_feature_on_its_own_mean() -> None:
+    from privfl.attacks.gender import client_subspace
+
+    rng = np.random.default_rng(8)
+    real = 0.05 * rng.normal(size=(16, 12)) + np.outer(np.tile([-1.0, 1.0], 8), np.eye(12)[3])
+    real += np.linspace(
+        -40.0, 40.0, 12
+    )  # features at very different levels: not a direction clients differ in
+    basis = client_subspace(real, 1)
+    assert abs(basis[3, 0]) > 0.99
