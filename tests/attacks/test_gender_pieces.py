@@ -497,3 +497,20 @@ def test_the_client_subspace_centres_each_feature_on_its_own_mean() -> None:
     )  # features at very different levels: not a direction clients differ in
     basis = client_subspace(real, 1)
     assert abs(basis[3, 0]) > 0.99
+
+
+def test_the_score_note_names_the_rule_of_the_views_that_scored() -> None:
+    from privfl.attacks.gender import _score_note
+
+    nan = float("nan")
+    both = (
+        "score: the mean of two ranks among the clients (scaled to [0, 1]): the classifier views' mean "
+        "log-odds and the probe's mean score over the client's rounds; threshold 0.5 (the median client)"
+    )
+    probe = "score: sigmoid of the probe's mean score over the client's rounds; threshold 0.5 (the mean)"
+    odds = "score: P(female) from the mean log-odds over the client's rounds; threshold 0.5"
+    # one item is enough (a round that scored one client); every item has the same views
+    assert _score_note([(1, 7, 0.3, -1.2, 1, False)]) == both
+    assert _score_note([(1, 7, nan, -1.2, 1, False)]) == probe
+    assert _score_note([(1, 7, 0.3, nan, 1, False), (2, 7, 0.1, nan, 1, False)]) == odds
+    assert _score_note([]) == odds  # nothing scored: the classifier's rule, the attack's default
