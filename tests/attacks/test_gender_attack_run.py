@@ -163,6 +163,7 @@ def test_a_classifier_view_scores_each_client_over_its_rounds_and_reports_what_i
         note,
     ), note
     assert {combined.party, single.party, control.party} == {"server"}
+    assert {combined.observed, single.observed, control.observed} == {PER_CLIENT}
     # shadow training: the default size (the clients' median 5, capped at 3/4 of 6 utterances a voice)
     assert result.config["shadow_size"] == 4 and result.config["feature_count"] == {"fc-profile": 16}
     assert result.config["rounds"] == [1, 2] and result.config["speeds"] == [1.0]
