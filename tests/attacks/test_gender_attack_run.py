@@ -248,3 +248,24 @@ def test_an_explicit_shadow_size_seed_and_bootstrap_are_used_and_recorded(stand_
     # one score per client is resampled as is; single rounds and the control's relabellings by client
     units = [rows[name].metrics["bootstrap"]["unit"] for name in (COMBINED, SINGLE, CONTROL)]
     assert units == ["score", "group", "group"]
+
+
+def test_single_rounds_and_the_control_are_resampled_by_client(stand_ins, monkeypatch):
+    """The bootstrap's clusters: a client's scores of every round (and relabelling) resampled together."""
+    seen = {}
+    real = gender.scored_row
+
+    def spy(name, observed, scores, labels, **kw):
+        seen[name] = (np.asarray(scores), np.asarray(labels), kw.get("groups"))
+        return real(name, observed, scores, labels, **kw)
+
+    monkeypatch.setattr(gender, "scored_row", spy)
+    attack((("fc-profile", 3),))
+    ids = list(range(100, 117))  # the 17 clients with a gender (117 is a tie)
+    scores, labels, groups = seen[SINGLE]
+    assert sorted(groups.tolist()) == sorted(ids * 2) and len(scores) == len(labels) == 34
+    assert seen[COMBINED][2] is None and len(seen[COMBINED][0]) == 17  # one score per client
+    scores, labels, groups = seen[CONTROL]
+    assert sorted(groups.tolist()) == sorted(ids * 3) and len(scores) == 51  # 3 relabellings
+    majority = {100 + i: int(i % 2 == 1 or i == 16) for i in range(17)}  # odd clients and 116 female
+    assert labels.tolist() == [majority[g] for g in groups.tolist()]  # the true labels, client by client
