@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from privfl.attacks import gender
 from privfl.attacks.gender import GenderAttackConfig, gender_attack
+from privfl.attacks.metrics import balanced_accuracy
 from privfl.attacks.observe import NOT_OBSERVED, PER_CLIENT, Observation, Truth
 from privfl.config import ExperimentConfig
 from privfl.data.dataset import PreparedData
@@ -260,7 +261,10 @@ def test_single_rounds_and_the_control_are_resampled_by_client(stand_ins, monkey
         return real(name, observed, scores, labels, **kw)
 
     monkeypatch.setattr(gender, "scored_row", spy)
-    attack((("fc-profile", 3),))
+    _, _, rows, _ = attack((("fc-profile", 3),))
+    for name in (COMBINED, SINGLE, CONTROL):  # each decides at P >= 0.5
+        scores, labels, _ = seen[name]
+        assert rows[name].metrics["balanced_accuracy"] == balanced_accuracy(scores >= 0.5, labels), name
     ids = list(range(100, 117))  # the 17 clients with a gender (117 is a tie)
     scores, labels, groups = seen[SINGLE]
     assert sorted(groups.tolist()) == sorted(ids * 2) and len(scores) == len(labels) == 34
