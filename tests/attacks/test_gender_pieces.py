@@ -514,3 +514,29 @@ def test_the_score_note_names_the_rule_of_the_views_that_scored() -> None:
     assert _score_note([(1, 7, nan, -1.2, 1, False)]) == probe
     assert _score_note([(1, 7, 0.3, nan, 1, False), (2, 7, 0.1, nan, 1, False)]) == odds
     assert _score_note([]) == odds  # nothing scored: the classifier's rule, the attack's default
+
+
+def control_items(k: int, odds: list[float], labels: list[int]) -> list[tuple]:
+    """One relabelling's control items (round, client, log-odds, probe, label, mixed, relabelling)."""
+    nan = float("nan")
+    return [(1, c, o, nan, lab, False, k) for c, (o, lab) in enumerate(zip(odds, labels, strict=True))]
+
+
+def test_each_relabelling_is_scored_on_its_own_and_one_class_relabellings_are_skipped() -> None:
+    from privfl.attacks.gender import _single_relabelling_aucs
+
+    perfect = control_items(0, [2.0, -1.0, 1.0, -2.0], [1, 0, 1, 0])  # AUC 1
+    three_quarters = control_items(1, [2.0, 1.0, -1.0, -2.0], [1, 0, 1, 0])  # 3 of 4 pairs in order
+    backwards = control_items(2, [-2.0, 1.0, -1.0, 2.0], [1, 0, 1, 0])  # AUC 0
+    one_class = control_items(3, [1.0, 2.0], [1, 1])
+    assert _single_relabelling_aucs(perfect + three_quarters + backwards + one_class) == [1.0, 0.75, 0.0]
+    assert _single_relabelling_aucs(one_class) == [] == _single_relabelling_aucs([])
+
+
+def test_the_control_note_leaves_out_the_spread_when_no_relabelling_could_be_scored() -> None:
+    from privfl.attacks.gender import _per_client_rows
+
+    single = [(1, c, o, float("nan"), lab, False) for c, (o, lab) in enumerate([(1.0, 1), (-1.0, 0)])]
+    config = GenderAttackConfig(bootstrap=0, control_repeats=2)
+    rows = _per_client_rows(single, control_items(0, [1.0, 2.0], [1, 1]), config, "per-client updates")
+    assert rows[2].notes[0].endswith("utterances called female): AUC should be about 0.5")
