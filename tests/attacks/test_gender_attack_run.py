@@ -273,3 +273,9 @@ def test_single_rounds_and_the_control_are_resampled_by_client(stand_ins, monkey
     assert sorted(groups.tolist()) == sorted(ids * 3) and len(scores) == 51  # 3 relabellings
     majority = {100 + i: int(i % 2 == 1 or i == 16) for i in range(17)}  # odd clients and 116 female
     assert labels.tolist() == [majority[g] for g in groups.tolist()]  # the true labels, client by client
+
+
+def test_the_control_is_the_same_in_two_runs_with_one_seed(stand_ins):
+    """Its relabellings come from the attack's seed: a rerun reproduces the control row exactly."""
+    first, second = (attack((("fc-profile", 3), ("probe", 0)), seed=2)[2][CONTROL] for _ in range(2))
+    assert first.roc == second.roc and first.metrics == second.metrics

@@ -540,3 +540,8 @@ def test_the_control_note_leaves_out_the_spread_when_no_relabelling_could_be_sco
     config = GenderAttackConfig(bootstrap=0, control_repeats=2)
     rows = _per_client_rows(single, control_items(0, [1.0, 2.0], [1, 1]), config, "per-client updates")
     assert rows[2].notes[0].endswith("utterances called female): AUC should be about 0.5")
+
+
+def test_a_round_called_right_at_one_half_has_balanced_accuracy_one() -> None:
+    got = _per_round(np.array([1, 1, 1]), np.array([0.5, 0.49, 0.9]), np.array([1, 0, 1]))
+    assert got == [{"round": 1, "n": 3, "auc": 1.0, "balanced_accuracy": 1.0}]  # 0.5 itself is female
