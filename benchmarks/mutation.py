@@ -111,16 +111,33 @@ CORE: dict[str, list[str]] = {
         "tests/data/corpora/test_manifest.py::test_manifest_split_column_gives_the_roles",
     ],
     "privfl/data/partition.py": ["tests/data/test_partition.py", "tests/data/test_partition_edges.py"],
+    # prepare() with stand-in features, and the wiring's unit tests; not the runs of prepare() on
+    # the synthetic corpus (tests/data/test_dataset.py and three in the wiring file), which extract
+    # real features: a mutant that changes the feature settings re-extracts them (tens of seconds)
     "privfl/data/dataset.py": [
-        "tests/data/test_dataset.py",
+        "tests/data/test_dataset_prepare.py",
         "tests/data/test_normalize.py",
-        "tests/data/test_dataset_wiring.py",
+        "tests/data/test_dataset_wiring.py::test_auto_split_is_speaker_disjoint_for_other_corpora_and_the_paper_split_for_iemocap",
+        "tests/data/test_dataset_wiring.py::test_iemocap_folds_and_loso_hold_out_the_configured_session",
+        "tests/data/test_dataset_wiring.py::test_speaker_folds_pick_the_configured_fold",
+        "tests/data/test_dataset_wiring.py::test_session_splits_and_fold_zero_are_refused_naming_the_fix",
+        "tests/data/test_dataset_wiring.py::test_manifest_split_takes_the_corpus_roles",
+        "tests/data/test_dataset_wiring.py::test_aux_count_seed_and_test_gender_reach_the_manifest_and_session_splitters",
+        "tests/data/test_dataset_wiring.py::test_each_corpus_gets_its_own_options_and_no_others",
+        "tests/data/test_dataset_wiring.py::test_a_split_that_leaves_a_role_empty_is_refused_before_featurising",
+        "tests/data/test_dataset_wiring.py::test_utterance_and_no_normalisation_leave_the_sets_as_they_are",
+        "tests/data/test_dataset_wiring.py::test_an_empty_role_is_passed_through_normalisation_untouched",
+        "tests/data/test_dataset_wiring.py::test_take_and_concat_keep_every_field_of_each_row_together",
     ],
     "attacks/metrics.py": [
         "tests/attacks/test_attack_metrics.py",
         "tests/attacks/test_attack_metrics_report.py",
     ],
-    "attacks/gender.py": ["tests/attacks/test_gender.py", "tests/attacks/test_gender_pieces.py"],
+    "attacks/gender.py": [
+        "tests/attacks/test_gender.py",
+        "tests/attacks/test_gender_pieces.py",
+        "tests/attacks/test_gender_attack_run.py",
+    ],
     "attacks/membership.py": [
         "tests/attacks/test_membership.py",
         "tests/attacks/test_membership_pieces.py",

@@ -192,3 +192,18 @@ def test_each_client_keeps_the_frame_count_of_each_of_its_utterances():
     for client in prepared.clients:
         assert client.lengths.dtype == torch.int64 and client.lengths.shape == (client.num_samples,)
         assert [by_row[tuple(x.flatten().tolist())] for x in client.x] == client.lengths.tolist()
+
+
+def test_aux_count_seed_and_test_gender_reach_the_manifest_and_session_splitters():
+    roles = {s: "train" for s in "abcdefgh"} | {"i": "val", "j": "test"}
+    corpus = _manifest_corpus(roles)
+    manifest = [split_for(corpus, data(split="manifest", aux_speakers=2), seed) for seed in range(6)]
+    assert manifest == [splits.manifest_split(corpus, n_aux=2, seed=seed) for seed in range(6)]
+    assert all(len(s.aux) == 2 for s in manifest) and len({s.aux for s in manifest}) > 1
+    folded = [split_for(IEMOCAP, data(folds=5, fold=2, aux_speakers=2), seed) for seed in range(6)]
+    assert folded == [
+        splits.iemocap_loso_split(IEMOCAP, test_session=2, n_aux=2, seed=seed) for seed in range(6)
+    ]
+    assert all(len(s.aux) == 2 for s in folded) and len({s.aux for s in folded}) > 1
+    male = split_for(IEMOCAP, data(split="loso", test_session=3, test_gender="male"), 0)
+    assert male.test == ("Ses03M",) and male.val == ("Ses03F",)
