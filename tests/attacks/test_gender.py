@@ -439,24 +439,30 @@ def test_probe_loss_drops_are_the_clients_heads_on_the_global_models_features():
         head[slices[name]] = rng.normal(size=slices[name].stop - slices[name].start) * 0.3
     below = np.zeros_like(w)
     below[slices["conv.weight"]] = 0.5
-    drops = probe_loss_drops(model, speech, w, np.stack([np.zeros_like(w), head, below]))
-    assert drops.shape == (3, len(speech))
-    np.testing.assert_allclose(drops[0], 0.0, atol=1e-7)
+    other = np.zeros_like(w)  # a second client's head: first and last clients both change the head
+    for name in ("fc1.weight", "fc2.bias"):
+        other[slices[name]] = rng.normal(size=slices[name].stop - slices[name].start) * 0.3
+    drops = probe_loss_drops(model, speech, w, np.stack([head, np.zeros_like(w), below, other]))
+    assert drops.shape == (4, len(speech))
+    np.testing.assert_allclose(drops[1], 0.0, atol=1e-7)
     np.testing.assert_allclose(drops[2], 0.0, atol=1e-7)
     reference = build_model(cfg, N_MELS).eval()
-    set_flat(reference, w)
-    with torch.inference_mode():
-        before = torch.nn.functional.cross_entropy(
-            reference(speech.x, speech.lengths), speech.y, reduction="none"
-        )
-        set_flat(reference, w + head)
-        after = torch.nn.functional.cross_entropy(
-            reference(speech.x, speech.lengths), speech.y, reduction="none"
-        )
-    np.testing.assert_allclose(drops[1], (before - after).numpy(), rtol=1e-4, atol=1e-5)
-    assert np.abs(drops[1]).max() > 1e-3
+
+    def loss(weights: np.ndarray) -> torch.Tensor:
+        set_flat(reference, weights)
+        with torch.inference_mode():
+            logits = reference(speech.x, speech.lengths)
+            return torch.nn.functional.cross_entropy(logits, speech.y, reduction="none")
+
+    for k, delta in ((0, head), (3, other)):
+        np.testing.assert_allclose(drops[k], (loss(w) - loss(w + delta)).numpy(), rtol=1e-4, atol=1e-5)
+        assert np.abs(drops[k]).max() > 1e-3
+    # the caller's model is left at w_t with no hook of the workers' on it
+    np.testing.assert_array_equal(get_flat(model), w)
+    assert not model.fc1._forward_hooks
     assert head_inputs(model, w, speech).shape == (len(speech), model.fc1.in_features)
-    np.testing.assert_array_equal(get_flat(model).shape, w.shape)
+    assert not model.fc1._forward_hooks
+    assert probe_loss_drops(model, speech, w, np.zeros((0, w.shape[0]), np.float32)).shape == (0, len(speech))
 
 
 def test_probe_and_classifier_views_are_rank_averaged():
