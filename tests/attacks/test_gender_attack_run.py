@@ -111,7 +111,7 @@ def stand_ins(monkeypatch):
     return seen
 
 
-def attack(views, secure: bool = False, **fields):
+def attack(views, secure: bool = False, data: PreparedData = DATA, **fields):
     stages: list[tuple[str, int, int]] = []
     config = GenderAttackConfig(
         **{
@@ -125,7 +125,7 @@ def attack(views, secure: bool = False, **fields):
     )
     observed = Run(secure)
     with threadpool_limits(1), torch_threads(1):  # tiny fits: extra BLAS/OpenMP threads only spin
-        result = gender_attack(observed, DATA, config, progress=lambda *a: stages.append(a))
+        result = gender_attack(observed, data, config, progress=lambda *a: stages.append(a))
     return observed, result, {row.name: row for row in result.rows}, stages
 
 
@@ -182,7 +182,46 @@ def test_a_classifier_view_scores_each_client_over_its_rounds_and_reports_what_i
         "directions per round, 0 = all values; log-odds averaged over the classifier views): "
         "fc-profile (16 values): k = [3]; classifier: logreg"
     ]
-    assert result.seconds > 0
+    assert 0 < result.seconds < 300  # the elapsed time of this call, not a clock reading
+
+
+def test_speed_perturbed_voices_are_relabelled_within_each_real_speaker_and_named_in_the_notes(
+    stand_ins, monkeypatch
+):
+    """With several speeds each (speaker, speed) is a voice; the control's random labels are balanced
+    within each real speaker (its speeds), so a speaker's own voice cannot carry the control."""
+    import dataclasses
+
+    from privfl.attacks.shadow import SPEED_MARK
+    from privfl.data.dataset import SpeechSet
+
+    asked, strata_seen = [], []
+
+    def voices(data, cfg, speeds):
+        asked.append((data, cfg, speeds))
+        return SpeechSet.concat(
+            [
+                dataclasses.replace(AUX, speakers=tuple(f"{s}{SPEED_MARK}{f:g}" for s in AUX.speakers))
+                for f in speeds
+            ]
+        )
+
+    real = gender.shuffled_labels
+
+    def spy(labels, rng, strata=None):
+        strata_seen.append(None if strata is None else list(strata))
+        return real(labels, rng, strata=strata)
+
+    monkeypatch.setattr(gender, "auxiliary_speech", voices)
+    monkeypatch.setattr(gender, "shuffled_labels", spy)
+    data = dataclasses.replace(DATA, corpus="a corpus with audio")  # speeds need the audio to perturb
+    observed, result, rows, _ = attack((("fc-profile", 3),), data=data, speeds=(0.9, 1.0))
+    assert asked == [(data, observed.config, (0.9, 1.0))]
+    speakers = sorted(set(AUX.speakers))
+    # the first three: one relabelling of the voices per control repeat (then the probe's, per utterance)
+    assert strata_seen[:3] == [sorted(speakers * 2)] * 3
+    assert "at speeds 0.9, 1 (16 voices)" in result.notes[0]
+    assert rows[CONTROL].metrics is not None
 
 
 def test_the_aggregate_row_scores_each_round_by_its_participants_sample_weighted_majority(stand_ins):
@@ -206,6 +245,7 @@ def test_the_probe_alone_trains_no_shadows_and_cannot_attack_the_aggregate(stand
         "score: sigmoid of the probe's mean score over the client's rounds; threshold 0.5 (the mean); "
         "2 rounds; one score per client"
     )
+    assert rows[AGGREGATE].observed == "aggregate"
     assert rows[AGGREGATE].metrics is None and rows[AGGREGATE].reason.startswith(
         "the 'probe' view ranks a round's clients against each other, and a round has one aggregate; add a "
         "classifier view (e.g. --views fc-profile:3,probe)"
