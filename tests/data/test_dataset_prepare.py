@@ -19,7 +19,6 @@ import privfl.data.dataset as dataset
 from privfl.config import ExperimentConfig
 from privfl.data import partition as partition_module
 from privfl.data import splits
-from privfl.data.corpora import synthetic
 from privfl.data.dataset import ClientData, PreparedData, SpeechSet, featurise, load_corpus_for, prepare
 from privfl.data.features import FeatureConfig, FeatureSet, apply_band_stats, band_stats, normalise_groups
 from privfl.data.records import Corpus
@@ -285,8 +284,9 @@ def test_the_synthetic_corpus_is_built_from_the_data_settings(monkeypatch, tmp_p
             progress(1, 5)
         return tmp_path
 
-    monkeypatch.setattr(synthetic, "ensure_synthetic", ensure)
-    monkeypatch.setattr(synthetic, "load_synthetic", lambda root: Corpus(str(root), ()))
+    # by import path: the module load_corpus_for imports now, whichever object sys.modules holds
+    monkeypatch.setattr("privfl.data.corpora.synthetic.ensure_synthetic", ensure)
+    monkeypatch.setattr("privfl.data.corpora.synthetic.load_synthetic", lambda root: Corpus(str(root), ()))
     cfg = dataclasses.replace(ExperimentConfig().data, speakers=6, utterances_per_emotion=3, corpus_seed=9)
     got = load_corpus_for(cfg, lambda stage, done, total: progress.append((stage, done, total)))
     assert got.name == str(tmp_path)

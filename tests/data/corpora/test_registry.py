@@ -26,8 +26,9 @@ def test_unknown_name_lists_valid_names() -> None:
         assert name in str(info.value)
 
 
-def test_real_loaders_do_not_import_synthetic(tmp_path: Path) -> None:
-    sys.modules.pop("privfl.data.corpora.synthetic", None)
+def test_real_loaders_do_not_import_synthetic(tmp_path: Path, monkeypatch) -> None:
+    # removed for this test only: later tests that patch the module must find the one they imported
+    monkeypatch.delitem(sys.modules, "privfl.data.corpora.synthetic", raising=False)
     load_corpus("emodb", write_emodb(tmp_path))
     assert "privfl.data.corpora.synthetic" not in sys.modules
 
