@@ -75,14 +75,9 @@ def thread_map(fn: Callable[[int], R], n: int, progress: Callable[[int, int], No
     itself (the workers would wait on work queued behind them).
     """
     global _thread_pool
-    out: list[R] = []
     if default_workers() <= 1 or n <= 1:
         with torch_threads(1):
-            for i in range(n):
-                out.append(fn(i))
-                if progress is not None:
-                    progress(len(out), n)
-        return out
+            return _collect(map(fn, range(n)), n, progress)
     if _thread_pool is None:
         import torch
 
@@ -92,7 +87,13 @@ def thread_map(fn: Callable[[int], R], n: int, progress: Callable[[int, int], No
             initializer=torch.set_num_threads,
             initargs=(1,),
         )
-    for result in _thread_pool.map(fn, range(n)):
+    return _collect(_thread_pool.map(fn, range(n)), n, progress)
+
+
+def _collect(results: Iterable[R], n: int, progress: Callable[[int, int], None] | None) -> list[R]:
+    """The results in order, reporting progress(done, n) as each arrives."""
+    out: list[R] = []
+    for result in results:
         out.append(result)
         if progress is not None:
             progress(len(out), n)
