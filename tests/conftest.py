@@ -22,6 +22,24 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_share_of_the_cores():
+    """Under pytest-xdist (`-n auto`), each worker's torch gets its share of the cores, not all of
+    them: two workers with two threads each on two cores would oversubscribe every matrix product."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        yield
+        return
+    import torch
+
+    from privfl.parallel import default_workers
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, default_workers() // workers))
+    yield
+    torch.set_num_threads(before)
+
+
 TINY = {
     "data.speakers": 8,
     "data.utterances_per_emotion": 2,
