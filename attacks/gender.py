@@ -24,6 +24,12 @@ The probe view (`probe`) fits nothing: the server runs each client's locally tra
 on one speaker's voice improves more on voices of that speaker's gender (`probe_scores`). With classifier
 views, each client's mean log-odds and mean probe score are rank-averaged over the clients. Default
 views: fc-profile at k = 3 and the probe (DEFAULT_VIEWS).
+
+The pitch view (`pitch`) reads no gender label: shadow clients of one auxiliary speaker at different speeds
+differ only in pitch and formant scale, so a ridge regression of their fc-profile features on log speed,
+centred within each speaker, learns the direction of a higher voice from contrasts that carry no speaker
+idiosyncrasy; each real client's projection on it is its score (female voices are higher). It reuses the
+classifier views' shadow clients and is rank-averaged with the other views (`pitch_scores`).
 """
 
 from __future__ import annotations
@@ -696,7 +702,15 @@ def gender_attack(
             )
         )
     n_voices = len(set(aux_voice[known_voice]))
-    ranked = [n for n, on in (("the classifier views", views), (PROBE, use_probe), (PITCH, use_pitch)) if on]
+    ranked = [
+        n
+        for n, on in (
+            ("the classifier views'", views),
+            ("the probe's", use_probe),
+            ("the pitch view's", use_pitch),
+        )
+        if on
+    ]
     described = [f"{name} ({maps[name].size} values): k = {ks}" for name, ks in _views_by_set(views)]
     if use_probe:
         described.append(
@@ -722,8 +736,8 @@ def gender_attack(
         "log-odds averaged over the classifier views"
         + (
             "; the probe's and the classifier views' per-client scores rank-averaged"
-            if ranked == ["the classifier views", PROBE]
-            else f"; the per-client scores of {', '.join(ranked)} rank-averaged"
+            if ranked == ["the classifier views'", "the probe's"]
+            else f"; {', '.join(ranked[:-1])} and {ranked[-1]} per-client scores rank-averaged"
             if len(ranked) > 1
             else ""
         )

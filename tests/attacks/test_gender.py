@@ -713,6 +713,8 @@ def test_attack_finds_a_planted_pitch_cue_with_the_pitch_view_and_its_control_do
     auc = attack_on_pitched_clients(True, views, monkeypatch)
     assert auc["attack"] > 0.75, auc
     assert abs(auc["control"] - 0.5) < 0.15, auc
+    ranked = "the classifier views' and the pitch view's per-client scores rank-averaged"
+    assert any(ranked in n for n in auc["notes"]) == ("fc-profile" in views), auc["notes"]
 
 
 def test_pitch_view_is_at_chance_when_pitch_says_nothing_about_gender(monkeypatch):
