@@ -103,8 +103,10 @@ def _gender_options(f):
             help="FEATURES:K pairs (K1-K2 a range), e.g. fc-profile:2-5,first-layer:2-3: one classifier per "
             "pair and round, on the feature set (fc-profile, first-layer, all-layers) in the top K principal "
             "directions of the round's client updates (0: all values); the pairs' log-odds are averaged. "
-            "'probe': each client's model evaluated on the auxiliary voices (no classifier); with "
-            "classifier views (e.g. fc-profile:3,probe) the two are rank-averaged.",
+            "'probe': each client's model evaluated on the auxiliary voices (no classifier); 'pitch': the "
+            "direction of a higher voice in fc-profile space, learnt from each auxiliary speaker's shadow "
+            "clients at different speeds (no gender labels; needs three speeds or more); with classifier "
+            "views (e.g. fc-profile:3,probe,pitch) the scores are rank-averaged.",
         ),
         click.option(
             "--classifier", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True

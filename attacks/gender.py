@@ -24,6 +24,12 @@ The probe view (`probe`) fits nothing: the server runs each client's locally tra
 on one speaker's voice improves more on voices of that speaker's gender (`probe_scores`). With classifier
 views, each client's mean log-odds and mean probe score are rank-averaged over the clients. Default
 views: fc-profile at k = 3 and the probe (DEFAULT_VIEWS).
+
+The pitch view (`pitch`) reads no gender label: shadow clients of one auxiliary speaker at different speeds
+differ only in pitch and formant scale, so a ridge regression of their fc-profile features on log speed,
+centred within each speaker, learns the direction of a higher voice from contrasts that carry no speaker
+idiosyncrasy; each real client's projection on it is its score (female voices are higher). It reuses the
+classifier views' shadow clients and is rank-averaged with the other views (`pitch_scores`).
 """
 
 from __future__ import annotations
@@ -61,6 +67,16 @@ from privfl.parallel import PerThread, thread_map
 FEATURE_SETS = ("fc-profile", "first-layer", "all-layers")
 PROBE = "probe"
 """The view that fits nothing: it evaluates each client's model on the auxiliary voices (`probe_scores`)."""
+PITCH = "pitch"
+"""The view that learns the direction of a higher voice in fc-profile space from the shadow clients of each
+auxiliary speaker at different speeds, and reads no gender label (`pitch_scores`)."""
+PITCH_PROFILE = "fc-profile"
+"""The feature set the pitch view reads (all its values: no client subspace)."""
+PITCH_RIDGE = 0.1
+"""The pitch view's ridge penalty, relative to the mean eigenvalue of the centred shadow features' Gram
+matrix."""
+RANKED_VIEWS = (PROBE, PITCH)
+"""Views that score clients by a statistic of their own, rank-averaged with the classifier views' log-odds."""
 CLASSIFIERS = ("logreg", "mlp")
 POSITIVE = "female"
 """The class a score of 1 means; the AUC does not depend on which gender is called positive."""
@@ -86,11 +102,12 @@ ENSEMBLE_VIEWS: tuple[tuple[str, int], ...] = (
 
 def parse_views(text: str) -> tuple[tuple[str, int], ...]:
     """'fc-profile:2-5,first-layer:2-3' -> ((fc-profile, 2), ..., (first-layer, 3)); k = 0: no subspace.
-    'probe' -> (probe, 0): the model-behaviour probe, which has no subspace."""
+    'probe' -> (probe, 0): the model-behaviour probe; 'pitch' -> (pitch, 0): the pitch direction (neither
+    has a subspace)."""
     views: list[tuple[str, int]] = []
     for item in (t.strip() for t in text.split(",")):
-        if item in (PROBE, f"{PROBE}:0"):
-            views.append((PROBE, 0))
+        if item in (PROBE, f"{PROBE}:0", PITCH, f"{PITCH}:0"):
+            views.append((item.partition(":")[0], 0))
             continue
         name, _, ks = item.partition(":")
         lo, _, hi = ks.partition("-")
@@ -101,7 +118,7 @@ def parse_views(text: str) -> tuple[tuple[str, int], ...]:
         if name not in FEATURE_SETS or a < 0 or b < a:
             raise ConfigError(
                 f"gender view {item!r} is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
-                f"{', '.join(FEATURE_SETS)} and 0 <= K1 <= K2, nor {PROBE!r}; e.g. --views "
+                f"{', '.join(FEATURE_SETS)} and 0 <= K1 <= K2, nor {PROBE!r} or {PITCH!r}; e.g. --views "
                 "fc-profile:2-5,first-layer:2-3 or --views fc-profile:3,probe"
             )
         views += [(name, k) for k in range(a, b + 1)]
@@ -129,12 +146,13 @@ class GenderAttackConfig:
         if not self.views:
             raise ConfigError("gender views are empty; give at least one, e.g. --views fc-profile:3")
         for name, k in self.views:
-            if name == PROBE and k == 0:
+            if name in RANKED_VIEWS and k == 0:
                 continue
             if name not in FEATURE_SETS or not isinstance(k, int) or k < 0:
                 raise ConfigError(
                     f"gender view ({name!r}, {k!r}) needs a feature set among {', '.join(FEATURE_SETS)} and "
-                    f"a subspace size k >= 0, or ({PROBE!r}, 0); e.g. --views fc-profile:2-5,first-layer:2-3"
+                    f"a subspace size k >= 0, or ({PROBE!r}, 0) or ({PITCH!r}, 0); e.g. --views "
+                    "fc-profile:2-5,first-layer:2-3"
                 )
         if self.classifier not in CLASSIFIERS:
             raise ConfigError(f"gender classifier {self.classifier!r} is not one of {', '.join(CLASSIFIERS)}")
@@ -155,6 +173,12 @@ class GenderAttackConfig:
                 "e.g. --speeds 0.9,1.0,1.1 or --speeds 1.0 for none"
             )
         validate_speed_factors(self.speeds)
+        if (PITCH, 0) in self.views and len(set(self.speeds)) < 3:
+            raise ConfigError(
+                f"the {PITCH!r} gender view needs each auxiliary speaker at three speeds or more (it "
+                "regresses the shadow updates on the speed within each speaker, and its control on a target "
+                f"orthogonal to the speed), got speeds {list(self.speeds)}; e.g. --speeds 0.9,1.0,1.1"
+            )
         return self
 
 
@@ -402,6 +426,70 @@ def probe_control_labels(voices: np.ndarray, rng: np.random.Generator) -> tuple[
     return labels, np.array([f"{v}|{lab}" for v, lab in zip(voices.tolist(), labels.tolist(), strict=True)])
 
 
+# --- the pitch direction (pure) -------------------------------------------------------------------
+def voice_speed(voice: str) -> tuple[str, float]:
+    """(auxiliary speaker, speed factor) of a voice name: 'a@speed1.1' -> ('a', 1.1), 'a' -> ('a', 1.0)."""
+    speaker, mark, factor = voice.partition(SPEED_MARK)
+    return speaker, float(factor) if mark else 1.0
+
+
+def _centre_within(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each group's rows centred on the group's own mean (float64 copy)."""
+    x = np.array(x, dtype=np.float64)
+    for g in np.unique(groups):
+        m = groups == g
+        x[m] -= x[m].mean(axis=0)
+    return x
+
+
+def pitch_direction(
+    features: np.ndarray, target: np.ndarray, speakers: np.ndarray, ridge: float = PITCH_RIDGE
+) -> np.ndarray:
+    """[F] ridge regression weights of `target` on the shadow clients' `features` [n, F], both centred within
+    each auxiliary speaker: speaker fixed effects removed, so only contrasts between the voices of one
+    speaker (for the attack: the same speech at different speeds) shape the direction, never what tells
+    one auxiliary speaker from another. Dual form (n << F); the penalty is `ridge` times the mean
+    eigenvalue of the centred Gram matrix. Raises AttackError if no speaker's targets vary."""
+    speakers = np.asarray(speakers)
+    x = _centre_within(features, speakers)
+    t = _centre_within(np.asarray(target, dtype=np.float64)[:, None], speakers)[:, 0]
+    if not np.any(np.abs(t) > 1e-12):
+        raise AttackError(
+            f"the {PITCH!r} view needs shadow clients of one auxiliary speaker at two speeds or more in "
+            f"every round; this round's {len(t)} shadow clients hold one speed per speaker: raise "
+            "--shadow-clients to the number of auxiliary voices (speakers x speeds)"
+        )
+    gram = x @ x.T
+    penalty = ridge * max(float(np.trace(gram)) / x.shape[1], 1e-12)
+    return x.T @ np.linalg.solve(gram + penalty * np.eye(len(t)), t)
+
+
+def pitch_scores(
+    shadow: np.ndarray, log_speed: np.ndarray, speakers: np.ndarray, real: np.ndarray
+) -> np.ndarray:
+    """One round's pitch score per client [k]: each real client's features [k, F] projected on the
+    direction of a higher voice (`pitch_direction` of the shadow features [n, F] on log speed), standardised
+    over the round's clients. Speed perturbation by f scales pitch and formants by f, and female voices are
+    higher than male ones (about an octave in F0, 15-20 % in formants), so positive scores lean female;
+    no gender label enters."""
+    return _standardise(np.asarray(real, dtype=np.float64) @ pitch_direction(shadow, log_speed, speakers))
+
+
+def pitch_control_targets(values: np.ndarray, log_speed: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """The pitch view's control targets: arbitrary `values` per shadow client, centred within each auxiliary
+    speaker and made orthogonal there to the centred log speed, so they carry nothing about speed (hence
+    pitch), speaker or gender; all zero where a speaker has fewer than three speeds."""
+    speakers = np.asarray(speakers)
+    v = _centre_within(np.asarray(values, dtype=np.float64)[:, None], speakers)[:, 0]
+    t = _centre_within(np.asarray(log_speed, dtype=np.float64)[:, None], speakers)[:, 0]
+    for g in np.unique(speakers):
+        m = speakers == g
+        tt = float(t[m] @ t[m])
+        if tt > 1e-24:
+            v[m] -= (v[m] @ t[m]) / tt * t[m]
+    return v
+
+
 def _standardise(x: np.ndarray) -> np.ndarray:
     """Centre and scale along axis 0 (the round's clients); a constant column becomes 0."""
     sd = x.std(axis=0)
@@ -416,15 +504,17 @@ def _rank01(x: np.ndarray) -> np.ndarray:
     return (rankdata(x) - 1) / (len(x) - 1) if len(x) > 1 else np.full(len(x), 0.5)
 
 
-def combine_scores(log_odds: np.ndarray | None, probe: np.ndarray | None) -> np.ndarray:
-    """Scores in [0, 1] (1: female) of one population of clients from the classifier views' log-odds,
-    the probe, or both: P(female) = sigmoid of either alone; with both, the mean of their ranks among
-    the clients (the two are on different scales; the rank average weighs them equally)."""
-    if probe is None:
-        return _sigmoid(log_odds)
-    if log_odds is None:
-        return _sigmoid(probe)
-    return (_rank01(log_odds) + _rank01(probe)) / 2
+def combine_scores(*parts: np.ndarray | None) -> np.ndarray:
+    """Scores in [0, 1] (1: female) of one population of clients from the classifier views' log-odds, the
+    probe's and the pitch view's scores (None: that view is absent): P(female) = sigmoid of one alone;
+    with several, the mean of their ranks among the clients (they are on different scales; the rank
+    average weighs them equally)."""
+    present = [np.asarray(p, dtype=np.float64) for p in parts if p is not None]
+    if not present:
+        raise AttackError("combine_scores needs at least one view's scores, got none")
+    if len(present) == 1:
+        return _sigmoid(present[0])
+    return np.mean([_rank01(p) for p in present], axis=0)
 
 
 # --- the attack on a run --------------------------------------------------------------------------
@@ -464,11 +554,14 @@ def gender_attack(
     cfg = observed.config
     rounds = gender_preflight(observed, data, config)
     model = build_model(cfg.model, data.n_mels)
-    views = tuple(v for v in config.views if v[0] != PROBE)  # the classifier views
-    use_probe = len(views) < len(config.views)
+    views = tuple(v for v in config.views if v[0] not in RANKED_VIEWS)  # the classifier views
+    use_probe = (PROBE, 0) in config.views
+    use_pitch = (PITCH, 0) in config.views
+    shadowed = bool(views) or use_pitch  # views that train shadow clients
     if use_probe:
         _probe_head(model)  # ConfigError before anything is computed
-    maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(n for n, _ in views)}
+    names = [n for n, _ in views] + ([PITCH_PROFILE] if use_pitch else [])
+    maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(names)}
     privacy = observed.summary.get("privacy")
     size = config.shadow_size or _default_shadow_size(observed, rounds, data, config)
     aux = auxiliary_speech(data, cfg, config.speeds)
@@ -491,16 +584,25 @@ def gender_attack(
     probe_relabel = [
         probe_control_labels(aux_voice[known_voice], prng) for _ in range(config.control_repeats)
     ]
+    # the pitch view's control: one random value per voice and repeat, kept across rounds; each round
+    # makes them orthogonal to the log speed within each auxiliary speaker (pitch_control_targets)
+    trng = np.random.default_rng([config.seed, 0xC0A7, 0x917C])
+    pitch_relabel = [
+        dict(zip(voices, trng.standard_normal(len(voices)).tolist(), strict=True))
+        for _ in range(config.control_repeats)
+    ]
 
-    # round, client, classifier log-odds (nan: no classifier view), probe score (nan: no probe), label, mixed
-    single: list[tuple[int, int, float, float, int, bool]] = []
-    controls: list[tuple[int, int, float, float, int, bool, int]] = []  # the same, plus the relabelling
+    # round, client, classifier log-odds (nan: no classifier view), probe score (nan: no probe), pitch score
+    # (nan: no pitch view), label, mixed
+    single: list[tuple[int, int, float, float, float, int, bool]] = []
+    # the same, plus the relabelling
+    controls: list[tuple[int, int, float, float, float, int, bool, int]] = []
     per_round_agg: list[dict] = []
     for j, r in enumerate(rounds):
         obs, truth = observed.observe(r)
         has_clients = obs.deltas is not None and len(obs.deltas)  # user-dp's Poisson sampling can pick nobody
         xs: dict[str, np.ndarray] = {}
-        if views:
+        if shadowed:
             rng = np.random.default_rng([config.seed, r, 0x6E0D])
             shadows = sample_shadow_clients(aux, config.shadow_clients, size, rng)
             report = (
@@ -513,24 +615,32 @@ def gender_attack(
             deltas = local_updates(trainer, clients, obs.weights, r, report)
             xs = {name: fmap(deltas) for name, fmap in maps.items()}
             ys = np.array([int(s.gender == POSITIVE) for s in shadows])
+            shadow_speaker, shadow_speed = zip(*(voice_speed(s.speaker) for s in shadows), strict=True)
+            shadow_speaker, log_speed = np.array(shadow_speaker), np.log(np.array(shadow_speed))
         elif progress:
             progress("gender: probe", j + 1, len(rounds))
         if has_clients:
             truths = [client_label(g) for g in truth.genders]
             ids = truth.client_ids.tolist()
             nan = np.full(len(ids), np.nan)
-            projected = project_views(xs, {n: f(obs.deltas) for n, f in maps.items()}, views) if views else []
+            real = {n: f(obs.deltas) for n, f in maps.items()}
+            projected = project_views(xs, real, views) if views else []
             drops = (
                 probe_loss_drops(model, aux, obs.weights, obs.deltas)[:, known_voice] if use_probe else None
             )
             odds = view_log_odds(projected, ys, config) if views else nan
             probe = probe_scores(drops, aux_female[known_voice], aux_voice[known_voice]) if use_probe else nan
+            pitch = (
+                pitch_scores(xs[PITCH_PROFILE], log_speed, shadow_speaker, real[PITCH_PROFILE])
+                if use_pitch
+                else nan
+            )
             single += [
-                (r, c, float(a), float(b), lab, mix)
-                for c, a, b, (lab, mix) in zip(ids, odds, probe, truths, strict=True)
+                (r, c, float(a), float(b), float(p), lab, mix)
+                for c, a, b, p, (lab, mix) in zip(ids, odds, probe, pitch, truths, strict=True)
             ]
             for k, labels_k in enumerate(relabel):
-                pc, pp = nan, nan
+                pc, pp, pt = nan, nan, nan
                 if views:
                     yc = np.array([labels_k[s.speaker] for s in shadows])
                     if yc.min() == yc.max():
@@ -538,12 +648,23 @@ def gender_attack(
                     pc = view_log_odds(projected, yc, config)
                 if use_probe:
                     pp = probe_scores(drops, *probe_relabel[k])
+                if use_pitch:
+                    tc = pitch_control_targets(
+                        np.array([pitch_relabel[k][s.speaker] for s in shadows]), log_speed, shadow_speaker
+                    )
+                    if not np.any(np.abs(tc) > 1e-12):
+                        continue  # no speaker at three speeds this round: no target orthogonal to speed
+                    pt = _standardise(
+                        real[PITCH_PROFILE] @ pitch_direction(xs[PITCH_PROFILE], tc, shadow_speaker)
+                    )
                 controls += [
-                    (r, c, float(a), float(b), lab, mix, k)
-                    for c, a, b, (lab, mix) in zip(ids, pc, pp, truths, strict=True)
+                    (r, c, float(a), float(b), float(t), lab, mix, k)
+                    for c, a, b, t, (lab, mix) in zip(ids, pc, pp, pt, truths, strict=True)
                 ]
         if views and obs.aggregate is not None and len(truth.client_ids):
-            pa = _aggregate_score(xs, ys, maps, obs.aggregate, config)
+            pa = _aggregate_score(
+                xs, ys, {n: maps[n] for n, _ in _views_by_set(views)}, obs.aggregate, config
+            )
             labels = [client_label(g)[0] for g in truth.genders]
             n = obs.num_samples.astype(np.float64)
             known = np.array([lab >= 0 for lab in labels], dtype=bool)
@@ -574,16 +695,33 @@ def gender_attack(
             AttackRow(
                 "gender: aggregate update",
                 "aggregate",
-                reason=f"the {PROBE!r} view ranks a round's clients against each other, and a round has one "
-                "aggregate; add a classifier view (e.g. --views fc-profile:3,probe) to attack the aggregate",
+                reason=f"the {' and '.join(repr(n) for n in RANKED_VIEWS if (n, 0) in config.views)} "
+                f"view{'s rank' if use_probe and use_pitch else ' ranks'} a round's clients against each "
+                "other, and a round has one aggregate; add a classifier view (e.g. --views "
+                "fc-profile:3,probe) to attack the aggregate",
             )
         )
     n_voices = len(set(aux_voice[known_voice]))
+    ranked = [
+        n
+        for n, on in (
+            ("the classifier views'", views),
+            ("the probe's", use_probe),
+            ("the pitch view's", use_pitch),
+        )
+        if on
+    ]
     described = [f"{name} ({maps[name].size} values): k = {ks}" for name, ks in _views_by_set(views)]
     if use_probe:
         described.append(
             f"{PROBE} (each client's model w_t + delta_k, head only, on the {int(known_voice.sum())} "
             f"auxiliary utterances of {n_voices} voices: loss drop from w_t, female voices minus male)"
+        )
+    if use_pitch:
+        described.append(
+            f"{PITCH} (all {maps[PITCH_PROFILE].size} {PITCH_PROFILE} values: ridge regression of the shadow "
+            "features on log speed within each auxiliary speaker, the real clients projected on it; "
+            "higher voice = female, no gender labels)"
         )
     result.notes.append(
         f"attacker (the server): {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} "
@@ -591,14 +729,16 @@ def gender_attack(
         f"({len(voices)} voices); "
         + (
             f"{config.shadow_clients} shadow clients of {size} utterances per round, "
-            if views
+            if shadowed
             else "no shadow clients (the probe fits nothing), "
         )
         + f"{len(rounds)} rounds; views (feature set: top-k client directions per round, 0 = all values; "
         "log-odds averaged over the classifier views"
         + (
             "; the probe's and the classifier views' per-client scores rank-averaged"
-            if views and use_probe
+            if ranked == ["the classifier views'", "the probe's"]
+            else f"; {', '.join(ranked[:-1])} and {ranked[-1]} per-client scores rank-averaged"
+            if len(ranked) > 1
             else ""
         )
         + "): "
@@ -670,40 +810,50 @@ def combine_rounds(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def client_scores(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(client ids, score in [0, 1], label) from (round, client, log-odds, probe, label, ...) items: each
-    part averaged over the client's rounds, then `combine_scores` (nan parts: that view is absent)."""
+    """(client ids, score in [0, 1], label) from (round, client, log-odds, probe, pitch, label, ...) items:
+    each part averaged over the client's rounds, then `combine_scores` (nan parts: that view is absent)."""
     ids = sorted({t[1] for t in items})
     parts = []
-    for at in (2, 3):
+    for at in (2, 3, 4):
         mean = np.array([np.mean([t[at] for t in items if t[1] == c]) for c in ids])
         parts.append(None if np.isnan(mean).all() else mean)
-    label = np.array([next(t[4] for t in items if t[1] == c) for c in ids])
+    label = np.array([next(t[5] for t in items if t[1] == c) for c in ids])
     return np.array(ids), combine_scores(*parts), label
 
 
 def _score_note(single: list) -> str:
-    odds, probe = (not np.isnan(single[0][2]), not np.isnan(single[0][3])) if single else (True, False)
-    if odds and probe:
-        return (
-            "score: the mean of two ranks among the clients (scaled to [0, 1]): the classifier views' mean "
-            "log-odds and the probe's mean score over the client's rounds; threshold 0.5 (the median client)"
+    present = [not np.isnan(single[0][at]) for at in (2, 3, 4)] if single else [True, False, False]
+    names = [
+        n
+        for n, on in zip(
+            ("the classifier views' mean log-odds", "the probe's mean score", "the pitch view's mean score"),
+            present,
+            strict=True,
         )
-    if probe:
-        return "score: sigmoid of the probe's mean score over the client's rounds; threshold 0.5 (the mean)"
+        if on
+    ]
+    if len(names) > 1:
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
+        return (
+            f"score: the mean of {('two', 'three')[len(names) - 2]} ranks among the clients (scaled to "
+            f"[0, 1]): {listed} over the client's rounds; threshold 0.5 (the median client)"
+        )
+    if not present[0]:
+        return f"score: sigmoid of {names[0]} over the client's rounds; threshold 0.5 (the mean)"
     return "score: P(female) from the mean log-odds over the client's rounds; threshold 0.5"
 
 
 def _per_client_rows(
     single: list, controls: list, config: GenderAttackConfig, observed: str
 ) -> list[AttackRow]:
-    mixed = sorted({row[1] for row in single if row[5]})
-    undecided = sorted({row[1] for row in single if row[4] < 0})
+    mixed = sorted({row[1] for row in single if row[6]})
+    undecided = sorted({row[1] for row in single if row[5] < 0})
     notes = []
     if mixed:
         notes.append(f"clients {mixed} hold speakers of both genders: labelled by majority (flagged)")
     if undecided:
         notes.append(f"clients {undecided} have no majority gender (tie or unknown) and are left out")
-    known = [t for t in single if t[4] >= 0]
+    known = [t for t in single if t[5] >= 0]
     ids, score, label = client_scores(known)
     n_rounds = len({t[0] for t in known})
     combined = scored_row(
@@ -739,10 +889,10 @@ def _per_client_rows(
     )
     per_round.per_round = _per_round(rounds, scores, labels)
     combined.per_round = per_round.per_round
-    ctrl = [t for t in controls if t[4] >= 0]
+    ctrl = [t for t in controls if t[5] >= 0]
     cscore, clabel, cgroup = [], [], []
-    for k in sorted({t[6] for t in ctrl}):  # each relabelling combined on its own, then pooled
-        ids_k, score_k, label_k = client_scores([t for t in ctrl if t[6] == k])
+    for k in sorted({t[7] for t in ctrl}):  # each relabelling combined on its own, then pooled
+        ids_k, score_k, label_k = client_scores([t for t in ctrl if t[7] == k])
         cscore += score_k.tolist()
         clabel += label_k.tolist()
         cgroup += ids_k.tolist()
@@ -761,7 +911,14 @@ def _per_client_rows(
             f"{config.control_repeats} relabellings, each independent of gender and speaker and kept over "
             "all rounds, scored as the attack (classifier views: the shadow voices relabelled, balanced "
             "within each auxiliary speaker, and the classifiers refitted; probe: a random half of every "
-            "auxiliary voice's utterances called female): AUC should be about 0.5"
+            "auxiliary voice's utterances called female"
+            + (
+                "; pitch: a random target per voice, made orthogonal to the log speed within each auxiliary "
+                "speaker, and the direction refitted"
+                if any(not np.isnan(t[4]) for t in single[:1])
+                else ""
+            )
+            + "): AUC should be about 0.5"
             + (
                 f"; single relabellings give AUC {np.mean(spread):.2f} +- {np.std(spread):.2f} (mean +- sd "
                 f"of {len(spread)}), a spread the client bootstrap interval does not include"
@@ -783,8 +940,8 @@ def _single_relabelling_aucs(controls: list) -> list[float]:
     from sklearn.metrics import roc_auc_score
 
     out = []
-    for k in sorted({t[6] for t in controls}):
-        _, score, labels = client_scores([t for t in controls if t[6] == k])
+    for k in sorted({t[7] for t in controls}):
+        _, score, labels = client_scores([t for t in controls if t[7] == k])
         if labels.size and labels.min() != labels.max():
             out.append(float(roc_auc_score(labels, score)))
     return out

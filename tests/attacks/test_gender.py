@@ -519,3 +519,206 @@ def test_head_inputs_in_parallel_equal_one_forward_pass_per_utterance():
             reference(speech.x[i : i + 1], speech.lengths[i : i + 1])
     torch.testing.assert_close(got, torch.cat(seen), rtol=1e-6, atol=1e-6)
     assert len({tuple(r.tolist()) for r in got}) == len(speech)
+
+
+# --- the pitch view ---------------------------------------------------------------------------------
+SPEEDS = np.array([0.9, 1.0, 1.1])
+
+
+def pitch_world(seed: int, pitch_gender: bool, pitch_speed: bool, n_real: int = 80):
+    """Shadow features of 4 auxiliary speakers at 3 speeds and real clients' features, 40 dimensions.
+
+    Every speaker has a large idiosyncratic offset, and the auxiliary ones' offsets line up with their
+    gender along a direction `spurious` that says nothing about the real clients' genders. With
+    `pitch_speed`, speed moves a voice along `pitch`; with `pitch_gender`, female real clients sit
+    higher along `pitch` than male ones (female voices are higher)."""
+    rng = np.random.default_rng(seed)
+    pitch, spurious = np.linalg.qr(rng.normal(size=(40, 2)))[0].T
+    speakers, speed, x = [], [], []
+    for i, female in enumerate((1, 1, 0, 0)):
+        offset = (
+            3.0 * rng.normal(size=40) + 4.0 * (2 * female - 1) * spurious + 1.5 * (2 * female - 1) * pitch
+        )
+        for f in SPEEDS:
+            speakers.append(f"a{i}")
+            speed.append(f)
+            x.append(offset + pitch_speed * 20.0 * np.log(f) * pitch + 0.1 * rng.normal(size=40))
+    y = np.arange(n_real) % 2
+    real = 3.0 * rng.normal(size=(n_real, 40)) + pitch_gender * 4.0 * np.outer(2 * y - 1, pitch)
+    return np.array(x), np.log(np.array(speed)), np.array(speakers), real, y
+
+
+def test_pitch_scores_find_a_planted_pitch_cue_that_a_gender_classifier_on_the_shadows_misses():
+    from privfl.attacks.gender import pitch_scores
+
+    x, log_speed, speakers, real, y = pitch_world(0, pitch_gender=True, pitch_speed=True)
+    assert roc_auc_score(y, pitch_scores(x, log_speed, speakers, real)) > 0.9
+    # the auxiliary speakers' gender labels lean on their idiosyncrasies (the spurious direction)
+    female = np.array([s in ("a0", "a1") for s in speakers]).astype(int)
+    classifier = fit_classifier(x, female)
+    assert roc_auc_score(y, classifier.decision_function(real)) < 0.75
+
+
+@pytest.mark.parametrize("gender, speed", [(False, True), (True, False)])
+def test_pitch_scores_are_at_chance_without_a_pitch_cue_in_the_clients_or_in_the_speeds(gender, speed):
+    """No gender along pitch in the real clients, or speed moving nothing: nothing to find (the offsets
+    still tell the auxiliary genders apart, which the view must not use)."""
+    from privfl.attacks.gender import pitch_scores
+
+    aucs = [
+        roc_auc_score(y, pitch_scores(x, t, s, real))
+        for x, t, s, real, y in (pitch_world(seed, gender, speed, 40) for seed in range(20))
+    ]
+    assert abs(np.mean(aucs) - 0.5) < 0.06, aucs
+
+
+def test_pitch_control_targets_are_orthogonal_to_speed_and_find_nothing():
+    from privfl.attacks.gender import (
+        _standardise,
+        pitch_control_targets,
+        pitch_direction,
+        pitch_scores,
+    )
+
+    rng = np.random.default_rng(3)
+    aucs, attack = [], []
+    for seed in range(20):
+        x, log_speed, speakers, real, y = pitch_world(seed, pitch_gender=True, pitch_speed=True, n_real=40)
+        target = pitch_control_targets(rng.normal(size=len(speakers)), log_speed, speakers)
+        for s in np.unique(speakers):
+            m = speakers == s
+            assert abs(target[m].sum()) < 1e-9 and abs(target[m] @ log_speed[m]) < 1e-9
+            assert np.abs(target[m]).max() > 1e-3  # three speeds leave one direction orthogonal to speed
+        score = _standardise(real @ pitch_direction(x, target, speakers))
+        aucs.append(roc_auc_score(y, score))
+        attack.append(roc_auc_score(y, pitch_scores(x, log_speed, speakers, real)))
+    assert abs(np.mean(aucs) - 0.5) < 0.08 and np.mean(attack) > 0.9, (aucs, attack)
+    # two speeds per speaker leave no target orthogonal to speed
+    two = np.array([np.log(0.9), 0.0] * 2)
+    none = pitch_control_targets(np.array([1.0, -2.0, 0.5, 3.0]), two, np.array(list("aabb")))
+    assert np.abs(none).max() < 1e-12  # the attack skips such a relabelling (rounding leaves ~1e-16)
+
+
+def test_pitch_direction_ignores_what_tells_the_speakers_apart_and_refuses_one_speed_each():
+    from privfl.attacks.gender import pitch_direction, voice_speed
+    from privfl.errors import AttackError
+
+    x, log_speed, speakers, _, _ = pitch_world(1, pitch_gender=True, pitch_speed=True)
+    per_speaker = 100.0 * np.random.default_rng(2).normal(size=(4, 40))
+    shifted = x + per_speaker[np.searchsorted(np.unique(speakers), speakers)]
+    # adding any constant per speaker changes nothing: only within-speaker contrasts count
+    np.testing.assert_allclose(
+        pitch_direction(x, log_speed, speakers), pitch_direction(shifted, log_speed, speakers), atol=1e-9
+    )
+    with pytest.raises(AttackError, match="raise --shadow-clients"):
+        pitch_direction(x[::3], log_speed[::3], speakers[::3])
+    assert voice_speed("ravdess-02@speed1.1") == ("ravdess-02", 1.1)
+    assert voice_speed("ravdess-02") == ("ravdess-02", 1.0)
+
+
+def test_pitch_view_parses_and_needs_three_speeds():
+    from privfl.errors import ConfigError
+
+    assert parse_views("fc-profile:3,probe,pitch") == (("fc-profile", 3), ("probe", 0), ("pitch", 0))
+    assert parse_views("pitch:0") == (("pitch", 0),)
+    with pytest.raises(ConfigError, match="FEATURES:K"):
+        parse_views("pitch:3")
+    with pytest.raises(ConfigError, match="three speeds or more"):
+        GenderAttackConfig(views=(("pitch", 0),), speeds=(0.9, 1.0)).validate()
+    GenderAttackConfig(views=(("pitch", 0),), speeds=(0.9, 1.0, 1.1)).validate()
+
+
+def test_three_views_are_rank_averaged():
+    from privfl.attacks.gender import _sigmoid, combine_scores
+
+    odds = np.array([3.0, -1.0, 0.5, 10.0])
+    probe = np.array([0.1, 0.2, -2.0, 0.3])
+    pitch = np.array([0.0, 5.0, -1.0, 1.0])
+    # ranks (0..3)/3: odds 2,0,1,3; probe 1,2,0,3; pitch 1,3,0,2
+    np.testing.assert_allclose(combine_scores(odds, probe, pitch), np.array([4, 5, 1, 8]) / 9)
+    np.testing.assert_allclose(combine_scores(None, None, pitch), _sigmoid(pitch))
+    np.testing.assert_allclose(combine_scores(odds, None, pitch), np.array([3, 3, 1, 5]) / 6)
+
+
+def pitched_voices(
+    centres: dict[str, float], genders: dict[str, str], per_speaker: int, seed: int
+) -> SpeechSet:
+    """Random features plus an energy bump over the Mel bands centred at each speaker's `centres` (its
+    'pitch': a higher voice puts it in higher bands)."""
+    s = make_speech_set(genders, per_speaker, n_mels=N_MELS, seed=seed)
+    bands = torch.arange(N_MELS, dtype=torch.float32)
+    centre = torch.tensor([float(centres[sp]) for sp in s.speakers], dtype=torch.float32)
+    bump = 6.0 * torch.exp(-((bands[None, :] - centre[:, None]) ** 2) / 2.0)
+    return dataclasses.replace(s, x=s.x + bump[:, None, :])
+
+
+def attack_on_pitched_clients(pitch_gender: bool, views: str, monkeypatch) -> dict:
+    """The attack's AUCs on 160 one-speaker clients whose voices are a Mel-band bump (female higher
+    when `pitch_gender`, otherwise anywhere regardless of gender); 4 auxiliary speakers at speeds
+    0.9 / 1.0 / 1.1, each speed moving the bump by 8 log(f) bands, as speed perturbation moves pitch."""
+    import privfl.attacks.gender as gender_module
+    from privfl.attacks.shadow import SPEED_MARK
+
+    rng = np.random.default_rng(5)
+    aux_genders = {"af0": "female", "af1": "female", "am0": "male", "am1": "male"}
+    aux_centre = {"af0": 4.6, "af1": 5.4, "am0": 1.8, "am1": 2.6}
+    parts = []
+    for f in (1.0, 0.9, 1.1):
+        part = pitched_voices({s: c + 8 * np.log(f) for s, c in aux_centre.items()}, aux_genders, 12, 1)
+        mark = "" if f == 1.0 else f"{SPEED_MARK}{f:g}"
+        parts.append(dataclasses.replace(part, speakers=tuple(f"{s}{mark}" for s in part.speakers)))
+    aux = SpeechSet.concat(parts)
+    speakers = {f"c{i}": ("female" if i % 2 else "male") for i in range(160)}
+    centres = {
+        s: rng.uniform(4.2, 6.0)
+        if g == "female" and pitch_gender
+        else rng.uniform(1.2, 3.0)
+        if pitch_gender
+        else rng.uniform(1.2, 6.0)
+        for s, g in speakers.items()
+    }
+    own = pitched_voices(centres, speakers, 6, 2)
+    clients = []
+    for i, s in enumerate(speakers):
+        part = own.take(np.flatnonzero(np.array(own.speakers) == s))
+        clients.append(ClientData(i, part.x, part.lengths, part.y, (s,), (speakers[s],)))
+    empty = aux.take(np.array([], dtype=np.int64))
+    data = PreparedData(SimpleNamespace(), None, empty, empty, empty, parts[0], clients, N_MELS)
+    monkeypatch.setattr(gender_module, "auxiliary_speech", lambda data, cfg, speeds: aux)
+    w = initial_weights(ATTACK_CFG.model, N_MELS, 0)
+    with torch_threads(1):
+        deltas = local_updates(client_trainer(ATTACK_CFG, data, clients), clients, w, 1)
+    config = GenderAttackConfig(
+        shadow_clients=12,
+        shadow_size=6,
+        speeds=(0.9, 1.0, 1.1),
+        bootstrap=0,
+        control_repeats=10,
+        views=parse_views(views),
+    )
+    with threadpool_limits(1), torch_threads(1):
+        result = gender_attack(InMemoryRun(w, clients, deltas), data, config)
+    rows = {r.name: r for r in result.rows}
+    return {
+        "attack": rows["gender: per-client updates, all rounds combined"].metrics["auc"],
+        "control": rows["gender: shuffled shadow labels (control)"].metrics["auc"],
+        "notes": result.notes + rows["gender: per-client updates, all rounds combined"].notes,
+    }
+
+
+# with a classifier view the three scores are rank-averaged as with the probe; the probe itself finds
+# nothing in this world (no emotion cue) and has its tests above
+@pytest.mark.parametrize("views", ["pitch", "fc-profile:3,pitch"])
+def test_attack_finds_a_planted_pitch_cue_with_the_pitch_view_and_its_control_does_not(views, monkeypatch):
+    auc = attack_on_pitched_clients(True, views, monkeypatch)
+    assert auc["attack"] > 0.75, auc
+    assert abs(auc["control"] - 0.5) < 0.15, auc
+    ranked = "the classifier views' and the pitch view's per-client scores rank-averaged"
+    assert any(ranked in n for n in auc["notes"]) == ("fc-profile" in views), auc["notes"]
+
+
+def test_pitch_view_is_at_chance_when_pitch_says_nothing_about_gender(monkeypatch):
+    auc = attack_on_pitched_clients(False, "pitch", monkeypatch)
+    assert abs(auc["attack"] - 0.5) < 0.15, auc
+    assert abs(auc["control"] - 0.5) < 0.15, auc
+    assert any("pitch (all" in n and "no gender labels" in n for n in auc["notes"]), auc["notes"]

@@ -50,7 +50,7 @@ def test_an_empty_or_malformed_view_is_refused_by_message() -> None:
         with pytest.raises(
             ConfigError,
             match=rf"^gender view \({view[0]!r}, {view[1]!r}\) needs a feature set among fc-profile, "
-            r"first-layer, all-layers and a subspace size k >= 0, or \('probe', 0\); "
+            r"first-layer, all-layers and a subspace size k >= 0, or \('probe', 0\) or \('pitch', 0\); "
             r"e.g. --views fc-profile:2-5,first-layer:2-3$",
         ):
             GenderAttackConfig(views=(("first-layer", 2), view)).validate()
@@ -112,7 +112,7 @@ def test_views_expand_ranges_in_order_without_repeats() -> None:
     with pytest.raises(
         ConfigError,
         match=r"^gender view 'fc-profile:3-2' is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
-        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, nor 'probe'; "
+        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, nor 'probe' or 'pitch'; "
         r"e.g. --views fc-profile:2-5,first-layer:2-3 or --views fc-profile:3,probe$",
     ):
         parse_views("fc-profile:1,fc-profile:3-2")
@@ -510,16 +510,16 @@ def test_the_score_note_names_the_rule_of_the_views_that_scored() -> None:
     probe = "score: sigmoid of the probe's mean score over the client's rounds; threshold 0.5 (the mean)"
     odds = "score: P(female) from the mean log-odds over the client's rounds; threshold 0.5"
     # one item is enough (a round that scored one client); every item has the same views
-    assert _score_note([(1, 7, 0.3, -1.2, 1, False)]) == both
-    assert _score_note([(1, 7, nan, -1.2, 1, False)]) == probe
-    assert _score_note([(1, 7, 0.3, nan, 1, False), (2, 7, 0.1, nan, 1, False)]) == odds
+    assert _score_note([(1, 7, 0.3, -1.2, nan, 1, False)]) == both
+    assert _score_note([(1, 7, nan, -1.2, nan, 1, False)]) == probe
+    assert _score_note([(1, 7, 0.3, nan, nan, 1, False), (2, 7, 0.1, nan, nan, 1, False)]) == odds
     assert _score_note([]) == odds  # nothing scored: the classifier's rule, the attack's default
 
 
 def control_items(k: int, odds: list[float], labels: list[int]) -> list[tuple]:
-    """One relabelling's control items (round, client, log-odds, probe, label, mixed, relabelling)."""
+    """One relabelling's control items (round, client, log-odds, probe, pitch, label, mixed, relabelling)."""
     nan = float("nan")
-    return [(1, c, o, nan, lab, False, k) for c, (o, lab) in enumerate(zip(odds, labels, strict=True))]
+    return [(1, c, o, nan, nan, lab, False, k) for c, (o, lab) in enumerate(zip(odds, labels, strict=True))]
 
 
 def test_each_relabelling_is_scored_on_its_own_and_one_class_relabellings_are_skipped() -> None:
@@ -536,7 +536,9 @@ def test_each_relabelling_is_scored_on_its_own_and_one_class_relabellings_are_sk
 def test_the_control_note_leaves_out_the_spread_when_no_relabelling_could_be_scored() -> None:
     from privfl.attacks.gender import _per_client_rows
 
-    single = [(1, c, o, float("nan"), lab, False) for c, (o, lab) in enumerate([(1.0, 1), (-1.0, 0)])]
+    single = [
+        (1, c, o, float("nan"), float("nan"), lab, False) for c, (o, lab) in enumerate([(1.0, 1), (-1.0, 0)])
+    ]
     config = GenderAttackConfig(bootstrap=0, control_repeats=2)
     rows = _per_client_rows(single, control_items(0, [1.0, 2.0], [1, 1]), config, "per-client updates")
     assert rows[2].notes[0].endswith("utterances called female): AUC should be about 0.5")
