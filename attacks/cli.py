@@ -98,7 +98,7 @@ def _gender_options(f):
         ),
         click.option(
             "--views",
-            default="fc-profile:3,probe",
+            default="fc-profile:3,probe,pitch",
             show_default=True,
             help="FEATURES:K pairs (K1-K2 a range), e.g. fc-profile:2-5,first-layer:2-3: one classifier per "
             "pair and round, on the feature set (fc-profile, first-layer, all-layers) in the top K principal "
@@ -106,7 +106,8 @@ def _gender_options(f):
             "'probe': each client's model evaluated on the auxiliary voices (no classifier); 'pitch': the "
             "direction of a higher voice in fc-profile space, learnt from each auxiliary speaker's shadow "
             "clients at different speeds (no gender labels; needs three speeds or more); with classifier "
-            "views (e.g. fc-profile:3,probe,pitch) the scores are rank-averaged.",
+            "views (e.g. fc-profile:3,probe,pitch) the scores are rank-averaged. With fewer than three "
+            "--speeds the default goes without pitch.",
         ),
         click.option(
             "--classifier", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True

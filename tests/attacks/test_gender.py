@@ -320,7 +320,7 @@ def test_views_parse_ranges_and_refuse_what_is_not_a_view():
     from privfl.errors import ConfigError
 
     assert parse_views("fc-profile:2-5,first-layer:2-3") == ENSEMBLE_VIEWS
-    assert parse_views("fc-profile:3,probe") == DEFAULT_VIEWS
+    assert parse_views("fc-profile:3,probe,pitch") == DEFAULT_VIEWS
     assert parse_views("all-layers:0, fc-profile:3,fc-profile:3") == (("all-layers", 0), ("fc-profile", 3))
     assert parse_views("fc-profile:3,probe") == (("fc-profile", 3), ("probe", 0))
     assert parse_views("probe") == parse_views("probe:0") == (("probe", 0),)
@@ -626,6 +626,19 @@ def test_pitch_view_parses_and_needs_three_speeds():
     with pytest.raises(ConfigError, match="three speeds or more"):
         GenderAttackConfig(views=(("pitch", 0),), speeds=(0.9, 1.0)).validate()
     GenderAttackConfig(views=(("pitch", 0),), speeds=(0.9, 1.0, 1.1)).validate()
+
+
+def test_the_default_views_go_without_pitch_below_three_speeds_and_other_views_are_kept():
+    from privfl.errors import ConfigError
+
+    assert GenderAttackConfig().views == (("fc-profile", 3), ("probe", 0), ("pitch", 0))
+    for speeds in ((1.0,), (0.9, 1.0), (1.0, 1.1)):
+        assert GenderAttackConfig(speeds=speeds).validate().views == (("fc-profile", 3), ("probe", 0))
+    assert GenderAttackConfig(speeds=(0.9, 1.0, 1.1, 1.2)).views == DEFAULT_VIEWS
+    # views other than the default are never changed: one that names pitch is refused instead
+    assert GenderAttackConfig(views=(("fc-profile", 3),), speeds=(1.0,)).views == (("fc-profile", 3),)
+    with pytest.raises(ConfigError, match="three speeds or more"):
+        GenderAttackConfig(views=(("fc-profile", 3), ("pitch", 0)), speeds=(1.0,)).validate()
 
 
 def test_three_views_are_rank_averaged():

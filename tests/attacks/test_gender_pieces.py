@@ -34,7 +34,7 @@ def test_the_defaults_validate() -> None:
     config = GenderAttackConfig()
     assert config.validate() is config
     assert (config.views, config.classifier, config.shadow_clients, config.speeds) == (
-        (("fc-profile", 3), ("probe", 0)),
+        (("fc-profile", 3), ("probe", 0), ("pitch", 0)),
         "logreg",
         12,
         (0.9, 1.0, 1.1),
