@@ -25,7 +25,10 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def _one_share_of_the_cores():
     """Under pytest-xdist (`-n auto`), each worker's torch gets its share of the cores, not all of
-    them: two workers with two threads each on two cores would oversubscribe every matrix product."""
+    them: two workers with two threads each on two cores would oversubscribe every matrix product.
+    OMP_NUM_THREADS passes the same count to every process a test starts (a Flower deployment's
+    ClientApps, the CLI): float sums depend on the thread count, and the deployment tests require
+    their runs bit-identical to the built-in engine's in this process."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers <= 1:
         yield
@@ -34,10 +37,14 @@ def _one_share_of_the_cores():
 
     from privfl.parallel import default_workers
 
+    share = max(1, default_workers() // workers)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", str(share))
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, default_workers() // workers))
+    torch.set_num_threads(share)
     yield
     torch.set_num_threads(before)
+    mp.undo()
 
 
 TINY = {

@@ -165,6 +165,25 @@ class InMemoryRun:
         return self.observation, self.truth
 
 
+def one_speaker_clients(own: SpeechSet, genders: dict[str, str]) -> list[ClientData]:
+    """One client per speaker of `own`, in the order of `genders`."""
+    clients = []
+    for i, s in enumerate(genders):
+        part = own.take(np.flatnonzero(np.array(own.speakers) == s))
+        clients.append(ClientData(i, part.x, part.lengths, part.y, (s,), (genders[s],)))
+    return clients
+
+
+def attack_one_round(data: PreparedData, clients: list[ClientData], config: GenderAttackConfig):
+    """(result, rows by name) of the gender attack on one round of FedAvg from initial weights."""
+    w = initial_weights(ATTACK_CFG.model, N_MELS, 0)
+    with torch_threads(1):
+        deltas = local_updates(client_trainer(ATTACK_CFG, data, clients), clients, w, 1)
+    with threadpool_limits(1), torch_threads(1):  # tiny fits: extra BLAS/OpenMP threads only spin
+        result = gender_attack(InMemoryRun(w, clients, deltas), data, config)
+    return result, {r.name: r for r in result.rows}
+
+
 def attack_on_clients(gendered_clients: bool, views: str = "fc-profile:3") -> dict:
     """The attack's per-client and control AUCs on 160 one-speaker clients trained from w_1 as a run would.
 
@@ -174,15 +193,9 @@ def attack_on_clients(gendered_clients: bool, views: str = "fc-profile:3") -> di
     aux = voices({f"af{i}": "female" for i in range(4)} | {f"am{i}": "male" for i in range(4)}, 12, 1, True)
     speakers = {f"c{i}": ("female" if i % 2 else "male") for i in range(160)}
     own = voices(speakers, 6, 2, gendered_clients)
-    clients = []
-    for i, s in enumerate(speakers):
-        part = own.take(np.flatnonzero(np.array(own.speakers) == s))
-        clients.append(ClientData(i, part.x, part.lengths, part.y, (s,), (speakers[s],)))
+    clients = one_speaker_clients(own, speakers)
     empty = aux.take(np.array([], dtype=np.int64))
     data = PreparedData(None, None, empty, empty, empty, aux, clients, N_MELS)
-    w = initial_weights(ATTACK_CFG.model, N_MELS, 0)
-    with torch_threads(1):
-        deltas = local_updates(client_trainer(ATTACK_CFG, data, clients), clients, w, 1)
     config = GenderAttackConfig(
         shadow_clients=32,
         shadow_size=6,
@@ -191,9 +204,7 @@ def attack_on_clients(gendered_clients: bool, views: str = "fc-profile:3") -> di
         control_repeats=10,
         views=ENSEMBLE_VIEWS if views == "ensemble" else parse_views(views),
     )
-    with threadpool_limits(1), torch_threads(1):  # tiny fits: extra BLAS/OpenMP threads only spin
-        result = gender_attack(InMemoryRun(w, clients, deltas), data, config)
-    rows = {r.name: r for r in result.rows}
+    result, rows = attack_one_round(data, clients, config)
     return {
         "attack": rows["gender: per-client updates, all rounds combined"].metrics["auc"],
         "control": rows["gender: shuffled shadow labels (control)"].metrics["auc"],
@@ -691,16 +702,10 @@ def attack_on_pitched_clients(pitch_gender: bool, views: str, monkeypatch) -> di
         for s, g in speakers.items()
     }
     own = pitched_voices(centres, speakers, 6, 2)
-    clients = []
-    for i, s in enumerate(speakers):
-        part = own.take(np.flatnonzero(np.array(own.speakers) == s))
-        clients.append(ClientData(i, part.x, part.lengths, part.y, (s,), (speakers[s],)))
+    clients = one_speaker_clients(own, speakers)
     empty = aux.take(np.array([], dtype=np.int64))
     data = PreparedData(SimpleNamespace(), None, empty, empty, empty, parts[0], clients, N_MELS)
     monkeypatch.setattr(gender_module, "auxiliary_speech", lambda data, cfg, speeds: aux)
-    w = initial_weights(ATTACK_CFG.model, N_MELS, 0)
-    with torch_threads(1):
-        deltas = local_updates(client_trainer(ATTACK_CFG, data, clients), clients, w, 1)
     config = GenderAttackConfig(
         shadow_clients=12,
         shadow_size=6,
@@ -709,9 +714,7 @@ def attack_on_pitched_clients(pitch_gender: bool, views: str, monkeypatch) -> di
         control_repeats=10,
         views=parse_views(views),
     )
-    with threadpool_limits(1), torch_threads(1):
-        result = gender_attack(InMemoryRun(w, clients, deltas), data, config)
-    rows = {r.name: r for r in result.rows}
+    result, rows = attack_one_round(data, clients, config)
     return {
         "attack": rows["gender: per-client updates, all rounds combined"].metrics["auc"],
         "control": rows["gender: shuffled shadow labels (control)"].metrics["auc"],
