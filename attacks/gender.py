@@ -807,7 +807,8 @@ def gender_attack(
             f"{PITCH} (all {maps[PITCH_PROFILE].size} {PITCH_PROFILE} values: ridge regression of the shadow "
             "features on log speed within each auxiliary speaker"
             + (
-                f" and round, over the round and the {config.pitch_window} attacked rounds on each side of it"
+                f" and round, over the round and the {config.pitch_window} attacked "
+                f"round{'s' if config.pitch_window > 1 else ''} on each side of it"
                 if config.pitch_window
                 else ""
             )
