@@ -90,6 +90,15 @@ def _gender_options(f):
             help="Speed factors applied to the auxiliary speech, each a voice of its own (1.0: none).",
         ),
         click.option(
+            "--pitch-window",
+            default=0,
+            show_default=True,
+            type=int,
+            help="The pitch view's direction for a round also reads the shadow clients of this many attacked "
+            "rounds before and after it (each round's speakers centred on their own; no extra shadow "
+            "training); 0: the round's own.",
+        ),
+        click.option(
             "--shadow-size",
             default=0,
             show_default=True,
@@ -232,7 +241,7 @@ def _execute(
     click.echo(f"wrote {out_dir / 'attack.json'}, {out_dir / 'roc.png'} and {out_dir / 'rounds.png'}")
 
 
-_G_KEYS = ("shadow_clients", "speeds", "shadow_size", "views", "classifier")
+_G_KEYS = ("shadow_clients", "speeds", "pitch_window", "shadow_size", "views", "classifier")
 _M_KEYS = (
     "methods",
     "candidates",

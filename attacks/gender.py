@@ -139,6 +139,9 @@ class GenderAttackConfig:
     shadow_clients: int = 12  # per attacked round, genders alternating over the aux voices
     shadow_size: int = 0  # utterances per shadow client; 0: the real clients' median, capped by the aux data
     speeds: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed perturbation of the auxiliary speech
+    # the pitch view's direction for an attacked round also reads the shadow clients of this many attacked
+    # rounds before and after it (pitch_window_scores); 0: the round's own shadow clients only
+    pitch_window: int = 0
     # (feature set, k) pairs: one classifier per view and round, in the top-k principal directions of
     # the round's client features (k = 0: all features); the views' log-odds are averaged
     views: tuple[tuple[str, int], ...] = DEFAULT_VIEWS
@@ -174,6 +177,11 @@ class GenderAttackConfig:
             )
         if self.control_repeats < 1:
             raise ConfigError(f"control_repeats must be >= 1, got {self.control_repeats}")
+        if self.pitch_window < 0:
+            raise ConfigError(
+                f"pitch_window must be >= 0 (attacked rounds on each side whose shadow clients also shape a "
+                f"round's pitch direction; 0: the round's own), got {self.pitch_window}"
+            )
         if self.shadow_size < 0 or self.max_rounds < 0 or self.bootstrap < 0 or self.seed < 0:
             raise ConfigError(
                 "shadow_size, max_rounds, bootstrap and seed must be >= 0, got "
@@ -503,6 +511,46 @@ def pitch_control_targets(values: np.ndarray, log_speed: np.ndarray, speakers: n
     return v
 
 
+def pitch_window_scores(
+    shadow: list[np.ndarray],
+    targets: list[np.ndarray | None],
+    speakers: list[np.ndarray],
+    real: list[np.ndarray],
+    window: int,
+) -> list[np.ndarray | None]:
+    """Per attacked round j, its clients' pitch scores: `real[j]` [k, F] projected on the `pitch_direction` of
+    the shadow clients of rounds j - window .. j + window stacked (`shadow[i]` [n, F] with `targets[i]`),
+    each round's auxiliary speakers a group of their own (centred within speaker and round, so nothing that
+    differs between rounds or speakers shapes the direction), standardised over the round's clients.
+    window = 0 is `pitch_scores` of each round alone. The model moves little from one round to the next,
+    and one round has only a few shadow clients per speaker: neighbouring rounds' contrasts are more
+    samples of nearly the same direction, at no extra shadow training. A round whose targets are None or
+    all zero gets None; its neighbours leave its shadow clients out where its targets are None."""
+    n = len(shadow)
+    if not len(targets) == len(speakers) == len(real) == n:
+        raise AttackError(
+            f"pitch_window_scores needs one entry per round in every list, got {n} shadow, {len(targets)} "
+            f"target, {len(speakers)} speaker and {len(real)} real entries"
+        )
+    out: list[np.ndarray | None] = []
+    for j in range(n):
+        t = targets[j]
+        if t is None or not np.any(np.abs(t) > 1e-12):
+            out.append(None)
+            continue
+        near = [i for i in range(max(0, j - window), min(n, j + window + 1)) if targets[i] is not None]
+        x = np.concatenate([shadow[i] for i in near])
+        target = np.concatenate([targets[i] for i in near])
+        groups = np.concatenate([np.array([f"{sp}#{i}" for sp in speakers[i]]) for i in near])
+        out.append(_standardise(np.asarray(real[j], dtype=np.float64) @ pitch_direction(x, target, groups)))
+    return out
+
+
+def _with_pitch(item: tuple, value: float) -> tuple:
+    """A (round, client, log-odds, probe, pitch, ...) item with its pitch score set."""
+    return (*item[:4], float(value), *item[5:])
+
+
 def _standardise(x: np.ndarray) -> np.ndarray:
     """Centre and scale along axis 0 (the round's clients); a constant column becomes 0."""
     sd = x.std(axis=0)
@@ -611,6 +659,13 @@ def gender_attack(
     # the same, plus the relabelling
     controls: list[tuple[int, int, float, float, float, int, bool, int]] = []
     per_round_agg: list[dict] = []
+    # the pitch view: per attacked round with clients, (shadow features, log speed, shadow speakers, real
+    # features), where its clients' items start in `single`, its control targets per relabelling and where
+    # each relabelling's items start in `controls`
+    pitch_in: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    pitch_at: list[int] = []
+    pitch_control: list[list[np.ndarray]] = [[] for _ in relabel]
+    control_at: dict[tuple[int, int], int] = {}
     for j, r in enumerate(rounds):
         obs, truth = observed.observe(r)
         has_clients = obs.deltas is not None and len(obs.deltas)  # user-dp's Poisson sampling can pick nobody
@@ -643,17 +698,21 @@ def gender_attack(
             )
             odds = view_log_odds(projected, ys, config) if views else nan
             probe = probe_scores(drops, aux_female[known_voice], aux_voice[known_voice]) if use_probe else nan
-            pitch = (
-                pitch_scores(xs[PITCH_PROFILE], log_speed, shadow_speaker, real[PITCH_PROFILE])
-                if use_pitch
-                else nan
-            )
+            pitch = nan  # the pitch view's scores are filled in after the loop (pitch_window_scores)
+            if use_pitch:
+                pitch_at.append(len(single))
+                pitch_in.append((xs[PITCH_PROFILE], log_speed, shadow_speaker, real[PITCH_PROFILE]))
             single += [
                 (r, c, float(a), float(b), float(p), lab, mix)
                 for c, a, b, p, (lab, mix) in zip(ids, odds, probe, pitch, truths, strict=True)
             ]
             for k, labels_k in enumerate(relabel):
                 pc, pp, pt = nan, nan, nan
+                if use_pitch:
+                    tc = pitch_control_targets(
+                        np.array([pitch_relabel[k][s.speaker] for s in shadows]), log_speed, shadow_speaker
+                    )
+                    pitch_control[k].append(tc)
                 if views:
                     yc = np.array([labels_k[s.speaker] for s in shadows])
                     if yc.min() == yc.max():
@@ -662,14 +721,9 @@ def gender_attack(
                 if use_probe:
                     pp = probe_scores(drops, *probe_relabel[k])
                 if use_pitch:
-                    tc = pitch_control_targets(
-                        np.array([pitch_relabel[k][s.speaker] for s in shadows]), log_speed, shadow_speaker
-                    )
                     if not np.any(np.abs(tc) > 1e-12):
                         continue  # no speaker at three speeds this round: no target orthogonal to speed
-                    pt = _standardise(
-                        real[PITCH_PROFILE] @ pitch_direction(xs[PITCH_PROFILE], tc, shadow_speaker)
-                    )
+                    control_at[(len(pitch_in) - 1, k)] = len(controls)
                 controls += [
                     (r, c, float(a), float(b), float(t), lab, mix, k)
                     for c, a, b, t, (lab, mix) in zip(ids, pc, pp, pt, truths, strict=True)
@@ -683,6 +737,24 @@ def gender_attack(
             known = np.array([lab >= 0 for lab in labels], dtype=bool)
             share = float(np.sum(n[known] * np.array(labels)[known]) / max(n[known].sum(), 1.0))
             per_round_agg.append({"round": r, "score": pa, "female_share": share, "clients": len(labels)})
+
+    if use_pitch and pitch_in:
+        shadow_x, speeds_in, speakers_in, real_in = (list(v) for v in zip(*pitch_in, strict=True))
+        scores = pitch_window_scores(shadow_x, speeds_in, speakers_in, real_in, config.pitch_window)
+        for j, (start, sc) in enumerate(zip(pitch_at, scores, strict=True)):
+            if sc is None:  # every speaker at one speed: pitch_direction says what to change
+                pitch_direction(shadow_x[j], speeds_in[j], speakers_in[j])
+            part = single[start : start + len(sc)]
+            single[start : start + len(sc)] = [_with_pitch(t, v) for t, v in zip(part, sc, strict=True)]
+        for k, targets in enumerate(pitch_control):
+            scores = pitch_window_scores(shadow_x, targets, speakers_in, real_in, config.pitch_window)
+            for j, sc in enumerate(scores):
+                if (j, k) in control_at:
+                    start = control_at[(j, k)]
+                    part = controls[start : start + len(sc)]
+                    controls[start : start + len(sc)] = [
+                        _with_pitch(t, v) for t, v in zip(part, sc, strict=True)
+                    ]
 
     result = AttackResult(
         "gender",
@@ -733,8 +805,14 @@ def gender_attack(
     if use_pitch:
         described.append(
             f"{PITCH} (all {maps[PITCH_PROFILE].size} {PITCH_PROFILE} values: ridge regression of the shadow "
-            "features on log speed within each auxiliary speaker, the real clients projected on it; "
-            "higher voice = female, no gender labels)"
+            "features on log speed within each auxiliary speaker"
+            + (
+                f" and round, over the round and the {config.pitch_window} attacked "
+                f"round{'s' if config.pitch_window > 1 else ''} on each side of it"
+                if config.pitch_window
+                else ""
+            )
+            + ", the real clients projected on it; higher voice = female, no gender labels)"
         )
     result.notes.append(
         f"attacker (the server): {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} "

@@ -738,3 +738,98 @@ def test_pitch_view_is_at_chance_when_pitch_says_nothing_about_gender(monkeypatc
     assert abs(auc["attack"] - 0.5) < 0.15, auc
     assert abs(auc["control"] - 0.5) < 0.15, auc
     assert any("pitch (all" in n and "no gender labels" in n for n in auc["notes"]), auc["notes"]
+
+
+def pitch_rounds(seed: int, rounds: int = 9, n_real: int = 40, dims: int = 120):
+    """Rounds of a pitch world with few shadow clients per round (2 speakers x 3 speeds): one direction u of
+    a higher voice shared by every round, each round's features offset per speaker and per round, and real
+    clients whose features lean along u by gender. Returns (shadow, log speed, speakers, real, labels)."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(dims)
+    u /= np.linalg.norm(u)
+    log_speed = np.tile(np.log(np.array([0.9, 1.0, 1.1])), 2)
+    speakers = np.repeat(np.array(["a", "b"]), 3)
+    y = np.arange(n_real) % 2
+    shadow, real = [], []
+    for r in range(rounds):
+        offset = {s: 5 * rng.standard_normal(dims) + 3 * r for s in "ab"}
+        shadow.append(
+            np.array([offset[s] for s in speakers])
+            + 10 * log_speed[:, None] * u
+            + rng.standard_normal((len(speakers), dims))
+        )
+        real.append((2 * y - 1)[:, None] * 0.6 * u + 0.5 * rng.standard_normal((n_real, dims)) + 7 * r)
+    return shadow, [log_speed] * rounds, [speakers] * rounds, real, y
+
+
+def test_pitch_window_zero_is_each_rounds_own_pitch_scores():
+    from privfl.attacks.gender import pitch_scores, pitch_window_scores
+
+    shadow, log_speed, speakers, real, _ = pitch_rounds(0, rounds=4)
+    for got, *one in zip(
+        pitch_window_scores(shadow, log_speed, speakers, real, 0),
+        shadow,
+        log_speed,
+        speakers,
+        real,
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, pitch_scores(*one), atol=1e-12)
+
+
+def test_pitch_window_pools_neighbouring_rounds_into_a_direction_one_round_is_too_few_for():
+    from privfl.attacks.gender import pitch_window_scores
+
+    auc = {0: [], 4: []}
+    for seed in range(3):
+        shadow, log_speed, speakers, real, y = pitch_rounds(seed)
+        for w in auc:
+            auc[w].append(
+                roc_auc_score(y, np.mean(pitch_window_scores(shadow, log_speed, speakers, real, w), 0))
+            )
+    # 6 shadow clients per round find u only roughly (AUC 0.81-0.86 here); 9 rounds of them find it well
+    assert np.mean(auc[4]) > 0.93 and np.mean(auc[4]) > np.mean(auc[0]) + 0.08, auc
+
+
+def test_pitch_window_ignores_what_tells_the_speakers_or_the_rounds_apart():
+    from privfl.attacks.gender import pitch_window_scores
+
+    shadow, log_speed, speakers, real, _ = pitch_rounds(1, rounds=5)
+    rng = np.random.default_rng(7)
+    # a constant per speaker and round (not per speaker alone: the rounds' updates differ as a whole)
+    shifted = [x + 100.0 * rng.standard_normal((2, x.shape[1]))[[0, 0, 0, 1, 1, 1]] for x in shadow]
+    for a, b in zip(
+        pitch_window_scores(shadow, log_speed, speakers, real, 2),
+        pitch_window_scores(shifted, log_speed, speakers, real, 2),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-8)
+
+
+def test_pitch_window_control_targets_find_nothing_and_rounds_without_targets_are_left_out():
+    from privfl.attacks.gender import pitch_control_targets, pitch_scores, pitch_window_scores
+
+    shadow, log_speed, speakers, real, y = pitch_rounds(2)
+    rng = np.random.default_rng(11)
+    aucs = []
+    for _ in range(40):
+        values = rng.standard_normal(len(speakers[0]))  # one value per voice, kept across rounds
+        targets = [pitch_control_targets(values, t, s) for t, s in zip(log_speed, speakers, strict=True)]
+        aucs.append(roc_auc_score(y, np.mean(pitch_window_scores(shadow, targets, speakers, real, 2), 0)))
+    assert abs(np.mean(aucs) - 0.5) < 0.08, aucs
+    # a round with no targets scores nothing and its neighbours leave its shadow clients out
+    gap = list(log_speed)
+    gap[1] = None
+    out = pitch_window_scores(shadow, gap, speakers, real, 1)
+    assert out[1] is None
+    np.testing.assert_allclose(
+        out[0], pitch_scores(shadow[0], log_speed[0], speakers[0], real[0]), atol=1e-12
+    )
+
+
+def test_a_negative_pitch_window_is_refused_naming_the_value():
+    from privfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pitch_window must be >= 0 .*got -1"):
+        GenderAttackConfig(pitch_window=-1).validate()
+    assert GenderAttackConfig(pitch_window=2).validate().pitch_window == 2
