@@ -91,7 +91,7 @@ def _gender_options(f):
         ),
         click.option(
             "--pitch-window",
-            default=0,
+            default=1,
             show_default=True,
             type=int,
             help="The pitch view's direction for a round also reads the shadow clients of this many attacked "

@@ -140,8 +140,9 @@ class GenderAttackConfig:
     shadow_size: int = 0  # utterances per shadow client; 0: the real clients' median, capped by the aux data
     speeds: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed perturbation of the auxiliary speech
     # the pitch view's direction for an attacked round also reads the shadow clients of this many attacked
-    # rounds before and after it (pitch_window_scores); 0: the round's own shadow clients only
-    pitch_window: int = 0
+    # rounds before and after it (pitch_window_scores); 0: the round's own shadow clients only. Default 1:
+    # chosen on RAVDESS development splits (docs/attacks.md)
+    pitch_window: int = 1
     # (feature set, k) pairs: one classifier per view and round, in the top-k principal directions of
     # the round's client features (k = 0: all features); the views' log-odds are averaged
     views: tuple[tuple[str, int], ...] = DEFAULT_VIEWS

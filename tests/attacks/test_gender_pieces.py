@@ -33,11 +33,12 @@ from privfl.errors import AttackError, ConfigError
 def test_the_defaults_validate() -> None:
     config = GenderAttackConfig()
     assert config.validate() is config
-    assert (config.views, config.classifier, config.shadow_clients, config.speeds) == (
+    assert (config.views, config.classifier, config.shadow_clients, config.speeds, config.pitch_window) == (
         (("fc-profile", 3), ("probe", 0), ("pitch", 0)),
         "logreg",
         12,
         (0.9, 1.0, 1.1),
+        1,
     )
 
 
