@@ -465,6 +465,14 @@ def _centre_within(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return x
 
 
+def _one_speed_per_speaker(n_shadow: int) -> AttackError:
+    return AttackError(
+        f"the {PITCH!r} view needs shadow clients of one auxiliary speaker at two speeds or more in "
+        f"every round; this round's {n_shadow} shadow clients hold one speed per speaker: raise "
+        "--shadow-clients to the number of auxiliary voices (speakers x speeds)"
+    )
+
+
 def pitch_direction(
     features: np.ndarray, target: np.ndarray, speakers: np.ndarray, ridge: float = PITCH_RIDGE
 ) -> np.ndarray:
@@ -477,11 +485,7 @@ def pitch_direction(
     x = _centre_within(features, speakers)
     t = _centre_within(np.asarray(target, dtype=np.float64)[:, None], speakers)[:, 0]
     if not np.any(np.abs(t) > 1e-12):
-        raise AttackError(
-            f"the {PITCH!r} view needs shadow clients of one auxiliary speaker at two speeds or more in "
-            f"every round; this round's {len(t)} shadow clients hold one speed per speaker: raise "
-            "--shadow-clients to the number of auxiliary voices (speakers x speeds)"
-        )
+        raise _one_speed_per_speaker(len(t))
     gram = x @ x.T
     penalty = ridge * max(float(np.trace(gram)) / x.shape[1], 1e-12)
     return x.T @ np.linalg.solve(gram + penalty * np.eye(len(t)), t)
@@ -744,8 +748,8 @@ def gender_attack(
         shadow_x, speeds_in, speakers_in, real_in = (list(v) for v in zip(*pitch_in, strict=True))
         scores = pitch_window_scores(shadow_x, speeds_in, speakers_in, real_in, config.pitch_window)
         for j, (start, sc) in enumerate(zip(pitch_at, scores, strict=True)):
-            if sc is None:  # every speaker at one speed: pitch_direction says what to change
-                pitch_direction(shadow_x[j], speeds_in[j], speakers_in[j])
+            if sc is None:  # every speaker of the round's shadow clients at one speed
+                raise _one_speed_per_speaker(len(speeds_in[j]))
             part = single[start : start + len(sc)]
             single[start : start + len(sc)] = [_with_pitch(t, v) for t, v in zip(part, sc, strict=True)]
         for k, targets in enumerate(pitch_control):

@@ -676,7 +676,7 @@ def pitched_voices(
     return dataclasses.replace(s, x=s.x + bump[:, None, :])
 
 
-def attack_on_pitched_clients(pitch_gender: bool, views: str, monkeypatch) -> dict:
+def attack_on_pitched_clients(pitch_gender: bool, views: str, monkeypatch, shadow_clients: int = 12) -> dict:
     """The attack's AUCs on 160 one-speaker clients whose voices are a Mel-band bump (female higher
     when `pitch_gender`, otherwise anywhere regardless of gender); 4 auxiliary speakers at speeds
     0.9 / 1.0 / 1.1, each speed moving the bump by 8 log(f) bands, as speed perturbation moves pitch."""
@@ -707,7 +707,7 @@ def attack_on_pitched_clients(pitch_gender: bool, views: str, monkeypatch) -> di
     data = PreparedData(SimpleNamespace(), None, empty, empty, empty, parts[0], clients, N_MELS)
     monkeypatch.setattr(gender_module, "auxiliary_speech", lambda data, cfg, speeds: aux)
     config = GenderAttackConfig(
-        shadow_clients=12,
+        shadow_clients=shadow_clients,
         shadow_size=6,
         speeds=(0.9, 1.0, 1.1),
         bootstrap=0,
@@ -833,3 +833,19 @@ def test_a_negative_pitch_window_is_refused_naming_the_value():
     with pytest.raises(ConfigError, match=r"pitch_window must be >= 0 .*got -1"):
         GenderAttackConfig(pitch_window=-1).validate()
     assert GenderAttackConfig(pitch_window=2).validate().pitch_window == 2
+
+
+def test_a_round_whose_shadow_clients_hold_one_speed_per_speaker_is_refused_naming_the_fix(monkeypatch):
+    import privfl.attacks.gender as gender_module
+    from privfl.attacks.shadow import SPEED_MARK
+    from privfl.errors import AttackError
+
+    # the round's shadow clients: each auxiliary speaker's recorded voice only (one speed each)
+    sample = gender_module.sample_shadow_clients
+
+    def one_voice_per_speaker(aux, n, size, rng):
+        return [c for c in sample(aux, 24, size, rng) if SPEED_MARK not in c.speaker][:n]
+
+    monkeypatch.setattr(gender_module, "sample_shadow_clients", one_voice_per_speaker)
+    with pytest.raises(AttackError, match=r"4 shadow clients hold one speed per speaker: raise --shadow-"):
+        attack_on_pitched_clients(True, "pitch", monkeypatch, shadow_clients=4)
