@@ -548,7 +548,7 @@ def pitch_window_scores(
         x = np.concatenate([shadow[i] for i in near])
         target = np.concatenate([targets[i] for i in near])
         groups = np.concatenate([np.array([f"{sp}#{i}" for sp in speakers[i]]) for i in near])
-        out.append(_standardise(np.asarray(real[j], dtype=np.float64) @ pitch_direction(x, target, groups)))
+        out.append(pitch_scores(x, target, groups, real[j]))
     return out
 
 
