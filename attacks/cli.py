@@ -94,9 +94,9 @@ def _gender_options(f):
             default=1,
             show_default=True,
             type=int,
-            help="The pitch view's direction for a round also reads the shadow clients of this many attacked "
-            "rounds before and after it (each round's speakers centred on their own; no extra shadow "
-            "training); 0: the round's own.",
+            help="The 'pitch' view's direction for a round also reads the shadow clients of this many "
+            "attacked rounds before and after it (each round's speakers centred on their own; no extra "
+            "shadow training); 0: the round's own.",
         ),
         click.option(
             "--shadow-size",
@@ -107,16 +107,18 @@ def _gender_options(f):
         ),
         click.option(
             "--views",
-            default="fc-profile:3,probe,pitch",
+            default="fc-profile:3,probe,activation-pitch",
             show_default=True,
             help="FEATURES:K pairs (K1-K2 a range), e.g. fc-profile:2-5,first-layer:2-3: one classifier per "
             "pair and round, on the feature set (fc-profile, first-layer, all-layers) in the top K principal "
             "directions of the round's client updates (0: all values); the pairs' log-odds are averaged. "
-            "'probe': each client's model evaluated on the auxiliary voices (no classifier); 'pitch': the "
-            "direction of a higher voice in fc-profile space, learnt from each auxiliary speaker's shadow "
-            "clients at different speeds (no gender labels; needs three speeds or more); with classifier "
-            "views (e.g. fc-profile:3,probe,pitch) the scores are rank-averaged. With fewer than three "
-            "--speeds the default goes without pitch.",
+            "'probe': each client's model evaluated on the auxiliary voices (no classifier); "
+            "'activation-pitch': each client's fc-profile projected on the direction of a higher voice in "
+            "the head's input space, learnt from the auxiliary utterances at different speeds (no gender "
+            "labels, no shadow clients; needs two speeds or more); 'pitch': the same direction learnt from "
+            "each auxiliary speaker's shadow clients at different speeds (needs three speeds or more); with "
+            "several, the scores are rank-averaged. With one --speeds the default goes without "
+            "activation-pitch.",
         ),
         click.option(
             "--classifier", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True

@@ -30,7 +30,14 @@ centred within each speaker, learns the direction of a higher voice from contras
 idiosyncrasy; each real client's projection on it is its score (female voices are higher). It reuses the
 classifier views' shadow clients and is rank-averaged with the other views (`pitch_scores`).
 
-Default views: fc-profile at k = 3, the probe and the pitch view (DEFAULT_VIEWS).
+The activation-pitch view (`activation-pitch`) learns the same direction where it is measured directly: the
+fc-profile's values are indexed by the classifier head's inputs (fc1's input units), so the server runs the
+global model w_t on its auxiliary utterances at every speed and regresses their head inputs on log speed
+within each auxiliary speaker (hundreds of utterances, not a dozen shadow updates). Each real client's
+fc-profile is projected on that direction. It trains no shadow client and reads no gender label
+(`activation_pitch_scores`).
+
+Default views: fc-profile at k = 3, the probe and the activation-pitch view (DEFAULT_VIEWS).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,7 +84,11 @@ PITCH_PROFILE = "fc-profile"
 PITCH_RIDGE = 0.1
 """The pitch view's ridge penalty, relative to the mean eigenvalue of the centred shadow features' Gram
 matrix."""
-RANKED_VIEWS = (PROBE, PITCH)
+ACTIVATION_PITCH = "activation-pitch"
+"""The view that learns the direction of a higher voice in the classifier head's input space from the
+auxiliary utterances' head inputs under w_t at different speeds, and projects each client's fc-profile on
+it; it trains no shadow client and reads no gender label (`activation_pitch_scores`)."""
+RANKED_VIEWS = (PROBE, PITCH, ACTIVATION_PITCH)
 """Views that score clients by a statistic of their own, rank-averaged with the classifier views' log-odds."""
 CLASSIFIERS = ("logreg", "mlp")
 POSITIVE = "female"
@@ -84,17 +96,23 @@ POSITIVE = "female"
 
 Progress = Callable[[str, int, int], None]
 
-DEFAULT_VIEWS: tuple[tuple[str, int], ...] = (("fc-profile", 3), (PROBE, 0), (PITCH, 0))
-"""(feature set, client-subspace size k) pairs whose per-round log-odds the attack averages, and the probe
-and the pitch view, whose per-client scores are rank-averaged with theirs. Default: fc-profile:3, the probe
-and the pitch view, chosen on four RAVDESS development splits (seeds 5-8) before the test splits were run;
-on the five test splits they beat fc-profile:3,probe on average (AUC 0.947 against 0.919; with the default
-pitch window 1, 0.953; docs/attacks.md).
+DEFAULT_VIEWS: tuple[tuple[str, int], ...] = (("fc-profile", 3), (PROBE, 0), (ACTIVATION_PITCH, 0))
+"""(feature set, client-subspace size k) pairs whose per-round log-odds the attack averages, and the ranked
+views (probe, activation-pitch), whose per-client scores are rank-averaged with theirs. Default:
+fc-profile:3, the probe and the activation-pitch view, chosen on eight RAVDESS development splits (seeds
+5-12) before the test splits were run (docs/attacks.md, where the test figures are). It replaced the
+shadow-update pitch view (`pitch`), which estimates the same direction from 12 shadow updates a round.
 ENSEMBLE_VIEWS (--views fc-profile:2-5,first-layer:2-3) beat fc-profile:3 on two development splits and
 not on three test splits, so it is an option, not the default."""
 
-DEFAULT_VIEWS_FEW_SPEEDS: tuple[tuple[str, int], ...] = tuple(v for v in DEFAULT_VIEWS if v[0] != PITCH)
-"""The default views where the auxiliary speech has fewer than three speeds, which the pitch view needs."""
+DEFAULT_VIEWS_FEW_SPEEDS: tuple[tuple[str, int], ...] = tuple(
+    v for v in DEFAULT_VIEWS if v[0] != ACTIVATION_PITCH
+)
+"""The default views where the auxiliary speech has one speed only: the activation-pitch view needs two."""
+
+MIN_SPEEDS = {PITCH: 3, ACTIVATION_PITCH: 2}
+"""Speeds each auxiliary speaker needs for the pitch views: two for a direction; the shadow pitch view's
+control (a target per voice orthogonal to speed) needs a third."""
 
 ENSEMBLE_VIEWS: tuple[tuple[str, int], ...] = (
     ("fc-profile", 2),
@@ -108,11 +126,11 @@ ENSEMBLE_VIEWS: tuple[tuple[str, int], ...] = (
 
 def parse_views(text: str) -> tuple[tuple[str, int], ...]:
     """'fc-profile:2-5,first-layer:2-3' -> ((fc-profile, 2), ..., (first-layer, 3)); k = 0: no subspace.
-    'probe' -> (probe, 0): the model-behaviour probe; 'pitch' -> (pitch, 0): the pitch direction (neither
-    has a subspace)."""
+    'probe' -> (probe, 0): the model-behaviour probe; 'pitch' -> (pitch, 0) and 'activation-pitch' ->
+    (activation-pitch, 0): the pitch directions (none of the three has a subspace)."""
     views: list[tuple[str, int]] = []
     for item in (t.strip() for t in text.split(",")):
-        if item in (PROBE, f"{PROBE}:0", PITCH, f"{PITCH}:0"):
+        if item in RANKED_VIEWS or item in (f"{v}:0" for v in RANKED_VIEWS):
             views.append((item.partition(":")[0], 0))
             continue
         name, _, ks = item.partition(":")
@@ -124,8 +142,8 @@ def parse_views(text: str) -> tuple[tuple[str, int], ...]:
         if name not in FEATURE_SETS or a < 0 or b < a:
             raise ConfigError(
                 f"gender view {item!r} is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
-                f"{', '.join(FEATURE_SETS)} and 0 <= K1 <= K2, nor {PROBE!r} or {PITCH!r}; e.g. --views "
-                "fc-profile:2-5,first-layer:2-3 or --views fc-profile:3,probe"
+                f"{', '.join(FEATURE_SETS)} and 0 <= K1 <= K2, nor one of {', '.join(RANKED_VIEWS)}; "
+                "e.g. --views fc-profile:2-5,first-layer:2-3 or --views fc-profile:3,probe"
             )
         views += [(name, k) for k in range(a, b + 1)]
     return tuple(dict.fromkeys(views))
@@ -153,10 +171,10 @@ class GenderAttackConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        # the pitch view regresses on the speed within each auxiliary speaker, which takes three speeds or
-        # more; with fewer (e.g. --speeds 1.0) the default views go without it, while views that name it
+        # the activation-pitch view regresses on the speed within each auxiliary speaker, which takes two
+        # speeds or more; with one (--speeds 1.0) the default views go without it, while views that name it
         # otherwise are refused by validate()
-        if tuple(self.views) == DEFAULT_VIEWS and len(set(self.speeds)) < 3:
+        if tuple(self.views) == DEFAULT_VIEWS and len(set(self.speeds)) < MIN_SPEEDS[ACTIVATION_PITCH]:
             object.__setattr__(self, "views", DEFAULT_VIEWS_FEW_SPEEDS)
 
     def validate(self) -> GenderAttackConfig:
@@ -168,8 +186,8 @@ class GenderAttackConfig:
             if name not in FEATURE_SETS or not isinstance(k, int) or k < 0:
                 raise ConfigError(
                     f"gender view ({name!r}, {k!r}) needs a feature set among {', '.join(FEATURE_SETS)} and "
-                    f"a subspace size k >= 0, or ({PROBE!r}, 0) or ({PITCH!r}, 0); e.g. --views "
-                    "fc-profile:2-5,first-layer:2-3"
+                    f"a subspace size k >= 0, or (VIEW, 0) with VIEW one of {', '.join(RANKED_VIEWS)}; "
+                    "e.g. --views fc-profile:2-5,first-layer:2-3"
                 )
         if self.classifier not in CLASSIFIERS:
             raise ConfigError(f"gender classifier {self.classifier!r} is not one of {', '.join(CLASSIFIERS)}")
@@ -195,13 +213,24 @@ class GenderAttackConfig:
                 "e.g. --speeds 0.9,1.0,1.1 or --speeds 1.0 for none"
             )
         validate_speed_factors(self.speeds)
-        if (PITCH, 0) in self.views and len(set(self.speeds)) < 3:
-            raise ConfigError(
-                f"the {PITCH!r} gender view needs each auxiliary speaker at three speeds or more (it "
-                "regresses the shadow updates on the speed within each speaker, and its control on a target "
-                f"orthogonal to the speed), got speeds {list(self.speeds)}; e.g. --speeds 0.9,1.0,1.1, "
-                "or leave the pitch view out: --views fc-profile:3,probe"
-            )
+        for view, why in (
+            (
+                PITCH,
+                "it regresses the shadow updates on the speed within each speaker, and its control on a "
+                "target orthogonal to the speed",
+            ),
+            (
+                ACTIVATION_PITCH,
+                "it regresses the auxiliary utterances' head inputs on the speed within each speaker",
+            ),
+        ):
+            if (view, 0) in self.views and len(set(self.speeds)) < MIN_SPEEDS[view]:
+                raise ConfigError(
+                    f"the {view!r} gender view needs each auxiliary speaker at "
+                    f"{('two', 'three')[MIN_SPEEDS[view] - 2]} speeds or "
+                    f"more ({why}), got speeds {list(self.speeds)}; e.g. --speeds 0.9,1.0,1.1, or leave "
+                    f"the {view} view out: --views fc-profile:3,probe"
+                )
         return self
 
 
@@ -388,7 +417,11 @@ def head_inputs(
 
 
 def probe_loss_drops(
-    model: nn.Module, speech: SpeechSet, weights: np.ndarray, deltas: np.ndarray
+    model: nn.Module,
+    speech: SpeechSet,
+    weights: np.ndarray,
+    deltas: np.ndarray,
+    inputs: torch.Tensor | None = None,
 ) -> np.ndarray:
     """[k, n] loss drop of each utterance from w_t to each client's model w_t + delta_k (head only).
 
@@ -396,8 +429,9 @@ def probe_loss_drops(
     auxiliary speech. The layers below the head are taken at w_t (one forward pass per round, not one
     per client): the head sees the pooled features the global model computes, and the client's head
     is what its local steps on its own voice changed. Loss: cross-entropy with the utterance's emotion.
+    `inputs`: `head_inputs(model, weights, speech)` where the caller has them already.
     """
-    z = head_inputs(model, weights, speech)
+    z = head_inputs(model, weights, speech) if inputs is None else inputs
     deltas = np.asarray(deltas, dtype=np.float32)
     replicas = PerThread(lambda: copy.deepcopy(model))
 
@@ -517,6 +551,23 @@ def pitch_control_targets(values: np.ndarray, log_speed: np.ndarray, speakers: n
     return v
 
 
+def activation_pitch_scores(
+    inputs: np.ndarray, voices: np.ndarray, real: np.ndarray, target: np.ndarray | None = None
+) -> np.ndarray:
+    """One round's activation-pitch score per client [k]. `inputs` [n, F]: the head inputs (fc1's inputs) of
+    the auxiliary utterances under the round's global model w_t, `voices` [n] their voice names
+    (speaker@speedF), `real` [k, F]: the clients' fc-profiles, whose values are indexed by the same head
+    inputs. The direction of a higher voice is the ridge regression of the inputs on log speed within each
+    auxiliary speaker (`pitch_direction`: the same speech at different speeds, so nothing that tells one
+    speaker from another enters); each fc-profile is projected on it and standardised over the clients.
+    An fc-profile follows the client's own head inputs (fc1's update is a sum of upstream gradient x input
+    outer products), so a client whose voice sits higher scores higher: positive leans female.
+    `target` [n] replaces the log speed (the control's targets, `pitch_control_targets`)."""
+    speakers, speeds = zip(*(voice_speed(v) for v in np.asarray(voices).tolist()), strict=True)
+    t = np.log(np.array(speeds)) if target is None else target
+    return pitch_scores(inputs, t, np.array(speakers), real)
+
+
 def pitch_window_scores(
     shadow: list[np.ndarray],
     targets: list[np.ndarray | None],
@@ -552,11 +603,6 @@ def pitch_window_scores(
     return out
 
 
-def _with_pitch(item: tuple, value: float) -> tuple:
-    """A (round, client, log-odds, probe, pitch, ...) item with its pitch score set."""
-    return (*item[:4], float(value), *item[5:])
-
-
 def _standardise(x: np.ndarray) -> np.ndarray:
     """Centre and scale along axis 0 (the round's clients); a constant column becomes 0."""
     sd = x.std(axis=0)
@@ -572,8 +618,8 @@ def _rank01(x: np.ndarray) -> np.ndarray:
 
 
 def combine_scores(*parts: np.ndarray | None) -> np.ndarray:
-    """Scores in [0, 1] (1: female) of one population of clients from the classifier views' log-odds, the
-    probe's and the pitch view's scores (None: that view is absent): P(female) = sigmoid of one alone;
+    """Scores in [0, 1] (1: female) of one population of clients from the classifier views' log-odds and the
+    ranked views' scores (None: that view is absent): P(female) = sigmoid of one alone;
     with several, the mean of their ranks among the clients (they are on different scales; the rank
     average weighs them equally)."""
     present = [np.asarray(p, dtype=np.float64) for p in parts if p is not None]
@@ -585,6 +631,24 @@ def combine_scores(*parts: np.ndarray | None) -> np.ndarray:
 
 
 # --- the attack on a run --------------------------------------------------------------------------
+class Scored(NamedTuple):
+    """One client's scores in one attacked round; nan where that view is not used."""
+
+    round: int
+    client: int
+    odds: float  # the classifier views' mean log-odds
+    probe: float
+    pitch: float
+    activation_pitch: float
+    label: int  # 1 female, 0 male, -1 left out (tie or unknown)
+    mixed: bool  # the client holds speakers of both genders
+    relabelling: int = -1  # the control's relabelling; -1: the attack
+
+
+SCORE_FIELDS = ("odds", "probe", "pitch", "activation_pitch")
+"""The per-view scores of a `Scored` item, in the order `combine_scores` takes them."""
+
+
 def gender_preflight(observed: ObservedRun, data: PreparedData, config: GenderAttackConfig) -> list[int]:
     """Every check the gender attack needs, before it computes anything; returns the rounds to attack."""
     rounds = observed.select_rounds(config.rounds, config.max_rounds)
@@ -615,7 +679,8 @@ def gender_attack(
 ) -> AttackResult:
     """The gender attack over every selected round: per-client scores combined over the rounds, single
     rounds, the shuffled-label control and the aggregate. Classifier views train shadow clients; the
-    probe view evaluates each client's model on the auxiliary voices; with both, their ranks are averaged."""
+    probe view evaluates each client's model on the auxiliary voices; the pitch views project each client's
+    fc-profile on the direction of a higher voice; with several, their ranks are averaged."""
     config = (config or GenderAttackConfig()).validate()
     started = time.perf_counter()
     cfg = observed.config
@@ -624,10 +689,11 @@ def gender_attack(
     views = tuple(v for v in config.views if v[0] not in RANKED_VIEWS)  # the classifier views
     use_probe = (PROBE, 0) in config.views
     use_pitch = (PITCH, 0) in config.views
+    use_act = (ACTIVATION_PITCH, 0) in config.views
     shadowed = bool(views) or use_pitch  # views that train shadow clients
-    if use_probe:
+    if use_probe or use_act:
         _probe_head(model)  # ConfigError before anything is computed
-    names = [n for n, _ in views] + ([PITCH_PROFILE] if use_pitch else [])
+    names = [n for n, _ in views] + ([PITCH_PROFILE] if use_pitch or use_act else [])
     maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(names)}
     privacy = observed.summary.get("privacy")
     size = config.shadow_size or _default_shadow_size(observed, rounds, data, config)
@@ -658,12 +724,17 @@ def gender_attack(
         dict(zip(voices, trng.standard_normal(len(voices)).tolist(), strict=True))
         for _ in range(config.control_repeats)
     ]
+    # the activation-pitch view's control: one random value per auxiliary utterance and repeat, kept across
+    # rounds, made orthogonal to the log speed within each auxiliary speaker
+    arng = np.random.default_rng([config.seed, 0xC0A7, 0xAC7])
+    aux_speaker, aux_speed = (np.array(v) for v in zip(*map(voice_speed, aux.speakers), strict=True))
+    act_relabel = [
+        pitch_control_targets(arng.standard_normal(len(aux)), np.log(aux_speed), aux_speaker)
+        for _ in range(config.control_repeats)
+    ]
 
-    # round, client, classifier log-odds (nan: no classifier view), probe score (nan: no probe), pitch score
-    # (nan: no pitch view), label, mixed
-    single: list[tuple[int, int, float, float, float, int, bool]] = []
-    # the same, plus the relabelling
-    controls: list[tuple[int, int, float, float, float, int, bool, int]] = []
+    single: list[Scored] = []  # the attack's scores per round and client
+    controls: list[Scored] = []  # the same per relabelling
     per_round_agg: list[dict] = []
     # the pitch view: per attacked round with clients, (shadow features, log speed, shadow speakers, real
     # features), where its clients' items start in `single`, its control targets per relabelling and where
@@ -692,28 +763,38 @@ def gender_attack(
             shadow_speaker, shadow_speed = zip(*(voice_speed(s.speaker) for s in shadows), strict=True)
             shadow_speaker, log_speed = np.array(shadow_speaker), np.log(np.array(shadow_speed))
         elif progress:
-            progress("gender: probe", j + 1, len(rounds))
+            progress("gender: auxiliary voices", j + 1, len(rounds))
         if has_clients:
             truths = [client_label(g) for g in truth.genders]
             ids = truth.client_ids.tolist()
             nan = np.full(len(ids), np.nan)
             real = {n: f(obs.deltas) for n, f in maps.items()}
             projected = project_views(xs, real, views) if views else []
+            # the auxiliary utterances' head inputs under w_t: one forward pass a round for the probe and the
+            # activation-pitch view
+            inputs = head_inputs(model, obs.weights, aux) if use_probe or use_act else None
             drops = (
-                probe_loss_drops(model, aux, obs.weights, obs.deltas)[:, known_voice] if use_probe else None
+                probe_loss_drops(model, aux, obs.weights, obs.deltas, inputs)[:, known_voice]
+                if use_probe
+                else None
             )
-            odds = view_log_odds(projected, ys, config) if views else nan
-            probe = probe_scores(drops, aux_female[known_voice], aux_voice[known_voice]) if use_probe else nan
-            pitch = nan  # the pitch view's scores are filled in after the loop (pitch_window_scores)
+            z = inputs.double().numpy() if use_act else None
+            scores = {
+                "odds": view_log_odds(projected, ys, config) if views else nan,
+                "probe": (
+                    probe_scores(drops, aux_female[known_voice], aux_voice[known_voice]) if use_probe else nan
+                ),
+                "pitch": nan,  # the pitch view's scores are filled in after the loop (pitch_window_scores)
+                "activation_pitch": (
+                    activation_pitch_scores(z, aux_voice, real[PITCH_PROFILE]) if use_act else nan
+                ),
+            }
             if use_pitch:
                 pitch_at.append(len(single))
                 pitch_in.append((xs[PITCH_PROFILE], log_speed, shadow_speaker, real[PITCH_PROFILE]))
-            single += [
-                (r, c, float(a), float(b), float(p), lab, mix)
-                for c, a, b, p, (lab, mix) in zip(ids, odds, probe, pitch, truths, strict=True)
-            ]
+            single += _scored(r, ids, scores, truths)
             for k, labels_k in enumerate(relabel):
-                pc, pp, pt = nan, nan, nan
+                ctrl = dict.fromkeys(SCORE_FIELDS, nan)
                 if use_pitch:
                     tc = pitch_control_targets(
                         np.array([pitch_relabel[k][s.speaker] for s in shadows]), log_speed, shadow_speaker
@@ -723,17 +804,18 @@ def gender_attack(
                     yc = np.array([labels_k[s.speaker] for s in shadows])
                     if yc.min() == yc.max():
                         continue  # this round's shadows hold one control label only: nothing to fit
-                    pc = view_log_odds(projected, yc, config)
+                    ctrl["odds"] = view_log_odds(projected, yc, config)
                 if use_probe:
-                    pp = probe_scores(drops, *probe_relabel[k])
+                    ctrl["probe"] = probe_scores(drops, *probe_relabel[k])
+                if use_act:
+                    ctrl["activation_pitch"] = activation_pitch_scores(
+                        z, aux_voice, real[PITCH_PROFILE], act_relabel[k]
+                    )
                 if use_pitch:
                     if not np.any(np.abs(tc) > 1e-12):
                         continue  # no speaker at three speeds this round: no target orthogonal to speed
                     control_at[(len(pitch_in) - 1, k)] = len(controls)
-                controls += [
-                    (r, c, float(a), float(b), float(t), lab, mix, k)
-                    for c, a, b, t, (lab, mix) in zip(ids, pc, pp, pt, truths, strict=True)
-                ]
+                controls += _scored(r, ids, ctrl, truths, k)
         if views and obs.aggregate is not None and len(truth.client_ids):
             pa = _aggregate_score(
                 xs, ys, {n: maps[n] for n, _ in _views_by_set(views)}, obs.aggregate, config
@@ -751,7 +833,9 @@ def gender_attack(
             if sc is None:  # every speaker of the round's shadow clients at one speed
                 raise _one_speed_per_speaker(len(speeds_in[j]))
             part = single[start : start + len(sc)]
-            single[start : start + len(sc)] = [_with_pitch(t, v) for t, v in zip(part, sc, strict=True)]
+            single[start : start + len(sc)] = [
+                t._replace(pitch=float(v)) for t, v in zip(part, sc, strict=True)
+            ]
         for k, targets in enumerate(pitch_control):
             scores = pitch_window_scores(shadow_x, targets, speakers_in, real_in, config.pitch_window)
             for j, sc in enumerate(scores):
@@ -759,7 +843,7 @@ def gender_attack(
                     start = control_at[(j, k)]
                     part = controls[start : start + len(sc)]
                     controls[start : start + len(sc)] = [
-                        _with_pitch(t, v) for t, v in zip(part, sc, strict=True)
+                        t._replace(pitch=float(v)) for t, v in zip(part, sc, strict=True)
                     ]
 
     result = AttackResult(
@@ -779,6 +863,7 @@ def gender_attack(
         result.rows.append(unobserved_row("gender: per-client updates, all rounds combined", observed))
     else:
         result.rows.extend(_per_client_rows(single, controls, config, observed.observed))
+    used = [n for n in RANKED_VIEWS if (n, 0) in config.views]
     if views:
         result.rows.append(_aggregate_row(per_round_agg, config))
     else:
@@ -786,8 +871,8 @@ def gender_attack(
             AttackRow(
                 "gender: aggregate update",
                 "aggregate",
-                reason=f"the {' and '.join(repr(n) for n in RANKED_VIEWS if (n, 0) in config.views)} "
-                f"view{'s rank' if use_probe and use_pitch else ' ranks'} a round's clients against each "
+                reason=f"the {' and '.join(repr(n) for n in used)} "
+                f"view{'s rank' if len(used) > 1 else ' ranks'} a round's clients against each "
                 "other, and a round has one aggregate; add a classifier view (e.g. --views "
                 "fc-profile:3,probe) to attack the aggregate",
             )
@@ -799,6 +884,7 @@ def gender_attack(
             ("the classifier views'", views),
             ("the probe's", use_probe),
             ("the pitch view's", use_pitch),
+            ("the activation-pitch view's", use_act),
         )
         if on
     ]
@@ -820,6 +906,12 @@ def gender_attack(
             )
             + ", the real clients projected on it; higher voice = female, no gender labels)"
         )
+    if use_act:
+        described.append(
+            f"{ACTIVATION_PITCH} (the {len(aux)} auxiliary utterances' head inputs under w_t regressed on "
+            f"log speed within each auxiliary speaker, each client's {PITCH_PROFILE} "
+            f"({maps[PITCH_PROFILE].size} values) projected on it; higher voice = female, no gender labels)"
+        )
     result.notes.append(
         f"attacker (the server): {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} "
         f"utterances), disjoint from training, at speeds {', '.join(f'{f:g}' for f in config.speeds)} "
@@ -827,7 +919,7 @@ def gender_attack(
         + (
             f"{config.shadow_clients} shadow clients of {size} utterances per round, "
             if shadowed
-            else "no shadow clients (the probe fits nothing), "
+            else "no shadow clients, "
         )
         + f"{len(rounds)} rounds; views (feature set: top-k client directions per round, 0 = all values; "
         "log-odds averaged over the classifier views"
@@ -844,6 +936,20 @@ def gender_attack(
     )
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _scored(
+    r: int,
+    ids: list[int],
+    scores: dict[str, np.ndarray],
+    truths: list[tuple[int, bool]],
+    relabelling: int = -1,
+) -> list[Scored]:
+    """One round's `Scored` items: client i gets the i-th value of each view's scores."""
+    return [
+        Scored(r, c, *(float(scores[f][i]) for f in SCORE_FIELDS), lab, mix, relabelling)
+        for i, (c, (lab, mix)) in enumerate(zip(ids, truths, strict=True))
+    ]
 
 
 def project_views(
@@ -898,32 +1004,33 @@ def log_odds(classifier: Pipeline, features: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def combine_rounds(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(client ids, mean log-odds over each client's rounds, label) from (round, client, log-odds, label)."""
-    ids = sorted({t[1] for t in items})
-    mean = np.array([np.mean([t[2] for t in items if t[1] == c]) for c in ids])
-    label = np.array([next(t[3] for t in items if t[1] == c) for c in ids])
-    return np.array(ids), mean, label
-
-
-def client_scores(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(client ids, score in [0, 1], label) from (round, client, log-odds, probe, pitch, label, ...) items:
-    each part averaged over the client's rounds, then `combine_scores` (nan parts: that view is absent)."""
-    ids = sorted({t[1] for t in items})
+def client_scores(items: list[Scored]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(client ids, score in [0, 1], label) from `Scored` items: each view's score averaged over the
+    client's rounds, then `combine_scores` (all-nan views: absent)."""
+    ids = sorted({t.client for t in items})
     parts = []
-    for at in (2, 3, 4):
-        mean = np.array([np.mean([t[at] for t in items if t[1] == c]) for c in ids])
+    for field in SCORE_FIELDS:
+        mean = np.array([np.mean([getattr(t, field) for t in items if t.client == c]) for c in ids])
         parts.append(None if np.isnan(mean).all() else mean)
-    label = np.array([next(t[5] for t in items if t[1] == c) for c in ids])
+    label = np.array([next(t.label for t in items if t.client == c) for c in ids])
     return np.array(ids), combine_scores(*parts), label
 
 
-def _score_note(single: list) -> str:
-    present = [not np.isnan(single[0][at]) for at in (2, 3, 4)] if single else [True, False, False]
+def _score_note(single: list[Scored]) -> str:
+    present = (
+        [not np.isnan(getattr(single[0], f)) for f in SCORE_FIELDS]
+        if single
+        else [True] + [False] * (len(SCORE_FIELDS) - 1)
+    )
     names = [
         n
         for n, on in zip(
-            ("the classifier views' mean log-odds", "the probe's mean score", "the pitch view's mean score"),
+            (
+                "the classifier views' mean log-odds",
+                "the probe's mean score",
+                "the pitch view's mean score",
+                "the activation-pitch view's mean score",
+            ),
             present,
             strict=True,
         )
@@ -932,8 +1039,8 @@ def _score_note(single: list) -> str:
     if len(names) > 1:
         listed = ", ".join(names[:-1]) + " and " + names[-1]
         return (
-            f"score: the mean of {('two', 'three')[len(names) - 2]} ranks among the clients (scaled to "
-            f"[0, 1]): {listed} over the client's rounds; threshold 0.5 (the median client)"
+            f"score: the mean of {('two', 'three', 'four')[len(names) - 2]} ranks among the clients "
+            f"(scaled to [0, 1]): {listed} over the client's rounds; threshold 0.5 (the median client)"
         )
     if not present[0]:
         return f"score: sigmoid of {names[0]} over the client's rounds; threshold 0.5 (the mean)"
@@ -941,18 +1048,18 @@ def _score_note(single: list) -> str:
 
 
 def _per_client_rows(
-    single: list, controls: list, config: GenderAttackConfig, observed: str
+    single: list[Scored], controls: list[Scored], config: GenderAttackConfig, observed: str
 ) -> list[AttackRow]:
-    mixed = sorted({row[1] for row in single if row[6]})
-    undecided = sorted({row[1] for row in single if row[5] < 0})
+    mixed = sorted({t.client for t in single if t.mixed})
+    undecided = sorted({t.client for t in single if t.label < 0})
     notes = []
     if mixed:
         notes.append(f"clients {mixed} hold speakers of both genders: labelled by majority (flagged)")
     if undecided:
         notes.append(f"clients {undecided} have no majority gender (tie or unknown) and are left out")
-    known = [t for t in single if t[5] >= 0]
+    known = [t for t in single if t.label >= 0]
     ids, score, label = client_scores(known)
-    n_rounds = len({t[0] for t in known})
+    n_rounds = len({t.round for t in known})
     combined = scored_row(
         "gender: per-client updates, all rounds combined",
         observed,
@@ -965,8 +1072,8 @@ def _per_client_rows(
         party="server",
     )
     rounds, groups, scores, labels = [], [], [], []
-    for r in sorted({t[0] for t in known}):
-        ids_r, score_r, label_r = client_scores([t for t in known if t[0] == r])
+    for r in sorted({t.round for t in known}):
+        ids_r, score_r, label_r = client_scores([t for t in known if t.round == r])
         rounds += [r] * len(ids_r)
         groups += ids_r.tolist()
         scores += score_r.tolist()
@@ -986,10 +1093,10 @@ def _per_client_rows(
     )
     per_round.per_round = _per_round(rounds, scores, labels)
     combined.per_round = per_round.per_round
-    ctrl = [t for t in controls if t[5] >= 0]
+    ctrl = [t for t in controls if t.label >= 0]
     cscore, clabel, cgroup = [], [], []
-    for k in sorted({t[7] for t in ctrl}):  # each relabelling combined on its own, then pooled
-        ids_k, score_k, label_k = client_scores([t for t in ctrl if t[7] == k])
+    for k in sorted({t.relabelling for t in ctrl}):  # each relabelling combined on its own, then pooled
+        ids_k, score_k, label_k = client_scores([t for t in ctrl if t.relabelling == k])
         cscore += score_k.tolist()
         clabel += label_k.tolist()
         cgroup += ids_k.tolist()
@@ -1012,7 +1119,13 @@ def _per_client_rows(
             + (
                 "; pitch: a random target per voice, made orthogonal to the log speed within each auxiliary "
                 "speaker, and the direction refitted"
-                if any(not np.isnan(t[4]) for t in single[:1])
+                if any(not np.isnan(t.pitch) for t in single[:1])
+                else ""
+            )
+            + (
+                "; activation-pitch: a random target per auxiliary utterance, made orthogonal to the log "
+                "speed within each auxiliary speaker, and the direction refitted"
+                if any(not np.isnan(t.activation_pitch) for t in single[:1])
                 else ""
             )
             + "): AUC should be about 0.5"
@@ -1032,13 +1145,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, dtype=np.float64), -30, 30)))
 
 
-def _single_relabelling_aucs(controls: list) -> list[float]:
+def _single_relabelling_aucs(controls: list[Scored]) -> list[float]:
     """AUC of each relabelling on its own (combined over rounds): one random direction's stray."""
     from sklearn.metrics import roc_auc_score
 
     out = []
-    for k in sorted({t[7] for t in controls}):
-        _, score, labels = client_scores([t for t in controls if t[7] == k])
+    for k in sorted({t.relabelling for t in controls}):
+        _, score, labels = client_scores([t for t in controls if t.relabelling == k])
         if labels.size and labels.min() != labels.max():
             out.append(float(roc_auc_score(labels, score)))
     return out

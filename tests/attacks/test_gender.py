@@ -294,20 +294,21 @@ def test_client_subspace_finds_the_direction_clients_differ_along():
 
 def test_combining_rounds_adds_up_evidence_no_single_round_has():
     """30 rounds of weak, independent evidence per client: one round separates poorly, the mean well."""
-    from privfl.attacks.gender import combine_rounds
+    from privfl.attacks.gender import Scored, _sigmoid, client_scores
 
     rng = np.random.default_rng(3)
     labels = np.tile([0, 1], 8)
+    nan = float("nan")
     items = [
-        (r, c, float(rng.normal(0.6 * (2 * labels[c] - 1), 2.0)), int(labels[c]), False)
+        Scored(r, c, float(rng.normal(0.6 * (2 * labels[c] - 1), 2.0)), nan, nan, nan, int(labels[c]), False)
         for r in range(1, 31)
         for c in range(16)
     ]
-    ids, mean, label = combine_rounds(items)
+    ids, score, label = client_scores(items)
     assert ids.tolist() == list(range(16)) and label.tolist() == labels.tolist()
-    np.testing.assert_allclose(mean[5], np.mean([t[2] for t in items if t[1] == 5]))
-    single = [roc_auc_score(labels, [t[2] for t in items if t[0] == r]) for r in range(1, 31)]
-    assert np.median(single) < 0.8 < 0.95 < roc_auc_score(label, mean)
+    np.testing.assert_allclose(score[5], _sigmoid(np.mean([t.odds for t in items if t.client == 5])))
+    single = [roc_auc_score(labels, [t.odds for t in items if t.round == r]) for r in range(1, 31)]
+    assert np.median(single) < 0.8 < 0.95 < roc_auc_score(label, score)
 
 
 def test_log_odds_are_finite_for_a_sure_classifier():
@@ -331,7 +332,7 @@ def test_views_parse_ranges_and_refuse_what_is_not_a_view():
     from privfl.errors import ConfigError
 
     assert parse_views("fc-profile:2-5,first-layer:2-3") == ENSEMBLE_VIEWS
-    assert parse_views("fc-profile:3,probe,pitch") == DEFAULT_VIEWS
+    assert parse_views("fc-profile:3,probe,activation-pitch") == DEFAULT_VIEWS
     assert parse_views("all-layers:0, fc-profile:3,fc-profile:3") == (("all-layers", 0), ("fc-profile", 3))
     assert parse_views("fc-profile:3,probe") == (("fc-profile", 3), ("probe", 0))
     assert parse_views("probe") == parse_views("probe:0") == (("probe", 0),)
@@ -627,29 +628,36 @@ def test_pitch_direction_ignores_what_tells_the_speakers_apart_and_refuses_one_s
     assert voice_speed("ravdess-02") == ("ravdess-02", 1.0)
 
 
-def test_pitch_view_parses_and_needs_three_speeds():
+def test_pitch_views_parse_and_need_three_and_two_speeds():
     from privfl.errors import ConfigError
 
     assert parse_views("fc-profile:3,probe,pitch") == (("fc-profile", 3), ("probe", 0), ("pitch", 0))
     assert parse_views("pitch:0") == (("pitch", 0),)
-    with pytest.raises(ConfigError, match="FEATURES:K"):
-        parse_views("pitch:3")
-    with pytest.raises(ConfigError, match="three speeds or more"):
+    assert parse_views("activation-pitch:0,pitch") == (("activation-pitch", 0), ("pitch", 0))
+    for bad in ("pitch:3", "activation-pitch:3"):
+        with pytest.raises(ConfigError, match="FEATURES:K"):
+            parse_views(bad)
+    with pytest.raises(ConfigError, match="'pitch' gender view needs .* three speeds or more"):
         GenderAttackConfig(views=(("pitch", 0),), speeds=(0.9, 1.0)).validate()
     GenderAttackConfig(views=(("pitch", 0),), speeds=(0.9, 1.0, 1.1)).validate()
+    with pytest.raises(
+        ConfigError, match=r"'activation-pitch' gender view needs .* two speeds .*got speeds \[1.0\]"
+    ):
+        GenderAttackConfig(views=(("activation-pitch", 0),), speeds=(1.0,)).validate()
+    GenderAttackConfig(views=(("activation-pitch", 0),), speeds=(1.0, 1.1)).validate()
 
 
-def test_the_default_views_go_without_pitch_below_three_speeds_and_other_views_are_kept():
+def test_the_default_views_go_without_activation_pitch_at_one_speed_and_other_views_are_kept():
     from privfl.errors import ConfigError
 
-    assert GenderAttackConfig().views == (("fc-profile", 3), ("probe", 0), ("pitch", 0))
-    for speeds in ((1.0,), (0.9, 1.0), (1.0, 1.1)):
-        assert GenderAttackConfig(speeds=speeds).validate().views == (("fc-profile", 3), ("probe", 0))
-    assert GenderAttackConfig(speeds=(0.9, 1.0, 1.1, 1.2)).views == DEFAULT_VIEWS
-    # views other than the default are never changed: one that names pitch is refused instead
+    assert GenderAttackConfig().views == (("fc-profile", 3), ("probe", 0), ("activation-pitch", 0))
+    assert GenderAttackConfig(speeds=(1.0,)).validate().views == (("fc-profile", 3), ("probe", 0))
+    for speeds in ((0.9, 1.0), (1.0, 1.1), (0.9, 1.0, 1.1, 1.2)):
+        assert GenderAttackConfig(speeds=speeds).validate().views == DEFAULT_VIEWS
+    # views other than the default are never changed: one that names a pitch view is refused instead
     assert GenderAttackConfig(views=(("fc-profile", 3),), speeds=(1.0,)).views == (("fc-profile", 3),)
     with pytest.raises(ConfigError, match="three speeds or more"):
-        GenderAttackConfig(views=(("fc-profile", 3), ("pitch", 0)), speeds=(1.0,)).validate()
+        GenderAttackConfig(views=(("fc-profile", 3), ("pitch", 0)), speeds=(1.0, 1.1)).validate()
 
 
 def test_three_views_are_rank_averaged():
@@ -724,20 +732,24 @@ def attack_on_pitched_clients(pitch_gender: bool, views: str, monkeypatch, shado
 
 # with a classifier view the three scores are rank-averaged as with the probe; the probe itself finds
 # nothing in this world (no emotion cue) and has its tests above
-@pytest.mark.parametrize("views", ["pitch", "fc-profile:3,pitch"])
-def test_attack_finds_a_planted_pitch_cue_with_the_pitch_view_and_its_control_does_not(views, monkeypatch):
+@pytest.mark.parametrize(
+    "views", ["pitch", "fc-profile:3,pitch", "activation-pitch", "fc-profile:3,activation-pitch"]
+)
+def test_attack_finds_a_planted_pitch_cue_with_the_pitch_views_and_its_control_does_not(views, monkeypatch):
     auc = attack_on_pitched_clients(True, views, monkeypatch)
     assert auc["attack"] > 0.75, auc
     assert abs(auc["control"] - 0.5) < 0.15, auc
-    ranked = "the classifier views' and the pitch view's per-client scores rank-averaged"
+    view = views.rpartition(",")[2]
+    ranked = f"the classifier views' and the {view} view's per-client scores rank-averaged"
     assert any(ranked in n for n in auc["notes"]) == ("fc-profile" in views), auc["notes"]
 
 
-def test_pitch_view_is_at_chance_when_pitch_says_nothing_about_gender(monkeypatch):
-    auc = attack_on_pitched_clients(False, "pitch", monkeypatch)
+@pytest.mark.parametrize("view", ["pitch", "activation-pitch"])
+def test_pitch_views_are_at_chance_when_pitch_says_nothing_about_gender(view, monkeypatch):
+    auc = attack_on_pitched_clients(False, view, monkeypatch)
     assert abs(auc["attack"] - 0.5) < 0.15, auc
     assert abs(auc["control"] - 0.5) < 0.15, auc
-    assert any("pitch (all" in n and "no gender labels" in n for n in auc["notes"]), auc["notes"]
+    assert any(f"{view} (" in n and "no gender labels" in n for n in auc["notes"]), auc["notes"]
 
 
 def pitch_rounds(seed: int, rounds: int = 9, n_real: int = 40, dims: int = 120):
@@ -849,3 +861,81 @@ def test_a_round_whose_shadow_clients_hold_one_speed_per_speaker_is_refused_nami
     monkeypatch.setattr(gender_module, "sample_shadow_clients", one_voice_per_speaker)
     with pytest.raises(AttackError, match=r"4 shadow clients hold one speed per speaker: raise --shadow-"):
         attack_on_pitched_clients(True, "pitch", monkeypatch, shadow_clients=4)
+
+
+# --- the activation-pitch view ----------------------------------------------------------------------
+def activation_world(seed: int, gender_along_pitch: bool = True, n_real: int = 40, dims: int = 60):
+    """Head inputs of 4 auxiliary speakers (2 female, 2 male) x 3 speeds x 10 utterances, where speed moves
+    an utterance along `pitch` and each speaker sits at an offset of its own (larger for the females along a
+    `spurious` direction), and real clients' fc-profiles that lean along `pitch` by gender (or along nothing).
+    Returns (inputs, voices, real, labels, pitch, spurious)."""
+    from privfl.attacks.shadow import SPEED_MARK
+
+    rng = np.random.default_rng(seed)
+    pitch, spurious = np.linalg.qr(rng.normal(size=(dims, 2)))[0].T
+    inputs, voices = [], []
+    for s, female in (("af0", 1), ("af1", 1), ("am0", 0), ("am1", 0)):
+        offset = 3.0 * rng.normal(size=dims) + 6.0 * female * spurious
+        for f in (0.9, 1.0, 1.1):
+            for _ in range(10):
+                inputs.append(offset + 20.0 * np.log(f) * pitch + 0.3 * rng.normal(size=dims))
+                voices.append(s if f == 1.0 else f"{s}{SPEED_MARK}{f:g}")
+    y = np.arange(n_real) % 2
+    real = rng.normal(size=(n_real, dims)) + gender_along_pitch * 2.0 * np.outer(2 * y - 1, pitch)
+    return np.array(inputs), np.array(voices), real, y, pitch, spurious
+
+
+def test_activation_pitch_scores_find_the_pitch_direction_and_ignore_what_tells_speakers_apart():
+    from privfl.attacks.gender import activation_pitch_scores, pitch_scores, voice_speed
+
+    inputs, voices, real, y, pitch, spurious = activation_world(0)
+    got = activation_pitch_scores(inputs, voices, real)
+    assert roc_auc_score(y, got) > 0.95
+    # the same as pitch_scores on each utterance's speaker and log speed (the voice names parsed)
+    speakers, speeds = zip(*map(voice_speed, voices.tolist()), strict=True)
+    np.testing.assert_allclose(
+        got, pitch_scores(inputs, np.log(speeds), np.array(speakers), real), atol=1e-12
+    )
+    # a constant per auxiliary speaker (what tells speakers, hence their genders, apart) changes nothing
+    shift = {s: 50.0 * np.random.default_rng(1).normal(size=inputs.shape[1]) for s in set(speakers)}
+    moved = inputs + np.array([shift[s] for s in speakers])
+    np.testing.assert_allclose(activation_pitch_scores(moved, voices, real), got, atol=1e-8)
+    # clients that differ by gender along the auxiliary females' offset only: the view reads no label there
+    fooled = real - np.outer(real @ pitch, pitch) + 2.0 * np.outer(2 * y - 1, spurious)
+    assert abs(roc_auc_score(y, activation_pitch_scores(inputs, voices, fooled)) - 0.5) < 0.2
+
+
+def test_activation_pitch_scores_are_at_chance_without_a_cue_or_under_the_control_targets():
+    from privfl.attacks.gender import activation_pitch_scores, pitch_control_targets, voice_speed
+
+    rng = np.random.default_rng(3)
+    none, control = [], []
+    for seed in range(20):
+        inputs, voices, real, y, _, _ = activation_world(seed, gender_along_pitch=False)
+        none.append(roc_auc_score(y, activation_pitch_scores(inputs, voices, real)))
+        inputs, voices, real, y, _, _ = activation_world(seed)
+        speakers, speeds = (np.array(v) for v in zip(*map(voice_speed, voices.tolist()), strict=True))
+        target = pitch_control_targets(rng.normal(size=len(voices)), np.log(speeds), speakers)
+        for s in set(speakers.tolist()):  # centred and orthogonal to the log speed within each speaker
+            m = speakers == s
+            assert abs(target[m].sum()) < 1e-9 and abs(target[m] @ np.log(speeds[m])) < 1e-9
+        control.append(roc_auc_score(y, activation_pitch_scores(inputs, voices, real, target)))
+    assert abs(np.mean(none) - 0.5) < 0.08, none
+    assert abs(np.mean(control) - 0.5) < 0.08, control
+
+
+def test_probe_and_activation_pitch_share_one_forward_pass_of_the_auxiliary_speech_a_round(monkeypatch):
+    import privfl.attacks.gender as gender_module
+
+    calls = []
+    real_head_inputs = gender_module.head_inputs
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real_head_inputs(*args, **kwargs)
+
+    monkeypatch.setattr(gender_module, "head_inputs", counted)
+    auc = attack_on_pitched_clients(True, "probe,activation-pitch", monkeypatch)
+    assert len(calls) == 1, calls  # one attacked round
+    assert auc["attack"] > 0.75, auc
+    assert any("two ranks" in n and "activation-pitch view's mean score" in n for n in auc["notes"]), auc

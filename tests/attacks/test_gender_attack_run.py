@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from threadpoolctl import threadpool_limits
 
 from privfl.attacks import gender
@@ -239,7 +240,7 @@ def test_the_aggregate_row_scores_each_round_by_its_participants_sample_weighted
 def test_the_probe_alone_trains_no_shadows_and_cannot_attack_the_aggregate(stand_ins):
     _, result, rows, stages = attack((("probe", 0),))
     assert stand_ins["updates"] == [] and stand_ins["trainer"] == []
-    assert stages == [("gender: probe", 1, 2), ("gender: probe", 2, 2)]
+    assert stages == [("gender: auxiliary voices", 1, 2), ("gender: auxiliary voices", 2, 2)]
     assert list(rows) == [COMBINED, SINGLE, CONTROL, AGGREGATE]
     assert rows[COMBINED].notes[-1] == (
         "score: sigmoid of the probe's mean score over the client's rounds; threshold 0.5 (the mean); "
@@ -253,10 +254,58 @@ def test_the_probe_alone_trains_no_shadows_and_cannot_attack_the_aggregate(stand
     assert result.config["feature_count"] == {}
     assert result.notes == [
         "attacker (the server): 8 auxiliary speakers (48 utterances), disjoint from training, at speeds 1 "
-        "(8 voices); no shadow clients (the probe fits nothing), 2 rounds; views (feature set: top-k client "
+        "(8 voices); no shadow clients, 2 rounds; views (feature set: top-k client "
         "directions per round, 0 = all values; log-odds averaged over the classifier views): probe (each "
         "client's model w_t + delta_k, head only, on the 48 auxiliary utterances of 8 voices: loss drop from "
         "w_t, female voices minus male)"
+    ]
+
+
+def speed_voices(data, cfg, speeds):
+    """The auxiliary speech at `speeds`, each (speaker, speed) a voice named as auxiliary_speech names them,
+    and a higher speed putting more energy into the upper half of the Mel bands."""
+    import dataclasses
+
+    from privfl.attacks.shadow import SPEED_MARK
+    from privfl.data.dataset import SpeechSet
+
+    parts = []
+    for f in speeds:
+        tilt = torch.linspace(-1.0, 1.0, N_MELS) * 20.0 * float(np.log(f))
+        mark = "" if f == 1.0 else f"{SPEED_MARK}{f:g}"
+        parts.append(
+            dataclasses.replace(AUX, x=AUX.x + tilt, speakers=tuple(f"{s}{mark}" for s in AUX.speakers))
+        )
+    return SpeechSet.concat(parts)
+
+
+def test_the_activation_pitch_view_alone_trains_no_shadows_and_says_what_it_read(stand_ins, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(gender, "auxiliary_speech", speed_voices)
+    data = dataclasses.replace(DATA, corpus="a corpus with audio")  # speeds need the audio to perturb
+    _, result, rows, stages = attack((("activation-pitch", 0),), data=data, speeds=(0.9, 1.0, 1.1))
+    assert stand_ins["updates"] == [] and stand_ins["trainer"] == []
+    assert stages == [("gender: auxiliary voices", 1, 2), ("gender: auxiliary voices", 2, 2)]
+    assert rows[COMBINED].notes[-1] == (
+        "score: sigmoid of the activation-pitch view's mean score over the client's rounds; threshold 0.5 "
+        "(the mean); 2 rounds; one score per client"
+    )
+    assert rows[CONTROL].notes[0].startswith("3 relabellings") and (
+        "; activation-pitch: a random target per auxiliary utterance, made orthogonal to the log speed "
+        "within each auxiliary speaker, and the direction refitted): AUC should be about 0.5"
+        in rows[CONTROL].notes[0]
+    )
+    assert rows[AGGREGATE].reason.startswith(
+        "the 'activation-pitch' view ranks a round's clients against each"
+    )
+    assert result.config["feature_count"] == {"fc-profile": 16}
+    assert result.notes == [
+        "attacker (the server): 8 auxiliary speakers (48 utterances), disjoint from training, at speeds 0.9, "
+        "1, 1.1 (24 voices); no shadow clients, 2 rounds; views (feature set: top-k client directions per "
+        "round, 0 = all values; log-odds averaged over the classifier views): activation-pitch (the 144 "
+        "auxiliary utterances' head inputs under w_t regressed on log speed within each auxiliary speaker, "
+        "each client's fc-profile (16 values) projected on it; higher voice = female, no gender labels)"
     ]
 
 

@@ -34,7 +34,7 @@ def test_the_defaults_validate() -> None:
     config = GenderAttackConfig()
     assert config.validate() is config
     assert (config.views, config.classifier, config.shadow_clients, config.speeds, config.pitch_window) == (
-        (("fc-profile", 3), ("probe", 0), ("pitch", 0)),
+        (("fc-profile", 3), ("probe", 0), ("activation-pitch", 0)),
         "logreg",
         12,
         (0.9, 1.0, 1.1),
@@ -51,8 +51,8 @@ def test_an_empty_or_malformed_view_is_refused_by_message() -> None:
         with pytest.raises(
             ConfigError,
             match=rf"^gender view \({view[0]!r}, {view[1]!r}\) needs a feature set among fc-profile, "
-            r"first-layer, all-layers and a subspace size k >= 0, or \('probe', 0\) or \('pitch', 0\); "
-            r"e.g. --views fc-profile:2-5,first-layer:2-3$",
+            r"first-layer, all-layers and a subspace size k >= 0, or \(VIEW, 0\) with VIEW one of probe, "
+            r"pitch, activation-pitch; e.g. --views fc-profile:2-5,first-layer:2-3$",
         ):
             GenderAttackConfig(views=(("first-layer", 2), view)).validate()
     GenderAttackConfig(views=(("all-layers", 0),)).validate()  # k = 0: no subspace
@@ -113,7 +113,7 @@ def test_views_expand_ranges_in_order_without_repeats() -> None:
     with pytest.raises(
         ConfigError,
         match=r"^gender view 'fc-profile:3-2' is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
-        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, nor 'probe' or 'pitch'; "
+        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, nor one of probe, pitch, activation-pitch; "
         r"e.g. --views fc-profile:2-5,first-layer:2-3 or --views fc-profile:3,probe$",
     ):
         parse_views("fc-profile:1,fc-profile:3-2")
@@ -501,7 +501,7 @@ def test_the_client_subspace_centres_each_feature_on_its_own_mean() -> None:
 
 
 def test_the_score_note_names_the_rule_of_the_views_that_scored() -> None:
-    from privfl.attacks.gender import _score_note
+    from privfl.attacks.gender import Scored, _score_note
 
     nan = float("nan")
     both = (
@@ -510,17 +510,34 @@ def test_the_score_note_names_the_rule_of_the_views_that_scored() -> None:
     )
     probe = "score: sigmoid of the probe's mean score over the client's rounds; threshold 0.5 (the mean)"
     odds = "score: P(female) from the mean log-odds over the client's rounds; threshold 0.5"
+    four = (
+        "score: the mean of four ranks among the clients (scaled to [0, 1]): the classifier views' mean "
+        "log-odds, the probe's mean score, the pitch view's mean score and the activation-pitch view's mean "
+        "score over the client's rounds; threshold 0.5 (the median client)"
+    )
+    act = (
+        "score: sigmoid of the activation-pitch view's mean score over the client's rounds; threshold 0.5 "
+        "(the mean)"
+    )
     # one item is enough (a round that scored one client); every item has the same views
-    assert _score_note([(1, 7, 0.3, -1.2, nan, 1, False)]) == both
-    assert _score_note([(1, 7, nan, -1.2, nan, 1, False)]) == probe
-    assert _score_note([(1, 7, 0.3, nan, nan, 1, False), (2, 7, 0.1, nan, nan, 1, False)]) == odds
+    assert _score_note([Scored(1, 7, 0.3, -1.2, nan, nan, 1, False)]) == both
+    assert _score_note([Scored(1, 7, nan, -1.2, nan, nan, 1, False)]) == probe
+    assert _score_note([Scored(1, 7, 0.3, -1.2, 0.4, 2.0, 1, False)]) == four
+    assert _score_note([Scored(1, 7, nan, nan, nan, 2.0, 1, False)]) == act
+    two = [Scored(1, 7, 0.3, nan, nan, nan, 1, False), Scored(2, 7, 0.1, nan, nan, nan, 1, False)]
+    assert _score_note(two) == odds
     assert _score_note([]) == odds  # nothing scored: the classifier's rule, the attack's default
 
 
-def control_items(k: int, odds: list[float], labels: list[int]) -> list[tuple]:
-    """One relabelling's control items (round, client, log-odds, probe, pitch, label, mixed, relabelling)."""
+def control_items(k: int, odds: list[float], labels: list[int]) -> list:
+    """One relabelling's control items: classifier log-odds only, round 1, client i the i-th value."""
+    from privfl.attacks.gender import Scored
+
     nan = float("nan")
-    return [(1, c, o, nan, nan, lab, False, k) for c, (o, lab) in enumerate(zip(odds, labels, strict=True))]
+    return [
+        Scored(1, c, o, nan, nan, nan, lab, False, k)
+        for c, (o, lab) in enumerate(zip(odds, labels, strict=True))
+    ]
 
 
 def test_each_relabelling_is_scored_on_its_own_and_one_class_relabellings_are_skipped() -> None:
@@ -537,9 +554,7 @@ def test_each_relabelling_is_scored_on_its_own_and_one_class_relabellings_are_sk
 def test_the_control_note_leaves_out_the_spread_when_no_relabelling_could_be_scored() -> None:
     from privfl.attacks.gender import _per_client_rows
 
-    single = [
-        (1, c, o, float("nan"), float("nan"), lab, False) for c, (o, lab) in enumerate([(1.0, 1), (-1.0, 0)])
-    ]
+    single = control_items(-1, [1.0, -1.0], [1, 0])  # relabelling -1: the attack's own items
     config = GenderAttackConfig(bootstrap=0, control_repeats=2)
     rows = _per_client_rows(single, control_items(0, [1.0, 2.0], [1, 1]), config, "per-client updates")
     assert rows[2].notes[0].endswith("utterances called female): AUC should be about 0.5")
