@@ -510,19 +510,22 @@ def _one_speed_per_speaker(n_shadow: int) -> AttackError:
 def pitch_direction(
     features: np.ndarray, target: np.ndarray, speakers: np.ndarray, ridge: float = PITCH_RIDGE
 ) -> np.ndarray:
-    """[F] ridge regression weights of `target` on the shadow clients' `features` [n, F], both centred within
-    each auxiliary speaker: speaker fixed effects removed, so only contrasts between the voices of one
-    speaker (for the attack: the same speech at different speeds) shape the direction, never what tells
-    one auxiliary speaker from another. Dual form (n << F); the penalty is `ridge` times the mean
-    eigenvalue of the centred Gram matrix. Raises AttackError if no speaker's targets vary."""
+    """[F] ridge regression weights of `target` [n] on the shadow clients' `features` [n, F], both centred
+    within each auxiliary speaker: speaker fixed effects removed, so only contrasts between the voices of
+    one speaker (for the attack: the same speech at different speeds) shape the direction, never what
+    tells one auxiliary speaker from another. Dual form (n << F); the penalty is `ridge` times the mean
+    eigenvalue of the centred Gram matrix. A `target` [n, m] gives [F, m], one direction per column from
+    one solve (the attack's target and its control's). Raises AttackError if no speaker's targets vary."""
     speakers = np.asarray(speakers)
+    target = np.asarray(target, dtype=np.float64)
     x = _centre_within(features, speakers)
-    t = _centre_within(np.asarray(target, dtype=np.float64)[:, None], speakers)[:, 0]
+    t = _centre_within(target.reshape(len(target), -1), speakers)
     if not np.any(np.abs(t) > 1e-12):
         raise _one_speed_per_speaker(len(t))
     gram = x @ x.T
     penalty = ridge * max(float(np.trace(gram)) / x.shape[1], 1e-12)
-    return x.T @ np.linalg.solve(gram + penalty * np.eye(len(t)), t)
+    w = x.T @ np.linalg.solve(gram + penalty * np.eye(len(t)), t)
+    return w if target.ndim > 1 else w[:, 0]
 
 
 def pitch_scores(
@@ -530,9 +533,9 @@ def pitch_scores(
 ) -> np.ndarray:
     """One round's pitch score per client [k]: each real client's features [k, F] projected on the
     direction of a higher voice (`pitch_direction` of the shadow features [n, F] on log speed), standardised
-    over the round's clients. Speed perturbation by f scales pitch and formants by f, and female voices are
-    higher than male ones (about an octave in F0, 15-20 % in formants), so positive scores lean female;
-    no gender label enters."""
+    over the round's clients ([k, m] for targets [n, m] in place of the log speed). Speed perturbation by
+    f scales pitch and formants by f, and female voices are higher than male ones (about an octave in F0,
+    15-20 % in formants), so positive scores lean female; no gender label enters."""
     return _standardise(np.asarray(real, dtype=np.float64) @ pitch_direction(shadow, log_speed, speakers))
 
 
@@ -562,7 +565,8 @@ def activation_pitch_scores(
     speaker from another enters); each fc-profile is projected on it and standardised over the clients.
     An fc-profile follows the client's own head inputs (fc1's update is a sum of upstream gradient x input
     outer products), so a client whose voice sits higher scores higher: positive leans female.
-    `target` [n] replaces the log speed (the control's targets, `pitch_control_targets`)."""
+    `target` [n] replaces the log speed (the control's targets, `pitch_control_targets`); [n, m] scores m
+    targets at the cost of one (one solve): [k, m]."""
     speakers, speeds = zip(*(voice_speed(v) for v in np.asarray(voices).tolist()), strict=True)
     t = np.log(np.array(speeds)) if target is None else target
     return pitch_scores(inputs, t, np.array(speakers), real)
@@ -778,16 +782,23 @@ def gender_attack(
                 if use_probe
                 else None
             )
-            z = inputs.double().numpy() if use_act else None
+            act = (  # column 0: the attack (log speed); column 1 + k: the control's relabelling k
+                activation_pitch_scores(
+                    inputs.double().numpy(),
+                    aux_voice,
+                    real[PITCH_PROFILE],
+                    np.column_stack([np.log(aux_speed), *act_relabel]),
+                )
+                if use_act
+                else None
+            )
             scores = {
                 "odds": view_log_odds(projected, ys, config) if views else nan,
                 "probe": (
                     probe_scores(drops, aux_female[known_voice], aux_voice[known_voice]) if use_probe else nan
                 ),
                 "pitch": nan,  # the pitch view's scores are filled in after the loop (pitch_window_scores)
-                "activation_pitch": (
-                    activation_pitch_scores(z, aux_voice, real[PITCH_PROFILE]) if use_act else nan
-                ),
+                "activation_pitch": act[:, 0] if use_act else nan,
             }
             if use_pitch:
                 pitch_at.append(len(single))
@@ -808,9 +819,7 @@ def gender_attack(
                 if use_probe:
                     ctrl["probe"] = probe_scores(drops, *probe_relabel[k])
                 if use_act:
-                    ctrl["activation_pitch"] = activation_pitch_scores(
-                        z, aux_voice, real[PITCH_PROFILE], act_relabel[k]
-                    )
+                    ctrl["activation_pitch"] = act[:, 1 + k]
                 if use_pitch:
                     if not np.any(np.abs(tc) > 1e-12):
                         continue  # no speaker at three speeds this round: no target orthogonal to speed

@@ -939,3 +939,21 @@ def test_probe_and_activation_pitch_share_one_forward_pass_of_the_auxiliary_spee
     assert len(calls) == 1, calls  # one attacked round
     assert auc["attack"] > 0.75, auc
     assert any("two ranks" in n and "activation-pitch view's mean score" in n for n in auc["notes"]), auc
+
+
+def test_several_targets_in_one_solve_give_each_targets_own_scores():
+    from privfl.attacks.gender import activation_pitch_scores, pitch_control_targets, voice_speed
+
+    inputs, voices, real, _, _, _ = activation_world(4)
+    speakers, speeds = (np.array(v) for v in zip(*map(voice_speed, voices.tolist()), strict=True))
+    rng = np.random.default_rng(0)
+    targets = [np.log(speeds)] + [
+        pitch_control_targets(rng.normal(size=len(voices)), np.log(speeds), speakers) for _ in range(3)
+    ]
+    together = activation_pitch_scores(inputs, voices, real, np.column_stack(targets))
+    assert together.shape == (len(real), 4)
+    for i, t in enumerate(targets):
+        np.testing.assert_allclose(
+            together[:, i], activation_pitch_scores(inputs, voices, real, t), atol=1e-10
+        )
+    np.testing.assert_allclose(together[:, 0], activation_pitch_scores(inputs, voices, real), atol=1e-10)
