@@ -635,6 +635,49 @@ def combine_scores(*parts: np.ndarray | None) -> np.ndarray:
 
 
 # --- the attack on a run --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ControlLabels:
+    """The shuffled-label control's relabellings, one per repeat, each drawn once and kept over all rounds
+    as the true labels are, none carrying anything about gender, speaker or speed:
+    voices: a label per (pseudo-)speaker voice, balanced within each auxiliary speaker (classifier views);
+    probe: (labels, pseudo-voices) per utterance of known gender (`probe_control_labels`);
+    pitch: a random value per voice, made orthogonal to the log speed within each auxiliary speaker every
+        round (`pitch_control_targets`, the shadow pitch view);
+    activation_pitch: a random target per auxiliary utterance, orthogonal to the log speed within each
+        auxiliary speaker. Each kind has a generator of its own, seeded by the attack's seed."""
+
+    voices: list[dict[str, int]]
+    probe: list[tuple[np.ndarray, np.ndarray]]
+    pitch: list[dict[str, float]]
+    activation_pitch: list[np.ndarray]
+
+    @classmethod
+    def draw(cls, aux: SpeechSet, repeats: int, seed: int) -> ControlLabels:
+        voices = sorted(set(aux.speakers))
+        voice_gender = dict(zip(aux.speakers, aux.genders, strict=True))
+        truth_of_voice = np.array([int(voice_gender[v] == POSITIVE) for v in voices])
+        base = np.array([v.split(SPEED_MARK)[0] for v in voices])
+        crng = np.random.default_rng([seed, 0xC0A7])
+        relabel = [
+            dict(zip(voices, shuffled_labels(truth_of_voice, crng, strata=base).tolist(), strict=True))
+            for _ in range(repeats)
+        ]
+        known = np.array(aux.speakers)[np.isin(aux.genders, ("female", "male"))]
+        prng = np.random.default_rng([seed, 0xC0A7, 0x9B0E])
+        probe = [probe_control_labels(known, prng) for _ in range(repeats)]
+        trng = np.random.default_rng([seed, 0xC0A7, 0x917C])
+        pitch = [
+            dict(zip(voices, trng.standard_normal(len(voices)).tolist(), strict=True)) for _ in range(repeats)
+        ]
+        arng = np.random.default_rng([seed, 0xC0A7, 0xAC7])
+        speaker, speed = (np.array(v) for v in zip(*map(voice_speed, aux.speakers), strict=True))
+        act = [
+            pitch_control_targets(arng.standard_normal(len(aux)), np.log(speed), speaker)
+            for _ in range(repeats)
+        ]
+        return cls(relabel, probe, pitch, act)
+
+
 class Scored(NamedTuple):
     """One client's scores in one attacked round; nan where that view is not used."""
 
@@ -702,40 +745,11 @@ def gender_attack(
     privacy = observed.summary.get("privacy")
     size = config.shadow_size or _default_shadow_size(observed, rounds, data, config)
     aux = auxiliary_speech(data, cfg, config.speeds)
-    # the control's labels: one fixed relabelling of the (pseudo-)speakers per repeat, independent of
-    # gender and balanced within each real speaker, kept across rounds as the true labels are
-    voices = sorted(set(aux.speakers))
-    voice_gender = dict(zip(aux.speakers, aux.genders, strict=True))
-    crng = np.random.default_rng([config.seed, 0xC0A7])
-    truth_of_voice = np.array([int(voice_gender[v] == POSITIVE) for v in voices])
-    base = np.array([v.split(SPEED_MARK)[0] for v in voices])
-    relabel = [
-        dict(zip(voices, shuffled_labels(truth_of_voice, crng, strata=base).tolist(), strict=True))
-        for _ in range(config.control_repeats)
-    ]
     aux_voice = np.array(aux.speakers)
     aux_female = np.array([int(g == POSITIVE) for g in aux.genders])
     known_voice = np.isin(aux.genders, ("female", "male"))  # the probe reads voices of known gender
-    # the probe's control: random halves of every voice's utterances called female (probe_control_labels)
-    prng = np.random.default_rng([config.seed, 0xC0A7, 0x9B0E])
-    probe_relabel = [
-        probe_control_labels(aux_voice[known_voice], prng) for _ in range(config.control_repeats)
-    ]
-    # the pitch view's control: one random value per voice and repeat, kept across rounds; each round
-    # makes them orthogonal to the log speed within each auxiliary speaker (pitch_control_targets)
-    trng = np.random.default_rng([config.seed, 0xC0A7, 0x917C])
-    pitch_relabel = [
-        dict(zip(voices, trng.standard_normal(len(voices)).tolist(), strict=True))
-        for _ in range(config.control_repeats)
-    ]
-    # the activation-pitch view's control: one random value per auxiliary utterance and repeat, kept across
-    # rounds, made orthogonal to the log speed within each auxiliary speaker
-    arng = np.random.default_rng([config.seed, 0xC0A7, 0xAC7])
-    aux_speaker, aux_speed = (np.array(v) for v in zip(*map(voice_speed, aux.speakers), strict=True))
-    act_relabel = [
-        pitch_control_targets(arng.standard_normal(len(aux)), np.log(aux_speed), aux_speaker)
-        for _ in range(config.control_repeats)
-    ]
+    aux_speed = np.array([voice_speed(v)[1] for v in aux.speakers])
+    relabelled = ControlLabels.draw(aux, config.control_repeats, config.seed)
 
     single: list[Scored] = []  # the attack's scores per round and client
     controls: list[Scored] = []  # the same per relabelling
@@ -745,7 +759,7 @@ def gender_attack(
     # each relabelling's items start in `controls`
     pitch_in: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     pitch_at: list[int] = []
-    pitch_control: list[list[np.ndarray]] = [[] for _ in relabel]
+    pitch_control: list[list[np.ndarray]] = [[] for _ in relabelled.voices]
     control_at: dict[tuple[int, int], int] = {}
     for j, r in enumerate(rounds):
         obs, truth = observed.observe(r)
@@ -787,7 +801,7 @@ def gender_attack(
                     inputs.double().numpy(),
                     aux_voice,
                     real[PITCH_PROFILE],
-                    np.column_stack([np.log(aux_speed), *act_relabel]),
+                    np.column_stack([np.log(aux_speed), *relabelled.activation_pitch]),
                 )
                 if use_act
                 else None
@@ -804,11 +818,11 @@ def gender_attack(
                 pitch_at.append(len(single))
                 pitch_in.append((xs[PITCH_PROFILE], log_speed, shadow_speaker, real[PITCH_PROFILE]))
             single += _scored(r, ids, scores, truths)
-            for k, labels_k in enumerate(relabel):
+            for k, labels_k in enumerate(relabelled.voices):
                 ctrl = dict.fromkeys(SCORE_FIELDS, nan)
                 if use_pitch:
                     tc = pitch_control_targets(
-                        np.array([pitch_relabel[k][s.speaker] for s in shadows]), log_speed, shadow_speaker
+                        np.array([relabelled.pitch[k][s.speaker] for s in shadows]), log_speed, shadow_speaker
                     )
                     pitch_control[k].append(tc)
                 if views:
@@ -817,7 +831,7 @@ def gender_attack(
                         continue  # this round's shadows hold one control label only: nothing to fit
                     ctrl["odds"] = view_log_odds(projected, yc, config)
                 if use_probe:
-                    ctrl["probe"] = probe_scores(drops, *probe_relabel[k])
+                    ctrl["probe"] = probe_scores(drops, *relabelled.probe[k])
                 if use_act:
                     ctrl["activation_pitch"] = act[:, 1 + k]
                 if use_pitch:
@@ -836,24 +850,9 @@ def gender_attack(
             per_round_agg.append({"round": r, "score": pa, "female_share": share, "clients": len(labels)})
 
     if use_pitch and pitch_in:
-        shadow_x, speeds_in, speakers_in, real_in = (list(v) for v in zip(*pitch_in, strict=True))
-        scores = pitch_window_scores(shadow_x, speeds_in, speakers_in, real_in, config.pitch_window)
-        for j, (start, sc) in enumerate(zip(pitch_at, scores, strict=True)):
-            if sc is None:  # every speaker of the round's shadow clients at one speed
-                raise _one_speed_per_speaker(len(speeds_in[j]))
-            part = single[start : start + len(sc)]
-            single[start : start + len(sc)] = [
-                t._replace(pitch=float(v)) for t, v in zip(part, sc, strict=True)
-            ]
-        for k, targets in enumerate(pitch_control):
-            scores = pitch_window_scores(shadow_x, targets, speakers_in, real_in, config.pitch_window)
-            for j, sc in enumerate(scores):
-                if (j, k) in control_at:
-                    start = control_at[(j, k)]
-                    part = controls[start : start + len(sc)]
-                    controls[start : start + len(sc)] = [
-                        t._replace(pitch=float(v)) for t, v in zip(part, sc, strict=True)
-                    ]
+        _fill_pitch_scores(
+            single, controls, pitch_in, pitch_at, pitch_control, control_at, config.pitch_window
+        )
 
     result = AttackResult(
         "gender",
@@ -886,6 +885,59 @@ def gender_attack(
                 "fc-profile:3,probe) to attack the aggregate",
             )
         )
+    result.notes.append(
+        _attacker_note(config, data, aux, known_voice, maps, views, size if shadowed else 0, len(rounds))
+    )
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _fill_pitch_scores(
+    single: list[Scored],
+    controls: list[Scored],
+    pitch_in: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    pitch_at: list[int],
+    pitch_control: list[list[np.ndarray]],
+    control_at: dict[tuple[int, int], int],
+    window: int,
+) -> None:
+    """Set the shadow pitch view's scores of the attack's and the control's items in place, once every round
+    is in (`pitch_window_scores` reads the neighbouring rounds). `pitch_in`: per attacked round with clients,
+    (shadow features, log speed, shadow speakers, real features); `pitch_at`: where that round's items start
+    in `single`; `pitch_control[k]`: relabelling k's targets per round; `control_at[(round j, k)]`: where
+    they start in `controls` (absent: that relabelling scored nothing that round)."""
+    shadow_x, speeds_in, speakers_in, real_in = (list(v) for v in zip(*pitch_in, strict=True))
+    scores = pitch_window_scores(shadow_x, speeds_in, speakers_in, real_in, window)
+    for j, (start, sc) in enumerate(zip(pitch_at, scores, strict=True)):
+        if sc is None:  # every speaker of the round's shadow clients at one speed
+            raise _one_speed_per_speaker(len(speeds_in[j]))
+        part = single[start : start + len(sc)]
+        single[start : start + len(sc)] = [t._replace(pitch=float(v)) for t, v in zip(part, sc, strict=True)]
+    for k, targets in enumerate(pitch_control):
+        scores = pitch_window_scores(shadow_x, targets, speakers_in, real_in, window)
+        for j, sc in enumerate(scores):
+            if (j, k) in control_at:
+                start = control_at[(j, k)]
+                part = controls[start : start + len(sc)]
+                controls[start : start + len(sc)] = [
+                    t._replace(pitch=float(v)) for t, v in zip(part, sc, strict=True)
+                ]
+
+
+def _attacker_note(
+    config: GenderAttackConfig,
+    data: PreparedData,
+    aux: SpeechSet,
+    known_voice: np.ndarray,
+    maps: dict[str, FeatureMap],
+    views: tuple[tuple[str, int], ...],
+    shadow_size: int,
+    n_rounds: int,
+) -> str:
+    """The result's note on what the attacker (the server) held and how each view scored; shadow_size 0:
+    no view trained shadow clients."""
+    use_probe, use_pitch, use_act = ((v, 0) in config.views for v in (PROBE, PITCH, ACTIVATION_PITCH))
+    aux_voice = np.array(aux.speakers)
     n_voices = len(set(aux_voice[known_voice]))
     ranked = [
         n
@@ -921,16 +973,16 @@ def gender_attack(
             f"log speed within each auxiliary speaker, each client's {PITCH_PROFILE} "
             f"({maps[PITCH_PROFILE].size} values) projected on it; higher voice = female, no gender labels)"
         )
-    result.notes.append(
+    return (
         f"attacker (the server): {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} "
         f"utterances), disjoint from training, at speeds {', '.join(f'{f:g}' for f in config.speeds)} "
-        f"({len(voices)} voices); "
+        f"({len(set(aux.speakers))} voices); "
         + (
-            f"{config.shadow_clients} shadow clients of {size} utterances per round, "
-            if shadowed
+            f"{config.shadow_clients} shadow clients of {shadow_size} utterances per round, "
+            if shadow_size
             else "no shadow clients, "
         )
-        + f"{len(rounds)} rounds; views (feature set: top-k client directions per round, 0 = all values; "
+        + f"{n_rounds} rounds; views (feature set: top-k client directions per round, 0 = all values; "
         "log-odds averaged over the classifier views"
         + (
             "; the probe's and the classifier views' per-client scores rank-averaged"
@@ -943,8 +995,6 @@ def gender_attack(
         + ", ".join(described)
         + (f"; classifier: {config.classifier}" if views else "")
     )
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _scored(
