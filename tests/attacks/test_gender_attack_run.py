@@ -368,3 +368,37 @@ def test_the_control_is_the_same_in_two_runs_with_one_seed(stand_ins):
     """Its relabellings come from the attack's seed: a rerun reproduces the control row exactly."""
     first, second = (attack((("fc-profile", 3), ("probe", 0)), seed=2)[2][CONTROL] for _ in range(2))
     assert first.roc == second.roc and first.metrics == second.metrics
+
+
+def test_each_control_relabelling_scores_the_clients_with_its_own_activation_pitch_targets(
+    stand_ins, monkeypatch
+):
+    """The attack's scores come from the log speed, relabelling k's from its own random targets: one solve
+    scores them all, so a column off by one would hand the attack's scores to the control."""
+    import dataclasses
+
+    monkeypatch.setattr(gender, "auxiliary_speech", speed_voices)
+    kept = {}
+    rows = gender._per_client_rows
+
+    def keep(single, controls, config, observed):
+        kept["single"], kept["controls"] = list(single), list(controls)
+        return rows(single, controls, config, observed)
+
+    monkeypatch.setattr(gender, "_per_client_rows", keep)
+    data = dataclasses.replace(DATA, corpus="a corpus with audio")
+    observed, *_ = attack((("activation-pitch", 0),), data=data, speeds=(0.9, 1.0, 1.1))
+    aux = speed_voices(data, observed.config, (0.9, 1.0, 1.1))
+    labels = gender.ControlLabels.draw(aux, 3, 0)
+    for r in (1, 2):
+        obs = observed.obs[r]
+        inputs = gender.head_inputs(MODEL, obs.weights, aux).double().numpy()
+        real = gender.FeatureMap.of(MODEL, "fc-profile")(obs.deltas)
+        voices = np.array(aux.speakers)
+        want = gender.activation_pitch_scores(inputs, voices, real)
+        got = [t.activation_pitch for t in kept["single"] if t.round == r]
+        np.testing.assert_allclose(got, want, atol=1e-9)
+        for k, target in enumerate(labels.activation_pitch):
+            want = gender.activation_pitch_scores(inputs, voices, real, target)
+            got = [t.activation_pitch for t in kept["controls"] if t.round == r and t.relabelling == k]
+            np.testing.assert_allclose(got, want, atol=1e-9)
