@@ -37,7 +37,14 @@ within each auxiliary speaker (hundreds of utterances, not a dozen shadow update
 fc-profile is projected on that direction. It trains no shadow client and reads no gender label
 (`activation_pitch_scores`).
 
-Default views: fc-profile at k = 3, the probe and the activation-pitch view (DEFAULT_VIEWS).
+The reconstruction view (`reconstruction`) inverts fc1's update: for a linear layer with bias,
+dW^T db / |db|^2 is a weighted mean of the client's own head inputs (weights summing to one), so the
+server gets an estimate of the client's mean head input and scores it with a classifier of gender fitted
+on its auxiliary utterances' head inputs under w_t (`reconstruction_scores`). It needs no sign-free
+feature, so it is the view for the paper LSTM, whose head inputs (mean tanh states) are signed.
+
+Default views: fc-profile at k = 3, the probe and the activation-pitch view (DEFAULT_VIEWS); for the LSTM,
+`reconstruction` alone (docs/attacks.md).
 """
 
 from __future__ import annotations
@@ -88,7 +95,11 @@ ACTIVATION_PITCH = "activation-pitch"
 """The view that learns the direction of a higher voice in the classifier head's input space from the
 auxiliary utterances' head inputs under w_t at different speeds, and projects each client's fc-profile on
 it; it trains no shadow client and reads no gender label (`activation_pitch_scores`)."""
-RANKED_VIEWS = (PROBE, PITCH, ACTIVATION_PITCH)
+RECONSTRUCTION = "reconstruction"
+"""The view that reconstructs each client's mean head input from fc1's update (`reconstructed_inputs`) and
+scores it with a classifier of gender fitted on the auxiliary utterances' head inputs
+(`reconstruction_scores`)."""
+RANKED_VIEWS = (PROBE, PITCH, ACTIVATION_PITCH, RECONSTRUCTION)
 """Views that score clients by a statistic of their own, rank-averaged with the classifier views' log-odds."""
 CLASSIFIERS = ("logreg", "mlp")
 POSITIVE = "female"
@@ -127,7 +138,8 @@ ENSEMBLE_VIEWS: tuple[tuple[str, int], ...] = (
 def parse_views(text: str) -> tuple[tuple[str, int], ...]:
     """'fc-profile:2-5,first-layer:2-3' -> ((fc-profile, 2), ..., (first-layer, 3)); k = 0: no subspace.
     'probe' -> (probe, 0): the model-behaviour probe; 'pitch' -> (pitch, 0) and 'activation-pitch' ->
-    (activation-pitch, 0): the pitch directions (none of the three has a subspace)."""
+    (activation-pitch, 0): the pitch directions; 'reconstruction' -> (reconstruction, 0) (none of these
+    has a subspace)."""
     views: list[tuple[str, int]] = []
     for item in (t.strip() for t in text.split(",")):
         if item in RANKED_VIEWS or item in (f"{v}:0" for v in RANKED_VIEWS):
@@ -368,13 +380,13 @@ def client_label(genders: tuple[str, ...]) -> tuple[int, bool]:
 
 
 # --- the model-behaviour probe (pure) ---------------------------------------------------------------
-def _probe_head(model: nn.Module) -> tuple[nn.Linear, nn.Linear]:
-    """The classifier head fc1 -> ReLU -> fc2 that both paper models end with."""
+def _probe_head(model: nn.Module, view: str = PROBE) -> tuple[nn.Linear, nn.Linear]:
+    """The classifier head fc1 -> ReLU -> fc2 that both paper models end with (`view`: who needs it)."""
     fc1, fc2 = getattr(model, "fc1", None), getattr(model, "fc2", None)
     if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
         raise ConfigError(
-            f"the {PROBE!r} gender view evaluates a classifier head fc1 -> ReLU -> fc2, which "
-            f"{type(model).__name__} does not have; use the paper CNN or LSTM, or drop {PROBE!r} from --views"
+            f"the {view!r} gender view reads a classifier head fc1 -> ReLU -> fc2, which "
+            f"{type(model).__name__} does not have; use the paper CNN or LSTM, or drop {view!r} from --views"
         )
     return fc1, fc2
 
@@ -572,6 +584,32 @@ def activation_pitch_scores(
     return pitch_scores(inputs, t, np.array(speakers), real)
 
 
+def reconstructed_inputs(deltas: np.ndarray, weight: slice, bias: slice, out_features: int) -> np.ndarray:
+    """[k, F] each client's mean head input, reconstructed from its update of a linear layer with bias
+    (`weight`, `bias`: that layer's slices of the flat update; `out_features` its rows). Every local step
+    adds -lr x (upstream gradient g_i) x (input a_i)^T to the weight and -lr x g_i to the bias, momentum
+    only rescaling the steps, so dW = sum_i g_i a_i^T and db = sum_i g_i with the same coefficients, and
+    dW^T db / |db|^2 = sum_i w_i a_i with w_i = g_i . db / |db|^2, which sum to one: a weighted mean of the
+    client's own inputs (exactly its input if it holds one utterance or all its inputs are equal). A
+    client with db = 0 gets zeros."""
+    deltas = np.asarray(deltas, dtype=np.float64)
+    dw = deltas[:, weight].reshape(len(deltas), out_features, -1)
+    db = deltas[:, bias]
+    norm = (db**2).sum(axis=1, keepdims=True)
+    return np.einsum("kof,ko->kf", dw, db) / np.where(norm > 0, norm, 1.0)
+
+
+def reconstruction_scores(
+    inputs: np.ndarray, female: np.ndarray, reconstructed: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """One round's reconstruction score per client [k]: a logistic regression of `female` (1/0 per auxiliary
+    utterance of known gender) on those utterances' head inputs [n, F] under w_t, applied to each client's
+    reconstructed mean head input [k, F] (`reconstructed_inputs`); log-odds standardised over the round's
+    clients, positive leaning female."""
+    classifier = fit_classifier(np.asarray(inputs, dtype=np.float64), np.asarray(female), "logreg", seed)
+    return _standardise(log_odds(classifier, np.asarray(reconstructed, dtype=np.float64)))
+
+
 def pitch_window_scores(
     shadow: list[np.ndarray],
     targets: list[np.ndarray | None],
@@ -687,12 +725,13 @@ class Scored(NamedTuple):
     probe: float
     pitch: float
     activation_pitch: float
+    reconstruction: float
     label: int  # 1 female, 0 male, -1 left out (tie or unknown)
     mixed: bool  # the client holds speakers of both genders
     relabelling: int = -1  # the control's relabelling; -1: the attack
 
 
-SCORE_FIELDS = ("odds", "probe", "pitch", "activation_pitch")
+SCORE_FIELDS = ("odds", "probe", "pitch", "activation_pitch", "reconstruction")
 """The per-view scores of a `Scored` item, in the order `combine_scores` takes them."""
 
 
@@ -737,9 +776,17 @@ def gender_attack(
     use_probe = (PROBE, 0) in config.views
     use_pitch = (PITCH, 0) in config.views
     use_act = (ACTIVATION_PITCH, 0) in config.views
+    use_recon = (RECONSTRUCTION, 0) in config.views
     shadowed = bool(views) or use_pitch  # views that train shadow clients
-    if use_probe or use_act:
-        _probe_head(model)  # ConfigError before anything is computed
+    for view, on in ((PROBE, use_probe), (ACTIVATION_PITCH, use_act), (RECONSTRUCTION, use_recon)):
+        if on:
+            _probe_head(model, view)  # ConfigError before anything is computed
+    fc1_at = layer_slices(model)
+    fc1_out = _probe_head(model, RECONSTRUCTION)[0].out_features if use_recon else 0
+    if use_recon and "fc1.bias" not in fc1_at:
+        raise ConfigError(
+            f"the {RECONSTRUCTION!r} gender view needs fc1's bias, which this model does not have"
+        )
     names = [n for n, _ in views] + ([PITCH_PROFILE] if use_pitch or use_act else [])
     maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(names)}
     privacy = observed.summary.get("privacy")
@@ -790,7 +837,7 @@ def gender_attack(
             projected = project_views(xs, real, views) if views else []
             # the auxiliary utterances' head inputs under w_t: one forward pass a round for the probe and the
             # activation-pitch view
-            inputs = head_inputs(model, obs.weights, aux) if use_probe or use_act else None
+            inputs = head_inputs(model, obs.weights, aux) if use_probe or use_act or use_recon else None
             drops = (
                 probe_loss_drops(model, aux, obs.weights, obs.deltas, inputs)[:, known_voice]
                 if use_probe
@@ -813,10 +860,17 @@ def gender_attack(
                 ),
                 "pitch": nan,  # the pitch view's scores are filled in after the loop (pitch_window_scores)
                 "activation_pitch": act[:, 0] if use_act else nan,
+                "reconstruction": nan,
             }
             if use_pitch:
                 pitch_at.append(len(single))
                 pitch_in.append((xs[PITCH_PROFILE], log_speed, shadow_speaker, real[PITCH_PROFILE]))
+            if use_recon:
+                z_known = inputs.double().numpy()[known_voice]
+                rec = reconstructed_inputs(obs.deltas, fc1_at["fc1.weight"], fc1_at["fc1.bias"], fc1_out)
+                scores["reconstruction"] = reconstruction_scores(
+                    z_known, aux_female[known_voice], rec, config.seed
+                )
             single += _scored(r, ids, scores, truths)
             for k, labels_k in enumerate(relabelled.voices):
                 ctrl = dict.fromkeys(SCORE_FIELDS, nan)
@@ -834,6 +888,10 @@ def gender_attack(
                     ctrl["probe"] = probe_scores(drops, *relabelled.probe[k])
                 if use_act:
                     ctrl["activation_pitch"] = act[:, 1 + k]
+                if use_recon:  # the probe's relabelling: a random half of every voice's utterances
+                    ctrl["reconstruction"] = reconstruction_scores(
+                        z_known, relabelled.probe[k][0], rec, config.seed
+                    )
                 if use_pitch:
                     if not np.any(np.abs(tc) > 1e-12):
                         continue  # no speaker at three speeds this round: no target orthogonal to speed
@@ -936,7 +994,9 @@ def _attacker_note(
 ) -> str:
     """The result's note on what the attacker (the server) held and how each view scored; shadow_size 0:
     no view trained shadow clients."""
-    use_probe, use_pitch, use_act = ((v, 0) in config.views for v in (PROBE, PITCH, ACTIVATION_PITCH))
+    use_probe, use_pitch, use_act, use_recon = (
+        (v, 0) in config.views for v in (PROBE, PITCH, ACTIVATION_PITCH, RECONSTRUCTION)
+    )
     aux_voice = np.array(aux.speakers)
     n_voices = len(set(aux_voice[known_voice]))
     ranked = [
@@ -946,6 +1006,7 @@ def _attacker_note(
             ("the probe's", use_probe),
             ("the pitch view's", use_pitch),
             ("the activation-pitch view's", use_act),
+            ("the reconstruction view's", use_recon),
         )
         if on
     ]
@@ -972,6 +1033,12 @@ def _attacker_note(
             f"{ACTIVATION_PITCH} (the {len(aux)} auxiliary utterances' head inputs under w_t regressed on "
             f"log speed within each auxiliary speaker, each client's {PITCH_PROFILE} "
             f"({maps[PITCH_PROFILE].size} values) projected on it; higher voice = female, no gender labels)"
+        )
+    if use_recon:
+        described.append(
+            f"{RECONSTRUCTION} (each client's mean head input reconstructed from fc1's update, dW^T db / "
+            f"|db|^2, scored by a logistic regression of gender on the {int(known_voice.sum())} auxiliary "
+            "utterances' head inputs under w_t)"
         )
     return (
         f"attacker (the server): {len(set(data.aux.speakers))} auxiliary speakers ({len(data.aux)} "
@@ -1089,6 +1156,7 @@ def _score_note(single: list[Scored]) -> str:
                 "the probe's mean score",
                 "the pitch view's mean score",
                 "the activation-pitch view's mean score",
+                "the reconstruction view's mean score",
             ),
             present,
             strict=True,
@@ -1098,7 +1166,7 @@ def _score_note(single: list[Scored]) -> str:
     if len(names) > 1:
         listed = ", ".join(names[:-1]) + " and " + names[-1]
         return (
-            f"score: the mean of {('two', 'three', 'four')[len(names) - 2]} ranks among the clients "
+            f"score: the mean of {('two', 'three', 'four', 'five')[len(names) - 2]} ranks among the clients "
             f"(scaled to [0, 1]): {listed} over the client's rounds; threshold 0.5 (the median client)"
         )
     if not present[0]:

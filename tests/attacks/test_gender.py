@@ -212,7 +212,7 @@ def attack_on_clients(gendered_clients: bool, views: str = "fc-profile:3") -> di
 
 
 @pytest.mark.parametrize(
-    "views", ["fc-profile:3", "first-layer:3", "ensemble", "probe", "fc-profile:3,probe"]
+    "views", ["fc-profile:3", "first-layer:3", "ensemble", "probe", "fc-profile:3,probe", "reconstruction"]
 )
 def test_attack_on_updates_without_gender_signal_is_at_chance(views):
     """Nothing to find: an attack that also learnt from the clients' true genders would score high here."""
@@ -222,7 +222,7 @@ def test_attack_on_updates_without_gender_signal_is_at_chance(views):
 
 
 @pytest.mark.parametrize(
-    "views", ["fc-profile:3", "first-layer:3", "ensemble", "probe", "fc-profile:3,probe"]
+    "views", ["fc-profile:3", "first-layer:3", "ensemble", "probe", "fc-profile:3,probe", "reconstruction"]
 )
 def test_attack_finds_a_planted_gender_signal_and_its_control_does_not(views):
     auc = attack_on_clients(gendered_clients=True, views=views)
@@ -957,3 +957,62 @@ def test_several_targets_in_one_solve_give_each_targets_own_scores():
             together[:, i], activation_pitch_scores(inputs, voices, real, t), atol=1e-10
         )
     np.testing.assert_allclose(together[:, 0], activation_pitch_scores(inputs, voices, real), atol=1e-10)
+
+
+# --- the reconstruction view ------------------------------------------------------------------------
+def test_reconstructed_inputs_are_a_mean_of_the_clients_own_inputs_with_weights_summing_to_one():
+    """Momentum SGD on a linear layer with bias: the reconstruction is exactly sum_i w_i a_i with sum w_i = 1,
+    w_i = g_i . db / |db|^2 from the per-sample gradients, and exactly the input when all inputs are equal."""
+    from privfl.attacks.gender import reconstructed_inputs
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 3)
+    w0 = torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]).clone()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    a = torch.randn(8, 6)
+    y = torch.randn(8, 3)
+    coefficient = torch.zeros(8, 3)  # sum over the steps of -lr x momentum factor x g_i
+    velocity = torch.zeros(8, 3)
+    for _ in range(3):  # three full-batch steps; the per-sample gradients of the bias are g_i
+        opt.zero_grad()
+        out = layer(a)
+        g = 2 * (out - y) / len(a)  # d(mean squared error)/d(out) per sample
+        ((out - y) ** 2).sum(dim=1).mean().backward()
+        velocity = 0.9 * velocity + g.detach()
+        coefficient -= 0.1 * velocity
+        opt.step()
+    delta = (torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]) - w0).double().numpy()[None]
+    got = reconstructed_inputs(delta, slice(0, 18), slice(18, 21), 3)[0]
+    db = coefficient.sum(dim=0).double()
+    weights = (coefficient.double() @ db) / (db @ db)
+    assert abs(float(weights.sum()) - 1.0) < 1e-6
+    np.testing.assert_allclose(got, (weights @ a.double()).numpy(), atol=1e-5)
+    # all inputs equal: the reconstruction is that input, whatever the gradients
+    same = a[:1].repeat(8, 1)
+    dw = torch.randn(8, 3).T @ same  # sum_i g_i a^T
+    db = dw[:, 0] / same[0, 0]
+    flat = torch.cat([dw.flatten(), db]).double().numpy()[None]
+    np.testing.assert_allclose(
+        reconstructed_inputs(flat, slice(0, 18), slice(18, 21), 3)[0], same[0].numpy(), atol=1e-5
+    )
+    # a client whose bias did not move gets zeros, not a division by zero
+    assert not reconstructed_inputs(np.zeros((1, 21)), slice(0, 18), slice(18, 21), 3).any()
+
+
+def test_reconstruction_scores_lean_female_for_female_like_inputs_and_refuse_one_label():
+    from privfl.attacks.gender import reconstruction_scores
+
+    rng = np.random.default_rng(0)
+    female = np.tile([1, 0], 30)
+    inputs = rng.normal(size=(60, 10)) + 2.0 * np.outer(2 * female - 1, np.eye(10)[2])
+    y = np.tile([1, 0], 10)
+    clients = rng.normal(size=(20, 10)) + 2.0 * np.outer(2 * y - 1, np.eye(10)[2])
+    got = reconstruction_scores(inputs, female, clients)
+    assert roc_auc_score(y, got) > 0.9 and abs(got.mean()) < 1e-12 and abs(got.std() - 1) < 1e-12
+    with pytest.raises(ValueError):
+        reconstruction_scores(inputs, np.ones(60, dtype=int), clients)
+
+
+def test_the_reconstruction_view_parses_and_needs_no_speeds():
+    assert parse_views("reconstruction") == parse_views("reconstruction:0") == (("reconstruction", 0),)
+    GenderAttackConfig(views=(("reconstruction", 0),), speeds=(1.0,)).validate()

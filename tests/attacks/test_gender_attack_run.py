@@ -402,3 +402,38 @@ def test_each_control_relabelling_scores_the_clients_with_its_own_activation_pit
             want = gender.activation_pitch_scores(inputs, voices, real, target)
             got = [t.activation_pitch for t in kept["controls"] if t.round == r and t.relabelling == k]
             np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_the_reconstruction_view_scores_each_round_and_relabelling_with_its_own_labels(
+    stand_ins, monkeypatch
+):
+    """The attack's scores: a classifier of the auxiliary utterances' true genders; relabelling k's: the same
+    refitted on the probe's random halves k; both applied to the clients' reconstructed fc1 inputs."""
+    kept = {}
+    rows = gender._per_client_rows
+
+    def keep(single, controls, config, observed):
+        kept["single"], kept["controls"] = list(single), list(controls)
+        return rows(single, controls, config, observed)
+
+    monkeypatch.setattr(gender, "_per_client_rows", keep)
+    observed, result, by_name, stages = attack((("reconstruction", 0),))
+    assert stand_ins["updates"] == [] and stages[0] == ("gender: auxiliary voices", 1, 2)
+    labels = gender.ControlLabels.draw(AUX, 3, 0)
+    female = np.array([int(g == "female") for g in AUX.genders])
+    at = layer_slices(MODEL)
+    for r in (1, 2):
+        obs = observed.obs[r]
+        inputs = gender.head_inputs(MODEL, obs.weights, AUX).double().numpy()
+        rec = gender.reconstructed_inputs(obs.deltas, at["fc1.weight"], at["fc1.bias"], 8)
+        got = [t.reconstruction for t in kept["single"] if t.round == r]
+        np.testing.assert_allclose(got, gender.reconstruction_scores(inputs, female, rec), atol=1e-9)
+        for k in range(3):
+            got = [t.reconstruction for t in kept["controls"] if t.round == r and t.relabelling == k]
+            want = gender.reconstruction_scores(inputs, labels.probe[k][0], rec)
+            np.testing.assert_allclose(got, want, atol=1e-9)
+    assert by_name[COMBINED].notes[-1].startswith("score: sigmoid of the reconstruction view's mean score")
+    assert result.notes[0].endswith(
+        "reconstruction (each client's mean head input reconstructed from fc1's update, dW^T db / |db|^2, "
+        "scored by a logistic regression of gender on the 48 auxiliary utterances' head inputs under w_t)"
+    )
