@@ -116,9 +116,10 @@ def _gender_options(f):
             "'activation-pitch': each client's fc-profile projected on the direction of a higher voice in "
             "the head's input space, learnt from the auxiliary utterances at different speeds (no gender "
             "labels, no shadow clients; needs two speeds or more); 'pitch': the same direction learnt from "
-            "each auxiliary speaker's shadow clients at different speeds (needs three speeds or more); with "
-            "several, the scores are rank-averaged. With one --speeds the default goes without "
-            "activation-pitch.",
+            "each auxiliary speaker's shadow clients at different speeds (needs three speeds or more); "
+            "'reconstruction': each client's mean head input reconstructed from fc1's update, scored by a "
+            "classifier of the auxiliary utterances' genders (the view for the LSTM); with several, the "
+            "scores are rank-averaged. With one --speeds the default goes without activation-pitch.",
         ),
         click.option(
             "--classifier", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True

@@ -43,8 +43,8 @@ server gets an estimate of the client's mean head input and scores it with a cla
 on its auxiliary utterances' head inputs under w_t (`reconstruction_scores`). It needs no sign-free
 feature, so it is the view for the paper LSTM, whose head inputs (mean tanh states) are signed.
 
-Default views: fc-profile at k = 3, the probe and the activation-pitch view (DEFAULT_VIEWS); for the LSTM,
-`reconstruction` alone (docs/attacks.md).
+Default views: fc-profile at k = 3, the probe and the activation-pitch view (DEFAULT_VIEWS), chosen on the
+CNN; on the LSTM they find nothing and `--views reconstruction` is the one to use (docs/attacks.md).
 """
 
 from __future__ import annotations
@@ -946,6 +946,12 @@ def gender_attack(
     result.notes.append(
         _attacker_note(config, data, aux, known_voice, maps, views, size if shadowed else 0, len(rounds))
     )
+    if cfg.model.name == "lstm" and not use_recon:
+        result.notes.append(
+            "the LSTM's head inputs (mean tanh states) are signed, which the fc-profile views read as column "
+            "norms: on RAVDESS they and the probe found nothing in its updates where the reconstruction "
+            f"view did (docs/attacks.md); --views {RECONSTRUCTION}"
+        )
     result.seconds = time.perf_counter() - started
     return result
 

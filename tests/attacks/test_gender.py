@@ -1016,3 +1016,26 @@ def test_reconstruction_scores_lean_female_for_female_like_inputs_and_refuse_one
 def test_the_reconstruction_view_parses_and_needs_no_speeds():
     assert parse_views("reconstruction") == parse_views("reconstruction:0") == (("reconstruction", 0),)
     GenderAttackConfig(views=(("reconstruction", 0),), speeds=(1.0,)).validate()
+
+
+@pytest.mark.parametrize(
+    "views, noted", [("probe", True), ("reconstruction", False), ("probe,reconstruction", False)]
+)
+def test_an_lstm_run_attacked_without_the_reconstruction_view_is_told_to_use_it(views, noted):
+    lstm = ATTACK_CFG.override({"model.name": "lstm"})
+    aux = voices({"af0": "female", "af1": "female", "am0": "male", "am1": "male"}, 6, 1, True)
+    speakers = {f"c{i}": ("female" if i % 2 else "male") for i in range(8)}
+    clients = one_speaker_clients(voices(speakers, 4, 2, True), speakers)
+    empty = aux.take(np.array([], dtype=np.int64))
+    data = PreparedData(None, None, empty, empty, empty, aux, clients, N_MELS)
+    w = initial_weights(lstm.model, N_MELS, 0)
+    deltas = np.random.default_rng(0).normal(scale=1e-3, size=(len(clients), w.size)).astype(np.float32)
+    run = InMemoryRun(w, clients, deltas)
+    run.config = lstm
+    config = GenderAttackConfig(
+        views=parse_views(views), speeds=(1.0,), bootstrap=0, control_repeats=2, shadow_size=4
+    )
+    with threadpool_limits(1), torch_threads(1):
+        result = gender_attack(run, data, config)
+    told = [n for n in result.notes if n.startswith("the LSTM's head inputs (mean tanh states) are signed")]
+    assert len(told) == noted and all(n.endswith("--views reconstruction") for n in told), result.notes
