@@ -300,7 +300,9 @@ def test_combining_rounds_adds_up_evidence_no_single_round_has():
     labels = np.tile([0, 1], 8)
     nan = float("nan")
     items = [
-        Scored(r, c, float(rng.normal(0.6 * (2 * labels[c] - 1), 2.0)), nan, nan, nan, int(labels[c]), False)
+        Scored(
+            r, c, float(rng.normal(0.6 * (2 * labels[c] - 1), 2.0)), nan, nan, nan, nan, int(labels[c]), False
+        )
         for r in range(1, 31)
         for c in range(16)
     ]

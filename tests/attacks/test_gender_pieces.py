@@ -52,7 +52,7 @@ def test_an_empty_or_malformed_view_is_refused_by_message() -> None:
             ConfigError,
             match=rf"^gender view \({view[0]!r}, {view[1]!r}\) needs a feature set among fc-profile, "
             r"first-layer, all-layers and a subspace size k >= 0, or \(VIEW, 0\) with VIEW one of probe, "
-            r"pitch, activation-pitch; e.g. --views fc-profile:2-5,first-layer:2-3$",
+            r"pitch, activation-pitch, reconstruction; e.g. --views fc-profile:2-5,first-layer:2-3$",
         ):
             GenderAttackConfig(views=(("first-layer", 2), view)).validate()
     GenderAttackConfig(views=(("all-layers", 0),)).validate()  # k = 0: no subspace
@@ -113,7 +113,8 @@ def test_views_expand_ranges_in_order_without_repeats() -> None:
     with pytest.raises(
         ConfigError,
         match=r"^gender view 'fc-profile:3-2' is not FEATURES:K or FEATURES:K1-K2 with FEATURES one of "
-        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, nor one of probe, pitch, activation-pitch; "
+        r"fc-profile, first-layer, all-layers and 0 <= K1 <= K2, nor one of probe, pitch, activation-pitch, "
+        r"reconstruction; "
         r"e.g. --views fc-profile:2-5,first-layer:2-3 or --views fc-profile:3,probe$",
     ):
         parse_views("fc-profile:1,fc-profile:3-2")
@@ -346,7 +347,7 @@ def test_a_model_without_the_fc1_relu_fc2_head_is_refused_for_the_probe_by_messa
     from privfl.attacks.gender import _probe_head
 
     message = (
-        r"^the 'probe' gender view evaluates a classifier head fc1 -> ReLU -> fc2, which {} does not "
+        r"^the 'probe' gender view reads a classifier head fc1 -> ReLU -> fc2, which {} does not "
         r"have; use the paper CNN or LSTM, or drop 'probe' from --views$"
     )
 
@@ -520,11 +521,16 @@ def test_the_score_note_names_the_rule_of_the_views_that_scored() -> None:
         "(the mean)"
     )
     # one item is enough (a round that scored one client); every item has the same views
-    assert _score_note([Scored(1, 7, 0.3, -1.2, nan, nan, 1, False)]) == both
-    assert _score_note([Scored(1, 7, nan, -1.2, nan, nan, 1, False)]) == probe
-    assert _score_note([Scored(1, 7, 0.3, -1.2, 0.4, 2.0, 1, False)]) == four
-    assert _score_note([Scored(1, 7, nan, nan, nan, 2.0, 1, False)]) == act
-    two = [Scored(1, 7, 0.3, nan, nan, nan, 1, False), Scored(2, 7, 0.1, nan, nan, nan, 1, False)]
+    assert _score_note([Scored(1, 7, 0.3, -1.2, nan, nan, nan, 1, False)]) == both
+    assert _score_note([Scored(1, 7, nan, -1.2, nan, nan, nan, 1, False)]) == probe
+    assert _score_note([Scored(1, 7, 0.3, -1.2, 0.4, 2.0, nan, 1, False)]) == four
+    assert _score_note([Scored(1, 7, nan, nan, nan, 2.0, nan, 1, False)]) == act
+    five = _score_note([Scored(1, 7, 0.3, -1.2, 0.4, 2.0, 0.5, 1, False)])
+    assert (
+        five.startswith("score: the mean of five ranks")
+        and "and the reconstruction view's mean score" in five
+    )
+    two = [Scored(1, 7, 0.3, nan, nan, nan, nan, 1, False), Scored(2, 7, 0.1, nan, nan, nan, nan, 1, False)]
     assert _score_note(two) == odds
     assert _score_note([]) == odds  # nothing scored: the classifier's rule, the attack's default
 
@@ -535,7 +541,7 @@ def control_items(k: int, odds: list[float], labels: list[int]) -> list:
 
     nan = float("nan")
     return [
-        Scored(1, c, o, nan, nan, nan, lab, False, k)
+        Scored(1, c, o, nan, nan, nan, nan, lab, False, k)
         for c, (o, lab) in enumerate(zip(odds, labels, strict=True))
     ]
 
