@@ -370,6 +370,20 @@ def test_the_control_is_the_same_in_two_runs_with_one_seed(stand_ins):
     assert first.roc == second.roc and first.metrics == second.metrics
 
 
+def kept_items(monkeypatch) -> dict:
+    """What the attack hands to its row builder: {"single": its Scored items, "controls": the control's},
+    filled in when the attack runs."""
+    kept: dict = {}
+    rows = gender._per_client_rows
+
+    def keep(single, controls, config, observed):
+        kept["single"], kept["controls"] = list(single), list(controls)
+        return rows(single, controls, config, observed)
+
+    monkeypatch.setattr(gender, "_per_client_rows", keep)
+    return kept
+
+
 def test_each_control_relabelling_scores_the_clients_with_its_own_activation_pitch_targets(
     stand_ins, monkeypatch
 ):
@@ -378,14 +392,7 @@ def test_each_control_relabelling_scores_the_clients_with_its_own_activation_pit
     import dataclasses
 
     monkeypatch.setattr(gender, "auxiliary_speech", speed_voices)
-    kept = {}
-    rows = gender._per_client_rows
-
-    def keep(single, controls, config, observed):
-        kept["single"], kept["controls"] = list(single), list(controls)
-        return rows(single, controls, config, observed)
-
-    monkeypatch.setattr(gender, "_per_client_rows", keep)
+    kept = kept_items(monkeypatch)
     data = dataclasses.replace(DATA, corpus="a corpus with audio")
     observed, *_ = attack((("activation-pitch", 0),), data=data, speeds=(0.9, 1.0, 1.1))
     aux = speed_voices(data, observed.config, (0.9, 1.0, 1.1))
@@ -409,14 +416,7 @@ def test_the_reconstruction_view_scores_each_round_and_relabelling_with_its_own_
 ):
     """The attack's scores: a classifier of the auxiliary utterances' true genders; relabelling k's: the same
     refitted on the probe's random halves k; both applied to the clients' reconstructed fc1 inputs."""
-    kept = {}
-    rows = gender._per_client_rows
-
-    def keep(single, controls, config, observed):
-        kept["single"], kept["controls"] = list(single), list(controls)
-        return rows(single, controls, config, observed)
-
-    monkeypatch.setattr(gender, "_per_client_rows", keep)
+    kept = kept_items(monkeypatch)
     observed, result, by_name, stages = attack((("reconstruction", 0),))
     assert stand_ins["updates"] == [] and stages[0] == ("gender: auxiliary voices", 1, 2)
     labels = gender.ControlLabels.draw(AUX, 3, 0)
