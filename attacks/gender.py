@@ -778,11 +778,13 @@ def gender_attack(
     use_act = (ACTIVATION_PITCH, 0) in config.views
     use_recon = (RECONSTRUCTION, 0) in config.views
     shadowed = bool(views) or use_pitch  # views that train shadow clients
-    for view, on in ((PROBE, use_probe), (ACTIVATION_PITCH, use_act), (RECONSTRUCTION, use_recon)):
-        if on:
-            _probe_head(model, view)  # ConfigError before anything is computed
+    heads = {  # ConfigError before anything is computed
+        view: _probe_head(model, view)
+        for view, on in ((PROBE, use_probe), (ACTIVATION_PITCH, use_act), (RECONSTRUCTION, use_recon))
+        if on
+    }
     fc1_at = layer_slices(model)
-    fc1_out = _probe_head(model, RECONSTRUCTION)[0].out_features if use_recon else 0
+    fc1_out = heads[RECONSTRUCTION][0].out_features if use_recon else 0
     if use_recon and "fc1.bias" not in fc1_at:
         raise ConfigError(
             f"the {RECONSTRUCTION!r} gender view needs fc1's bias, which this model does not have"
@@ -835,9 +837,15 @@ def gender_attack(
             nan = np.full(len(ids), np.nan)
             real = {n: f(obs.deltas) for n, f in maps.items()}
             projected = project_views(xs, real, views) if views else []
-            # the auxiliary utterances' head inputs under w_t: one forward pass a round for the probe and the
-            # activation-pitch view
-            inputs = head_inputs(model, obs.weights, aux) if use_probe or use_act or use_recon else None
+            # the auxiliary utterances' head inputs under w_t: one forward pass a round for the probe, the
+            # activation-pitch and the reconstruction view
+            inputs = head_inputs(model, obs.weights, aux) if heads else None
+            z = inputs.double().numpy() if use_act or use_recon else None
+            rec = (
+                reconstructed_inputs(obs.deltas, fc1_at["fc1.weight"], fc1_at["fc1.bias"], fc1_out)
+                if use_recon
+                else None
+            )
             drops = (
                 probe_loss_drops(model, aux, obs.weights, obs.deltas, inputs)[:, known_voice]
                 if use_probe
@@ -845,7 +853,7 @@ def gender_attack(
             )
             act = (  # column 0: the attack (log speed); column 1 + k: the control's relabelling k
                 activation_pitch_scores(
-                    inputs.double().numpy(),
+                    z,
                     aux_voice,
                     real[PITCH_PROFILE],
                     np.column_stack([np.log(aux_speed), *relabelled.activation_pitch]),
@@ -860,17 +868,15 @@ def gender_attack(
                 ),
                 "pitch": nan,  # the pitch view's scores are filled in after the loop (pitch_window_scores)
                 "activation_pitch": act[:, 0] if use_act else nan,
-                "reconstruction": nan,
+                "reconstruction": (
+                    reconstruction_scores(z[known_voice], aux_female[known_voice], rec, config.seed)
+                    if use_recon
+                    else nan
+                ),
             }
             if use_pitch:
                 pitch_at.append(len(single))
                 pitch_in.append((xs[PITCH_PROFILE], log_speed, shadow_speaker, real[PITCH_PROFILE]))
-            if use_recon:
-                z_known = inputs.double().numpy()[known_voice]
-                rec = reconstructed_inputs(obs.deltas, fc1_at["fc1.weight"], fc1_at["fc1.bias"], fc1_out)
-                scores["reconstruction"] = reconstruction_scores(
-                    z_known, aux_female[known_voice], rec, config.seed
-                )
             single += _scored(r, ids, scores, truths)
             for k, labels_k in enumerate(relabelled.voices):
                 ctrl = dict.fromkeys(SCORE_FIELDS, nan)
@@ -890,7 +896,7 @@ def gender_attack(
                     ctrl["activation_pitch"] = act[:, 1 + k]
                 if use_recon:  # the probe's relabelling: a random half of every voice's utterances
                     ctrl["reconstruction"] = reconstruction_scores(
-                        z_known, relabelled.probe[k][0], rec, config.seed
+                        z[known_voice], relabelled.probe[k][0], rec, config.seed
                     )
                 if use_pitch:
                     if not np.any(np.abs(tc) > 1e-12):
