@@ -766,7 +766,8 @@ def gender_attack(
     """The gender attack over every selected round: per-client scores combined over the rounds, single
     rounds, the shuffled-label control and the aggregate. Classifier views train shadow clients; the
     probe view evaluates each client's model on the auxiliary voices; the pitch views project each client's
-    fc-profile on the direction of a higher voice; with several, their ranks are averaged."""
+    fc-profile on the direction of a higher voice; the reconstruction view classifies each client's mean head
+    input recovered from fc1's update; with several, their ranks are averaged."""
     config = (config or GenderAttackConfig()).validate()
     started = time.perf_counter()
     cfg = observed.config
