@@ -599,6 +599,20 @@ def reconstructed_inputs(deltas: np.ndarray, weight: slice, bias: slice, out_fea
     return np.einsum("kof,ko->kf", dw, db) / np.where(norm > 0, norm, 1.0)
 
 
+def _reconstruction_layer(model: nn.Module) -> tuple[slice, slice, int]:
+    """fc1's weight and bias slices of the flat update and its output size, for `reconstructed_inputs`."""
+    fc1, _ = _probe_head(model, RECONSTRUCTION)
+    if fc1.bias is None:
+        raise ConfigError(
+            f"the {RECONSTRUCTION!r} gender view reads the update of fc1's bias, and "
+            f"{type(model).__name__}'s fc1 has none; use the paper CNN or LSTM, or drop {RECONSTRUCTION!r} "
+            "from --views"
+        )
+    name = next(n for n, m in model.named_modules() if m is fc1)
+    at = layer_slices(model)
+    return at[f"{name}.weight"], at[f"{name}.bias"], fc1.out_features
+
+
 def reconstruction_scores(
     inputs: np.ndarray, female: np.ndarray, reconstructed: np.ndarray, seed: int = 0
 ) -> np.ndarray:
@@ -784,12 +798,7 @@ def gender_attack(
         for view, on in ((PROBE, use_probe), (ACTIVATION_PITCH, use_act), (RECONSTRUCTION, use_recon))
         if on
     }
-    fc1_at = layer_slices(model)
-    fc1_out = heads[RECONSTRUCTION][0].out_features if use_recon else 0
-    if use_recon and "fc1.bias" not in fc1_at:
-        raise ConfigError(
-            f"the {RECONSTRUCTION!r} gender view needs fc1's bias, which this model does not have"
-        )
+    recon_layer = _reconstruction_layer(model) if use_recon else None
     names = [n for n, _ in views] + ([PITCH_PROFILE] if use_pitch or use_act else [])
     maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(names)}
     privacy = observed.summary.get("privacy")
@@ -842,11 +851,7 @@ def gender_attack(
             # activation-pitch and the reconstruction view
             inputs = head_inputs(model, obs.weights, aux) if heads else None
             z = inputs.double().numpy() if use_act or use_recon else None
-            rec = (
-                reconstructed_inputs(obs.deltas, fc1_at["fc1.weight"], fc1_at["fc1.bias"], fc1_out)
-                if use_recon
-                else None
-            )
+            rec = reconstructed_inputs(obs.deltas, *recon_layer) if use_recon else None
             drops = (
                 probe_loss_drops(model, aux, obs.weights, obs.deltas, inputs)[:, known_voice]
                 if use_probe

@@ -362,6 +362,27 @@ def test_a_model_without_the_fc1_relu_fc2_head_is_refused_for_the_probe_by_messa
         _probe_head(OnlyFc1())
 
 
+def test_the_reconstruction_view_finds_fc1s_slices_and_refuses_an_fc1_without_bias_by_message() -> None:
+    from privfl.attacks.gender import _reconstruction_layer
+    from privfl.config import ModelConfig
+    from privfl.models import build_model, layer_slices
+
+    class NoBias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(3, 2, bias=False), nn.Linear(2, 4)
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^the 'reconstruction' gender view reads the update of fc1's bias, and NoBias's fc1 has none; "
+        r"use the paper CNN or LSTM, or drop 'reconstruction' from --views$",
+    ):
+        _reconstruction_layer(NoBias())
+    model = build_model(ModelConfig(name="lstm"), 8)
+    at = layer_slices(model)
+    assert _reconstruction_layer(model) == (at["fc1.weight"], at["fc1.bias"], model.fc1.out_features)
+
+
 def test_feature_sets_and_classifiers_outside_the_lists_are_refused_by_message() -> None:
     from privfl.attacks.gender import feature_columns
 
