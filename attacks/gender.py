@@ -502,6 +502,12 @@ def voice_speed(voice: str) -> tuple[str, float]:
     return speaker, float(factor) if mark else 1.0
 
 
+def speakers_and_log_speeds(voices) -> tuple[np.ndarray, np.ndarray]:
+    """([n] auxiliary speakers, [n] log speed factors) of n voice names (`voice_speed` of each)."""
+    speakers, speeds = zip(*map(voice_speed, voices), strict=True)
+    return np.array(speakers), np.log(np.array(speeds, dtype=np.float64))
+
+
 def _centre_within(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Each group's rows centred on the group's own mean (float64 copy)."""
     x = np.array(x, dtype=np.float64)
@@ -579,9 +585,8 @@ def activation_pitch_scores(
     outer products), so a client whose voice sits higher scores higher: positive leans female.
     `target` [n] replaces the log speed (the control's targets, `pitch_control_targets`); [n, m] scores m
     targets at the cost of one (one solve): [k, m]."""
-    speakers, speeds = zip(*(voice_speed(v) for v in np.asarray(voices).tolist()), strict=True)
-    t = np.log(np.array(speeds)) if target is None else target
-    return pitch_scores(inputs, t, np.array(speakers), real)
+    speakers, log_speed = speakers_and_log_speeds(np.asarray(voices).tolist())
+    return pitch_scores(inputs, log_speed if target is None else target, speakers, real)
 
 
 def reconstructed_inputs(deltas: np.ndarray, weight: slice, bias: slice, out_features: int) -> np.ndarray:
@@ -722,10 +727,9 @@ class ControlLabels:
             dict(zip(voices, trng.standard_normal(len(voices)).tolist(), strict=True)) for _ in range(repeats)
         ]
         arng = np.random.default_rng([seed, 0xC0A7, 0xAC7])
-        speaker, speed = (np.array(v) for v in zip(*map(voice_speed, aux.speakers), strict=True))
+        speaker, log_speed = speakers_and_log_speeds(aux.speakers)
         act = [
-            pitch_control_targets(arng.standard_normal(len(aux)), np.log(speed), speaker)
-            for _ in range(repeats)
+            pitch_control_targets(arng.standard_normal(len(aux)), log_speed, speaker) for _ in range(repeats)
         ]
         return cls(relabel, probe, pitch, act)
 
@@ -807,7 +811,7 @@ def gender_attack(
     aux_voice = np.array(aux.speakers)
     aux_female = np.array([int(g == POSITIVE) for g in aux.genders])
     known_voice = np.isin(aux.genders, ("female", "male"))  # the probe reads voices of known gender
-    aux_speed = np.array([voice_speed(v)[1] for v in aux.speakers])
+    aux_log_speed = speakers_and_log_speeds(aux.speakers)[1]
     relabelled = ControlLabels.draw(aux, config.control_repeats, config.seed)
 
     single: list[Scored] = []  # the attack's scores per round and client
@@ -837,8 +841,7 @@ def gender_attack(
             deltas = local_updates(trainer, clients, obs.weights, r, report)
             xs = {name: fmap(deltas) for name, fmap in maps.items()}
             ys = np.array([int(s.gender == POSITIVE) for s in shadows])
-            shadow_speaker, shadow_speed = zip(*(voice_speed(s.speaker) for s in shadows), strict=True)
-            shadow_speaker, log_speed = np.array(shadow_speaker), np.log(np.array(shadow_speed))
+            shadow_speaker, log_speed = speakers_and_log_speeds([s.speaker for s in shadows])
         elif progress:
             progress("gender: auxiliary voices", j + 1, len(rounds))
         if has_clients:
@@ -862,7 +865,7 @@ def gender_attack(
                     z,
                     aux_voice,
                     real[PITCH_PROFILE],
-                    np.column_stack([np.log(aux_speed), *relabelled.activation_pitch]),
+                    np.column_stack([aux_log_speed, *relabelled.activation_pitch]),
                 )
                 if use_act
                 else None
