@@ -797,12 +797,12 @@ def gender_attack(
     use_act = (ACTIVATION_PITCH, 0) in config.views
     use_recon = (RECONSTRUCTION, 0) in config.views
     shadowed = bool(views) or use_pitch  # views that train shadow clients
-    heads = {  # ConfigError before anything is computed
-        view: _probe_head(model, view)
-        for view, on in ((PROBE, use_probe), (ACTIVATION_PITCH, use_act), (RECONSTRUCTION, use_recon))
-        if on
-    }
-    recon_layer = _reconstruction_layer(model) if use_recon else None
+    # views that read the head's inputs; each refuses a model without fc1 -> ReLU -> fc2 before anything runs
+    reads_head = use_probe or use_act or use_recon
+    for view, on in ((PROBE, use_probe), (ACTIVATION_PITCH, use_act)):
+        if on:
+            _probe_head(model, view)
+    recon_layer = _reconstruction_layer(model) if use_recon else None  # checks the head and fc1's bias
     names = [n for n, _ in views] + ([PITCH_PROFILE] if use_pitch or use_act else [])
     maps = {name: FeatureMap.of(model, name) for name in dict.fromkeys(names)}
     privacy = observed.summary.get("privacy")
@@ -852,7 +852,7 @@ def gender_attack(
             projected = project_views(xs, real, views) if views else []
             # the auxiliary utterances' head inputs under w_t: one forward pass a round for the probe, the
             # activation-pitch and the reconstruction view
-            inputs = head_inputs(model, obs.weights, aux) if heads else None
+            inputs = head_inputs(model, obs.weights, aux) if reads_head else None
             z = inputs.double().numpy() if use_act or use_recon else None
             rec = reconstructed_inputs(obs.deltas, *recon_layer) if use_recon else None
             drops = (
